@@ -1,0 +1,57 @@
+# The two commands a new user needs: `make serve` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PRESET ?= ci
+MODEL ?=
+NAME ?=
+PRECISION ?= fp16
+TARGET ?= cpu
+SERVE_ARGS ?=
+
+.PHONY: serve test test-slow install install-dev lint export export-tiny benchmark soak fuzz clean
+
+# Stamps: re-install only when pyproject.toml changes.
+$(VENV)/.stamp-runtime: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# The real CLIP BPE vocabulary ships inside open-clip-torch; --no-deps keeps its torchvision
+# requirement (which would fight the pinned CPU torch) out. Nothing imports open_clip itself.
+$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-runtime
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q --no-deps open-clip-torch
+	touch $@
+
+install: $(VENV)/.stamp-runtime
+
+install-dev: $(VENV)/.stamp-dev
+
+serve: install
+	HOST=$(HOST) PORT=$(PORT) $(PY) -m server $(SERVE_ARGS)
+
+test: install-dev
+	$(PY) -m pytest -q
+
+test-slow: install-dev
+	$(PY) -m pytest -q -m slow
+
+lint: install-dev
+	$(PY) -m ruff check server export benchmarks tests
+	$(PY) -m ruff format --check server export benchmarks tests
+
+export: install-dev
+	$(PY) -m export --model "$(MODEL)" $(if $(NAME),--name "$(NAME)") --precision $(PRECISION) --target $(TARGET)
+
+export-tiny: install-dev
+	$(PY) -m export --tiny --out models/tiny-sd-inpaint
+
+benchmark: install-dev
+	$(PY) -m benchmarks --preset $(PRESET)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,120 @@
+"""The model interface every served model implements, whatever runs it.
+
+Conventions (the same everywhere in the server):
+- images are ``uint8`` H x W x 3 RGB numpy arrays;
+- masks are ``float32`` H x W arrays in [0, 1] where 1 means "edit this pixel";
+- a *row* is one output image: a request with ``n=3`` becomes three rows with seeds
+  ``seed, seed + 1, seed + 2``.
+
+Two kinds of model exist:
+- ``SinglePassModel``: one call turns a batch of rows into images (the built-in OpenCV model).
+- ``DiffusionModel``: work is split into ``prepare`` / ``step`` / ``finish`` so that the batcher
+  can advance many rows one denoising step at a time and let new rows join between steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+#: Called with (row index in the batch, step index, preview image uint8 HxWx3) for streaming.
+PreviewCallback = Callable[[int, np.ndarray], None]
+
+
+@dataclass
+class Row:
+    """One image to produce.
+
+    image: uint8 HxWx3 RGB at the working size (both sides multiples of 8).
+    mask: float32 HxW in [0, 1], 1 = edit; same HxW as ``image``.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    prompt: str
+    seed: int
+    negative_prompt: str | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    strength: float | None = None
+    scheduler: str | None = None
+    #: number of partial previews wanted (0..3); the model calls ``on_preview`` that many times.
+    partial_images: int = 0
+    on_preview: PreviewCallback | None = None
+    #: free slot for the model's per-row state (scheduler, latents...).
+    state: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """Sizes in pixels.
+
+    min_side / max_side bound the *output* ``size`` a client may ask for. The model itself only
+    ever sees a work image whose longer side is at most ``max_work_side`` (serving crops around
+    the edit region and rescales, see ``imaging.plan_work_region``); ``native_side`` is the
+    resolution it was trained at. Work sides are multiples of ``multiple``.
+    """
+
+    min_side: int = 64
+    max_side: int = 4096
+    native_side: int = 512
+    max_work_side: int = 768
+    multiple: int = 8
+
+
+@runtime_checkable
+class InpaintModel(Protocol):
+    name: str
+    kind: str  # "single_pass" | "diffusion"
+    limits: ModelLimits
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata for ``GET /v1/models`` (honest: what it is, whether it reads the prompt)."""
+        ...
+
+    def default_steps(self, quality: str) -> int | None:
+        """Step preset for an OpenAI ``quality`` value; None for single-pass models."""
+        ...
+
+    def count_tokens(self, prompt: str) -> int:
+        """Prompt tokens as the model's tokenizer counts them (for ``usage``)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SinglePassModel(InpaintModel, Protocol):
+    def run(self, rows: list[Row]) -> list[np.ndarray]:
+        """Return one uint8 HxWx3 image per row, same HxW as the row's image. Blocking."""
+        ...
+
+
+class DiffusionModel(InpaintModel, Protocol):
+    def batch_key(self, row: Row) -> tuple:
+        """Rows with equal keys may share UNet calls (same latent size, same dtype...)."""
+        ...
+
+    def prepare(self, rows: list[Row]) -> None:
+        """Text-encode, VAE-encode, set up each row's scheduler; fills ``row.state``."""
+        ...
+
+    def step(self, rows: list[Row]) -> None:
+        """Advance every row one denoising step with one batched UNet call.
+
+        Rows may be at different timesteps and use different guidance scales.
+        """
+        ...
+
+    def is_done(self, row: Row) -> bool: ...
+
+    def finish(self, rows: list[Row]) -> list[np.ndarray]:
+        """VAE-decode finished rows: one uint8 HxWx3 image per row."""
+        ...
+
+    def run(self, rows: list[Row]) -> list[np.ndarray]:
+        """prepare + step until done + finish, for callers without a batcher."""
+        ...
