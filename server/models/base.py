@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-#: Called with (row index in the batch, step index, preview image uint8 HxWx3) for streaming.
+#: Called with (partial image index 0..partial_images-1, preview uint8 HxWx3) while streaming.
 PreviewCallback = Callable[[int, np.ndarray], None]
 
 
