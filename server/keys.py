@@ -1,0 +1,33 @@
+"""Typed application state keys (aiohttp ``web.AppKey``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .auth import KeyStore
+from .batching import Batcher
+from .config import ServerConfig
+from .metrics import Metrics
+from .models.registry import ModelRegistry
+from .serving import EditService
+from .storage import FileStore
+
+
+@dataclass
+class AppState:
+    started: int = field(default_factory=lambda: int(time.time()))
+    ready: bool = False
+    draining: bool = False
+
+
+CONFIG = web.AppKey("config", ServerConfig)
+STATE = web.AppKey("state", AppState)
+KEYS = web.AppKey("keys", KeyStore)
+METRICS = web.AppKey("metrics", Metrics)
+REGISTRY = web.AppKey("registry", ModelRegistry)
+BATCHER = web.AppKey("batcher", Batcher)
+STORE = web.AppKey("store", FileStore)
+SERVICE = web.AppKey("service", EditService)
