@@ -196,7 +196,7 @@ class ModelWorker:
                     self._cond.wait(left)
             self._drop_dead_pending()
             taken = collate(list(self._pending), capacity, key, key_fn)
-            for item in taken:
+            for _ in taken:
                 self._pending.popleft()
             self._running_rows += len(taken)
             self._gauge()
@@ -269,7 +269,7 @@ class ModelWorker:
             self._record(len(items), time.perf_counter() - t0)
             if len(images) != len(items):
                 raise RuntimeError(f"model returned {len(images)} images for {len(items)} rows")
-            for item, image in zip(items, images):
+            for item, image in zip(items, images, strict=True):
                 self._deliver(item, image)
             if self.metrics is not None:
                 self.metrics.images.labels(self.model.name).inc(len(items))
@@ -319,7 +319,7 @@ class ModelWorker:
                     images = model.finish([it.row for it in done])
                     if len(images) != len(done):
                         raise RuntimeError(f"model returned {len(images)} images for {len(done)} rows")
-                    for item, image in zip(done, images):
+                    for item, image in zip(done, images, strict=True):
                         self._deliver(item, image)
                     if self.metrics is not None:
                         self.metrics.images.labels(model.name).inc(len(done))

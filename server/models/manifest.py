@@ -47,6 +47,10 @@ class ComponentSpec(BaseModel):
     sha256: dict[str, str] = Field(default_factory=dict)
     #: TensorRT shape profiles: input name -> {"min": shape, "opt": shape, "max": shape}.
     profiles: dict[str, dict[str, list[int]]] = Field(default_factory=dict)
+    #: offline graph optimization applied ("none", or the ORT fusions and their counts).
+    optimization: str = "none"
+    #: contrib ops that need a specific execution provider (e.g. GroupNorm -> CUDA), if any.
+    requires_provider: str | None = None
 
 
 class Verification(BaseModel):
@@ -58,6 +62,14 @@ class Verification(BaseModel):
     mean_abs_diff: float
     tolerance: float
     passed: bool
+    #: max |PyTorch output|; tolerance = rtol * max(1, reference_max_abs).
+    reference_max_abs: float | None = None
+    rtol: float | None = None
+    #: sample input shapes by input name.
+    inputs: dict[str, list[int]] = Field(default_factory=dict)
+    provider: str = "CPUExecutionProvider"
+    #: "final" = the shipped graph; "pre-fusion" = the same precision before CUDA-only fusions.
+    graph: Literal["final", "pre-fusion"] = "final"
 
 
 class Source(BaseModel):
@@ -95,6 +107,8 @@ class Manifest(BaseModel):
     source: Source
     versions: dict[str, str] = Field(default_factory=dict)
     verification: list[Verification] = Field(default_factory=list)
+    #: human-readable caveats, e.g. "unet: fused graph unverified (no CUDA EP here)".
+    notes: list[str] = Field(default_factory=list)
     #: the export arguments that produced this folder (used to make re-export idempotent).
     export_args: dict = Field(default_factory=dict)
     created: str = ""
