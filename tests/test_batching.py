@@ -1,0 +1,286 @@
+"""The batcher without a server: pure collate, dynamic and step-level batching, deadlines,
+cancellation, backpressure, fairness and failure isolation, with fake models."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from server.batching import (
+    DeadlineExceeded,
+    ModelWorker,
+    QueuedRow,
+    QueueFull,
+    ShuttingDown,
+    collate,
+)
+from server.models.base import ModelLimits, Row
+
+
+def make_row(seed=0, size=8, steps=3) -> Row:
+    return Row(image=np.zeros((size, size, 3), np.uint8), mask=np.ones((size, size), np.float32),
+               prompt="p", seed=seed, steps=steps)
+
+
+class FakeJob:
+    def __init__(self, rows):
+        self.rows = rows
+
+
+def queued(rows):
+    job = FakeJob(rows)
+    return [QueuedRow(job, i) for i in range(len(rows))]
+
+
+# ---------------------------------------------------------------- collate (pure)
+
+def test_collate_takes_fifo_prefix_of_compatible_rows():
+    items = queued([make_row(size=8), make_row(size=8), make_row(size=16), make_row(size=8)])
+    key_fn = lambda r: (r.image.shape,)  # noqa: E731
+    taken = collate(items, capacity=10, key=None, key_fn=key_fn)
+    # stops at the first incompatible row: the last 8x8 row must not overtake the 16x16 one
+    assert taken == items[:2]
+
+
+def test_collate_respects_capacity_and_existing_key():
+    items = queued([make_row(size=16), make_row(size=16), make_row(size=16)])
+    key_fn = lambda r: (r.image.shape,)  # noqa: E731
+    assert collate(items, capacity=2, key=None, key_fn=key_fn) == items[:2]
+    assert collate(items, capacity=5, key=((8, 8, 3),), key_fn=key_fn) == []
+    assert collate(items, capacity=0, key=None, key_fn=key_fn) == []
+
+
+# ---------------------------------------------------------------- fake models
+
+class FakeSinglePass:
+    kind = "single_pass"
+    name = "fake-single"
+    limits = ModelLimits()
+
+    def __init__(self, delay=0.05, fail_on_seed=None):
+        self.delay = delay
+        self.calls: list[list[int]] = []
+        self.fail_on_seed = fail_on_seed
+
+    def batch_key(self, row):
+        return ()
+
+    def run(self, rows):
+        time.sleep(self.delay)
+        self.calls.append([r.seed for r in rows])
+        if self.fail_on_seed is not None and any(r.seed == self.fail_on_seed for r in rows):
+            raise RuntimeError("boom")
+        return [np.full_like(r.image, r.seed % 256) for r in rows]
+
+
+class FakeDiffusion:
+    """Each row needs row.steps steps; step() records which rows shared the call."""
+
+    kind = "diffusion"
+    name = "fake-diffusion"
+    limits = ModelLimits()
+
+    def __init__(self, step_delay=0.02, nan_seed=None, fail_step_seed=None):
+        self.step_delay = step_delay
+        self.calls: list[list[int]] = []
+        self.prepared: list[list[int]] = []
+        self.nan_seed = nan_seed
+        self.fail_step_seed = fail_step_seed
+        self.lock = threading.Lock()
+
+    def batch_key(self, row):
+        return (row.image.shape,)
+
+    def prepare(self, rows):
+        self.prepared.append([r.seed for r in rows])
+        for r in rows:
+            r.state = {"left": r.steps}
+
+    def step(self, rows):
+        time.sleep(self.step_delay)
+        with self.lock:
+            self.calls.append([r.seed for r in rows])
+        if self.fail_step_seed is not None and any(r.seed == self.fail_step_seed for r in rows):
+            raise RuntimeError("step failed")
+        for r in rows:
+            r.state["left"] -= 1
+
+    def is_done(self, row):
+        return row.state["left"] <= 0
+
+    def finish(self, rows):
+        out = []
+        for r in rows:
+            if r.seed == self.nan_seed:
+                out.append(ValueError("non-finite output"))
+            else:
+                out.append(np.full_like(r.image, r.seed % 256))
+        return out
+
+
+def worker_for(model, **kw):
+    opts = dict(max_batch_size=8, max_wait_ms=30, max_queue=64)
+    opts.update(kw)
+    return ModelWorker(model, **opts)
+
+
+# ---------------------------------------------------------------- single-pass
+
+async def test_single_pass_concurrent_requests_share_calls():
+    model = FakeSinglePass(delay=0.05)
+    w = worker_for(model, max_wait_ms=50)
+    try:
+        jobs = [w.submit([make_row(seed=i)], timeout_s=10) for i in range(4)]
+        results = await asyncio.gather(*(j.future for j in jobs))
+        assert [int(r[0][0, 0, 0]) for r in results] == [0, 1, 2, 3]
+        assert max(len(c) for c in model.calls) >= 2, model.calls
+    finally:
+        w.stop(5)
+
+
+async def test_single_pass_failure_fails_its_batch_and_worker_survives():
+    model = FakeSinglePass(delay=0.0, fail_on_seed=7)
+    w = worker_for(model, max_wait_ms=0)
+    try:
+        bad = w.submit([make_row(seed=7)], timeout_s=10)
+        with pytest.raises(RuntimeError):
+            await bad.future
+        good = w.submit([make_row(seed=1)], timeout_s=10)
+        (img,) = await good.future
+        assert img[0, 0, 0] == 1
+    finally:
+        w.stop(5)
+
+
+# ---------------------------------------------------------------- step-level batching
+
+async def test_diffusion_rows_share_unet_calls_and_join_mid_flight():
+    model = FakeDiffusion(step_delay=0.03)
+    w = worker_for(model, max_wait_ms=5)
+    try:
+        first = w.submit([make_row(seed=1, steps=10)], timeout_s=10)
+        await asyncio.sleep(0.12)  # a few steps in
+        second = w.submit([make_row(seed=2, steps=3)], timeout_s=10)
+        r1, r2 = await asyncio.gather(first.future, second.future)
+        assert r1[0][0, 0, 0] == 1 and r2[0][0, 0, 0] == 2
+        shared = [c for c in model.calls if sorted(c) == [1, 2]]
+        assert len(shared) == 3, model.calls  # row 2 joined and ran all its 3 steps alongside
+        assert model.calls[0] == [1]  # row 1 started alone
+        assert sum(c.count(1) for c in model.calls) == 10
+        # finished row 2 left: the last steps are row 1 alone
+        assert model.calls[-1] == [1]
+    finally:
+        w.stop(5)
+
+
+async def test_incompatible_rows_wait_and_fifo_holds():
+    model = FakeDiffusion(step_delay=0.01)
+    w = worker_for(model, max_wait_ms=20)
+    try:
+        a = w.submit([make_row(seed=1, size=8, steps=4)], timeout_s=10)
+        b = w.submit([make_row(seed=2, size=16, steps=2)], timeout_s=10)  # other latent size
+        c = w.submit([make_row(seed=3, size=8, steps=2)], timeout_s=10)  # compatible with a
+        await asyncio.gather(a.future, b.future, c.future)
+        first_b = next(i for i, call in enumerate(model.calls) if 2 in call)
+        first_c = next(i for i, call in enumerate(model.calls) if 3 in call)
+        assert all(2 not in call or call == [2] for call in model.calls)  # never mixed sizes
+        assert first_b < first_c  # c did not overtake b, which was queued first
+    finally:
+        w.stop(5)
+
+
+async def test_n_rows_of_one_request_all_run_even_above_max_batch():
+    model = FakeDiffusion(step_delay=0.0)
+    w = worker_for(model, max_batch_size=2)
+    try:
+        job = w.submit([make_row(seed=10 + i, steps=2) for i in range(5)], timeout_s=10)
+        images = await job.future
+        assert [int(im[0, 0, 0]) for im in images] == [10, 11, 12, 13, 14]
+        assert max(len(c) for c in model.calls) <= 2
+    finally:
+        w.stop(5)
+
+
+async def test_cancelled_rows_stop_at_next_step_boundary():
+    model = FakeDiffusion(step_delay=0.02)
+    w = worker_for(model, max_wait_ms=0)
+    try:
+        job = w.submit([make_row(seed=5, steps=1000)], timeout_s=30)
+        await asyncio.sleep(0.15)
+        job.cancelled.set()
+        await asyncio.sleep(0.15)
+        count = sum(c.count(5) for c in model.calls)
+        await asyncio.sleep(0.2)
+        assert sum(c.count(5) for c in model.calls) == count  # no more work for it
+        assert count < 50
+        other = w.submit([make_row(seed=6, steps=2)], timeout_s=10)
+        assert (await other.future)[0][0, 0, 0] == 6
+    finally:
+        w.stop(5)
+
+
+async def test_deadline_fails_with_deadline_exceeded():
+    model = FakeDiffusion(step_delay=0.02)
+    w = worker_for(model, max_wait_ms=0)
+    try:
+        job = w.submit([make_row(seed=5, steps=1000)], timeout_s=0.2)
+        with pytest.raises(DeadlineExceeded):
+            await asyncio.wait_for(job.future, 5)
+    finally:
+        w.stop(5)
+
+
+async def test_queue_full_raises_with_retry_after():
+    model = FakeDiffusion(step_delay=0.05)
+    w = worker_for(model, max_batch_size=1, max_queue=2, max_wait_ms=0)
+    try:
+        running = w.submit([make_row(seed=1, steps=50)], timeout_s=10)
+        await asyncio.sleep(0.1)  # now running, queue empty
+        w.submit([make_row(seed=2, steps=1), make_row(seed=3, steps=1)], timeout_s=10)
+        with pytest.raises(QueueFull) as info:
+            w.submit([make_row(seed=4)], timeout_s=10)
+        assert info.value.retry_after_s >= 1
+        running.cancelled.set()
+    finally:
+        w.stop(5)
+
+
+async def test_step_failure_fails_only_rows_in_that_call_and_nan_row_fails_alone():
+    model = FakeDiffusion(step_delay=0.0, nan_seed=9)
+    w = worker_for(model, max_wait_ms=30)
+    try:
+        nan_job = w.submit([make_row(seed=9, steps=2)], timeout_s=10)
+        ok_job = w.submit([make_row(seed=8, steps=2)], timeout_s=10)
+        with pytest.raises(ValueError):
+            await nan_job.future
+        assert (await ok_job.future)[0][0, 0, 0] == 8
+    finally:
+        w.stop(5)
+
+    model = FakeDiffusion(step_delay=0.0, fail_step_seed=4)
+    w = worker_for(model, max_wait_ms=0)
+    try:
+        with pytest.raises(RuntimeError):
+            await w.submit([make_row(seed=4, steps=2)], timeout_s=10).future
+        later = w.submit([make_row(seed=3, steps=2)], timeout_s=10)
+        assert (await later.future)[0][0, 0, 0] == 3  # the worker kept serving
+    finally:
+        w.stop(5)
+
+
+async def test_stop_refuses_new_work_and_fails_queued():
+    model = FakeDiffusion(step_delay=0.05)
+    w = worker_for(model, max_batch_size=1, max_wait_ms=0)
+    running = w.submit([make_row(seed=1, steps=4)], timeout_s=10)
+    await asyncio.sleep(0.06)
+    queued_job = w.submit([make_row(seed=2, steps=4)], timeout_s=10)
+    await asyncio.get_running_loop().run_in_executor(None, w.stop, 5)
+    assert (await running.future)[0][0, 0, 0] == 1  # in-flight work finished
+    with pytest.raises(ShuttingDown):
+        await queued_job.future
+    with pytest.raises(ShuttingDown):
+        w.submit([make_row(seed=3)], timeout_s=10)
