@@ -248,12 +248,18 @@ class EditService:
                            type="server_error", code="shutting_down") from None
         try:
             while True:
-                done, _ = await asyncio.wait({job.future}, timeout=poll_s)
+                left = job.deadline - time.monotonic()
+                done, _ = await asyncio.wait({job.future}, timeout=max(0.0, min(poll_s, left)))
                 if done:
                     return job.future.result()
                 if cancelled is not None and cancelled():
                     job.cancelled.set()
                     raise asyncio.CancelledError()
+                if time.monotonic() >= job.deadline:
+                    # The worker only checks deadlines between model calls; a request whose call
+                    # is still running (or queued behind one) must get its 504 now, not later.
+                    job.cancelled.set()
+                    raise DeadlineExceeded()
         except DeadlineExceeded:
             raise timeout_error(
                 f"The request did not finish within the server's {self.config.request_timeout_s:g} s "
