@@ -1,0 +1,467 @@
+"""Stable Diffusion inpainting over exported ONNX components (no torch).
+
+Computes what diffusers' ``StableDiffusionInpaintPipeline`` computes (9-channel inpainting UNet),
+split into ``prepare`` / ``step`` / ``finish`` so that a batcher can run many rows, each at its
+own timestep, guidance and scheduler, through ONE UNet call per step.
+
+The steps, as in diffusers (numbers match the comments in the code):
+
+1. Validate each row's extension values (steps, guidance, strength, scheduler).
+2. Text: tokenize prompt (and negative prompt when guidance > 1: classifier-free guidance, the
+   negative defaults to ""), text-encode all unique strings of the batch in one call.
+3. Scheduler per row (the row's name or the manifest's config), ``set_timesteps(steps)``, then
+   strength: ``strength_timesteps`` keeps the last ``int(steps * strength)`` steps.
+4. Image and mask: image uint8 -> float32 [-1, 1]; mask binarized at 0.5;
+   masked_image = image * (mask < 0.5); mask resized to latent size by nearest (F.interpolate).
+5. VAE-encode (one call for the batch) and draw the random numbers from the row's noise source
+   in exactly the order diffusers draws them from its generator:
+   strength < 1: image latent sample, initial noise, masked-image latent sample;
+   strength = 1: initial noise, masked-image latent sample (the image itself is not encoded).
+   Latent sample = mean + std * noise, times the VAE scaling factor.
+6. Initial latents: strength 1 -> noise * init_noise_sigma; else add_noise(image latents, noise,
+   first timestep).
+7. ``step``: per row ``scale_model_input``; UNet input = cat(latents, mask, masked-image latents)
+   (9 channels), duplicated [uncond, cond] for guidance rows; one UNet call with a per-row
+   timestep vector; guidance per row; each row's scheduler steps its own slice (its noise draws
+   come from the row's noise source, after those of step 5). Previews decode the scheduler's
+   ``pred_original_sample`` at ``partial_images`` evenly spaced steps.
+8. ``finish``: VAE-decode latents / scaling factor; (x / 2 + 0.5) clipped to [0, 1];
+   uint8 = round(x * 255).
+
+Noise injection: ``row.meta["noise"]`` may hold any object with ``randn(shape) -> float32``
+(``schedulers.NoiseSource``); default ``NumpyNoise(row.seed)``. Tests pass a torch-Generator
+backed source to reproduce diffusers with ``generator=torch.Generator().manual_seed(seed)``.
+``row.meta["latents"]`` is not supported: inject noise instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import ModelLimits, Row
+from .manifest import Manifest
+from .providers import ExecutionProvider, select_provider
+from .schedulers import NumpyNoise, make_scheduler, scheduler_names, strength_timesteps
+from .tokenizer import CLIPTokenizer
+
+DEFAULT_GUIDANCE = 7.5
+DEFAULT_STEPS = 25
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
+MAX_PREVIEWS = 3
+QUALITY_STEPS = {"low": 12, "medium": 25, "high": 50, "auto": 25, "standard": 25, "hd": 50}
+
+
+class InvalidParameter(ValueError):
+    """A client-supplied value is out of range; the message says how to fix it."""
+
+
+@dataclass
+class _RowState:
+    """Per-row denoising state (filled by ``prepare``). Arrays are float32 NCHW, batch 1."""
+
+    uid: int
+    scheduler: Any
+    timesteps: np.ndarray  # the timesteps this row runs (after strength)
+    latents: np.ndarray  # (1, 4, h, w)
+    mask: np.ndarray  # (1, 1, h, w), 0/1
+    masked_latents: np.ndarray  # (1, 4, h, w), scaled
+    cond: np.ndarray  # (1, 77, hidden)
+    uncond: np.ndarray | None  # (1, 77, hidden) when guidance applies
+    guidance: float
+    noise: Any
+    index: int = 0  # UNet calls done
+    #: step count (1-based, after which) -> preview indices to emit
+    previews: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def cfg(self) -> bool:
+        return self.uncond is not None
+
+
+def preview_schedule(total: int, k: int) -> dict[int, list[int]]:
+    """k previews evenly spaced over ``total`` steps: {step number (1-based): [preview idx]}.
+
+    Preview j comes after step round((j + 1) * total / (k + 1)), at least 1: always k calls,
+    several at the same step when there are fewer steps than previews.
+    """
+    out: dict[int, list[int]] = {}
+    for j in range(k):
+        s = min(total, max(1, round((j + 1) * total / (k + 1))))
+        out.setdefault(s, []).append(j)
+    return out
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8, as diffusers' numpy_to_pil: round(x * 255)."""
+    return (images * 255).round().astype(np.uint8)
+
+
+class SDInpaintModel:
+    """Stable Diffusion inpainting (9-channel UNet) over ONNX; implements ``DiffusionModel``."""
+
+    kind = "diffusion"
+
+    def __init__(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        provider: ExecutionProvider,
+        *,
+        name: str,
+    ):
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self.provider = provider
+        self.name = name
+        native = int(manifest.native_resolution)
+        self.limits = ModelLimits(
+            min_side=64,
+            max_side=4096,
+            native_side=native,
+            max_work_side=int(round(native * 1.5 / 8)) * 8,
+            multiple=8,
+        )
+        self.vae_scale = int(manifest.vae_scale_factor)
+        self.scaling = float(manifest.latent_scaling_factor)
+        self.tokenizer = CLIPTokenizer(self._tokenizer_dir(), max_length=manifest.text_max_length)
+        self.sessions = {
+            comp: provider.load(self.folder / spec.file, spec)
+            for comp, spec in manifest.components.items()
+        }
+        for comp in ("text_encoder", "unet", "vae_encoder", "vae_decoder"):
+            if comp not in self.sessions:
+                raise ValueError(f"{folder}: manifest lacks component {comp!r}; re-export")
+        self._uids = itertools.count()
+        self._emb_key: tuple | None = None
+        self._emb_handle: Any = None
+
+    @classmethod
+    def from_folder(
+        cls, folder: Path, *, name: str, provider: str = "auto", threads: int | None = None
+    ) -> SDInpaintModel:
+        manifest = Manifest.read(Path(folder))
+        if manifest.pipeline != "sd-inpaint" or manifest.unet_in_channels != 9:
+            raise ValueError(f"{folder}: not a 9-channel SD inpainting export")
+        return cls(folder, manifest, select_provider(provider, threads=threads), name=name)
+
+    def _tokenizer_dir(self) -> Path:
+        files = self.manifest.tokenizer
+        rel = files.get("tokenizer_json") or files.get("vocab") or "tokenizer/vocab.json"
+        return (self.folder / rel).parent
+
+    # ------------------------------------------------------------------ metadata
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "pipeline": "stable-diffusion-inpaint",
+            "native_size": self.limits.native_side,
+            "max_work_side": self.limits.max_work_side,
+            "precision": self.manifest.precision,
+            "provider": self.provider.describe(),
+            "reads_prompt": True,
+            "schedulers": scheduler_names(),
+            "default_scheduler": self.manifest.scheduler.get("_class_name"),
+            "default_steps": DEFAULT_STEPS,
+            "default_guidance_scale": DEFAULT_GUIDANCE,
+            "source": self.manifest.source.model,
+        }
+
+    def default_steps(self, quality: str) -> int | None:
+        return QUALITY_STEPS.get((quality or "auto").lower(), DEFAULT_STEPS)
+
+    def count_tokens(self, prompt: str) -> int:
+        return self.tokenizer.count(prompt)
+
+    def batch_key(self, row: Row) -> tuple:
+        """Latent size: rows with and without guidance, any scheduler, may share a UNet call."""
+        h, w = row.image.shape[:2]
+        return ("sd-inpaint", h // self.vae_scale, w // self.vae_scale)
+
+    def close(self) -> None:
+        self.sessions.clear()
+        self._emb_handle = None
+
+    # ------------------------------------------------------------------ 1. validation
+
+    def validate(self, row: Row) -> None:
+        """Raise ``InvalidParameter`` for out-of-range extension values or bad inputs."""
+        steps = DEFAULT_STEPS if row.steps is None else row.steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+            raise InvalidParameter(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
+        if not 1 <= steps <= MAX_STEPS:
+            raise InvalidParameter(f"steps must be from 1 to {MAX_STEPS}, got {steps}")
+        g = DEFAULT_GUIDANCE if row.guidance_scale is None else row.guidance_scale
+        if (
+            not isinstance(g, (int, float, np.floating))
+            or not math.isfinite(g)
+            or not (0 <= g <= MAX_GUIDANCE)
+        ):
+            raise InvalidParameter(
+                f"guidance_scale must be a number from 0 to {MAX_GUIDANCE:g} (values <= 1 turn "
+                f"classifier-free guidance off), got {g!r}"
+            )
+        s = 1.0 if row.strength is None else row.strength
+        if not isinstance(s, (int, float, np.floating)) or not math.isfinite(s) or not (0 < s <= 1):
+            raise InvalidParameter(f"strength must be in (0, 1] (1 = repaint fully), got {s!r}")
+        if int(steps * s) < 1:
+            raise InvalidParameter(
+                f"steps * strength must be >= 1 (got {steps} * {s:g}); raise steps or strength"
+            )
+        if row.scheduler is not None and row.scheduler not in scheduler_names():
+            raise InvalidParameter(
+                f"unknown scheduler {row.scheduler!r}; choose one of {', '.join(scheduler_names())}"
+            )
+        if not 0 <= int(row.partial_images) <= MAX_PREVIEWS:
+            raise InvalidParameter(f"partial_images must be from 0 to {MAX_PREVIEWS}")
+        h, w = row.image.shape[:2]
+        if row.image.ndim != 3 or row.image.shape[2] != 3 or row.image.dtype != np.uint8:
+            raise ValueError("image must be uint8 HxWx3 RGB")
+        if h % self.vae_scale or w % self.vae_scale:
+            raise ValueError(f"image sides must be multiples of {self.vae_scale}, got {w}x{h}")
+        if row.mask.shape != (h, w):
+            raise ValueError(f"mask must be HxW = {h}x{w}, got {row.mask.shape}")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _run(self, component: str, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        spec = self.manifest.components[component]
+        dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
+        cast = {
+            k: (v.astype(dtypes[k], copy=False) if isinstance(v, np.ndarray) and k in dtypes else v)
+            for k, v in feeds.items()
+        }
+        return self.sessions[component].run(cast)
+
+    def _encode_text(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """2. Unique texts -> {text: float32 (1, 77, hidden)} with one text-encoder call."""
+        unique = list(dict.fromkeys(texts))
+        ids = self.tokenizer.encode(unique)
+        hidden = self._run("text_encoder", {"input_ids": ids})["last_hidden_state"]
+        return {t: hidden[i : i + 1].astype(np.float32) for i, t in enumerate(unique)}
+
+    def _decode(self, latents: np.ndarray) -> np.ndarray:
+        """8. scaled latents (B, 4, h, w) -> float32 (B, H, W, 3) in [0, 1]."""
+        out = self._run("vae_decoder", {"latent_sample": latents / self.scaling})["sample"]
+        out = np.clip(out.astype(np.float32) / 2 + 0.5, 0, 1)
+        return out.transpose(0, 2, 3, 1)
+
+    # ------------------------------------------------------------------ prepare
+
+    def prepare(self, rows: list[Row]) -> None:
+        """Fill ``row.state`` for every row (batched text and VAE encoding)."""
+        if not rows:
+            return
+        # 1. validate everything first: a bad row must not leave others half prepared
+        for row in rows:
+            self.validate(row)
+        settings = []
+        for row in rows:
+            steps = int(DEFAULT_STEPS if row.steps is None else row.steps)
+            g = float(DEFAULT_GUIDANCE if row.guidance_scale is None else row.guidance_scale)
+            s = float(1.0 if row.strength is None else row.strength)
+            settings.append((steps, g, s, g > 1.0))
+
+        # 2. text embeddings for prompts and (guidance rows) negative prompts
+        texts = []
+        for row, (_, _, _, cfg) in zip(rows, settings, strict=True):
+            texts.append(row.prompt or "")
+            if cfg:
+                texts.append(row.negative_prompt or "")
+        emb = self._encode_text(texts)
+
+        # 3. schedulers and timesteps
+        scheds, timesteps = [], []
+        for row, (steps, _, strength, _) in zip(rows, settings, strict=True):
+            sched = make_scheduler(self.manifest.scheduler, row.scheduler)
+            ts = np.asarray(strength_timesteps(sched, steps, strength))
+            if len(ts) < 1:
+                raise InvalidParameter("steps * strength leaves no step; raise steps or strength")
+            scheds.append(sched)
+            timesteps.append(ts)
+
+        # 4. image, binarized mask, masked image, latent-size mask
+        images, masked, masks = [], [], []
+        for row in rows:
+            img = row.image.astype(np.float32) / np.float32(255.0)
+            img = (2.0 * img - 1.0).transpose(2, 0, 1)[None]  # (1, 3, H, W) in [-1, 1]
+            m = np.asarray(row.mask, dtype=np.float32)
+            m = np.where(m < 0.5, 0.0, 1.0).astype(np.float32)[None, None]  # (1, 1, H, W)
+            images.append(img)
+            masked.append(img * (m < 0.5))
+            # F.interpolate(mode="nearest") to (H/8, W/8): source index floor(i * 8)
+            masks.append(np.ascontiguousarray(m[:, :, :: self.vae_scale, :: self.vae_scale]))
+
+        # 5. one VAE-encoder call (per image size): images of strength < 1 rows, masked images
+        partial = [i for i, st in enumerate(settings) if st[2] < 1.0]
+        moments = self._vae_encode([images[i] for i in partial] + masked)
+        img_moments = dict(zip(partial, moments[: len(partial)], strict=True))
+        masked_moments = moments[len(partial) :]
+        for i, row in enumerate(rows):
+            steps, g, strength, cfg = settings[i]
+            noise_src = row.meta.get("noise")
+            if noise_src is None:
+                noise_src = NumpyNoise(row.seed)
+            sched, ts = scheds[i], timesteps[i]
+            mean_m, std_m = masked_moments[i]
+            shape = mean_m.shape
+            if strength < 1.0:
+                mean_i, std_i = img_moments[i]
+                image_latents = self.scaling * (mean_i + std_i * self._randn(noise_src, shape))
+                noise = self._randn(noise_src, shape)
+                # 6. initial latents = image latents noised to the first timestep
+                latents = sched.add_noise(image_latents, noise, np.asarray(ts[:1]))
+            else:
+                noise = self._randn(noise_src, shape)
+                latents = noise * np.float32(sched.init_noise_sigma)
+            masked_latents = self.scaling * (mean_m + std_m * self._randn(noise_src, shape))
+            state = _RowState(
+                uid=next(self._uids),
+                scheduler=sched,
+                timesteps=ts,
+                latents=np.asarray(latents, dtype=np.float32),
+                mask=masks[i],
+                masked_latents=masked_latents.astype(np.float32),
+                cond=emb[row.prompt or ""],
+                uncond=emb[row.negative_prompt or ""] if cfg else None,
+                guidance=g,
+                noise=noise_src,
+                previews=preview_schedule(len(ts), int(row.partial_images))
+                if row.on_preview is not None
+                else {},
+            )
+            row.state = state
+
+    def _vae_encode(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(1, 3, H, W) images in [-1, 1] -> [(mean, std)] each (1, 4, h, w), unscaled.
+
+        One encoder call per distinct image size."""
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for group in _group_by_shape(list(enumerate(images)), lambda p: p[1].shape):
+            res = self._run("vae_encoder", {"sample": np.concatenate([x for _, x in group])})
+            mean = res["latent_mean"].astype(np.float32)
+            std = res["latent_std"].astype(np.float32)
+            for k, (i, _) in enumerate(group):
+                out[i] = (mean[k : k + 1], std[k : k + 1])
+        return [out[i] for i in range(len(images))]
+
+    @staticmethod
+    def _randn(source: Any, shape: tuple) -> np.ndarray:
+        return np.asarray(source.randn(tuple(shape)), dtype=np.float32).reshape(shape)
+
+    # ------------------------------------------------------------------ step
+
+    def is_done(self, row: Row) -> bool:
+        st: _RowState = row.state
+        return st is not None and st.index >= len(st.timesteps)
+
+    def step(self, rows: list[Row]) -> None:
+        """7. One UNet call over all (not yet done) rows; each row's scheduler steps its slice."""
+        rows = [r for r in rows if not self.is_done(r)]
+        if not rows:
+            return
+        samples, tvec, slots = [], [], []
+        for row in rows:
+            st: _RowState = row.state
+            t = st.timesteps[st.index]
+            x = st.scheduler.scale_model_input(st.latents, t)
+            x = np.concatenate([x, st.mask, st.masked_latents], axis=1).astype(np.float32)
+            n = 2 if st.cfg else 1
+            slots.append((len(samples), n))
+            samples.extend([x] * n)
+            tvec.extend([np.float32(t)] * n)
+        feeds = {
+            "sample": np.concatenate(samples, axis=0),
+            "timestep": np.asarray(tvec, dtype=np.float32),
+            "encoder_hidden_states": self._text_batch(rows),
+        }
+        pred = self._run("unet", feeds)["out_sample"].astype(np.float32)
+
+        previews: list[tuple[Row, list[int], np.ndarray]] = []
+        for row, (start, n) in zip(rows, slots, strict=True):
+            st = row.state
+            t = st.timesteps[st.index]
+            if n == 2:  # classifier-free guidance: [uncond, cond]
+                uncond, cond = pred[start : start + 1], pred[start + 1 : start + 2]
+                eps = uncond + np.float32(st.guidance) * (cond - uncond)
+            else:
+                eps = pred[start : start + 1]
+            out = st.scheduler.step(eps, t, st.latents, st.noise)
+            st.latents = np.asarray(out.prev_sample, dtype=np.float32)
+            st.index += 1
+            wanted = st.previews.get(st.index)
+            if wanted and row.on_preview is not None:
+                x0 = out.pred_original_sample
+                x0 = st.latents if x0 is None else np.asarray(x0, dtype=np.float32)
+                previews.append((row, wanted, x0))
+        if previews:
+            self._emit_previews(previews)
+
+    def _text_batch(self, rows: list[Row]) -> Any:
+        """encoder_hidden_states for the step's rows ([uncond, cond] for guidance rows).
+
+        Kept as a device handle (``session.to_device``) and reused while the same rows step
+        together: on CUDA the embeddings are uploaded once per batch, not once per step.
+        """
+        key = tuple((r.state.uid, r.state.cfg) for r in rows)
+        if key != self._emb_key:
+            parts = []
+            for r in rows:
+                if r.state.cfg:
+                    parts.append(r.state.uncond)
+                parts.append(r.state.cond)
+            self._emb_handle = self.sessions["unet"].to_device(
+                np.concatenate(parts, axis=0).astype(np.float32)
+            )
+            self._emb_key = key
+        return self._emb_handle
+
+    def _emit_previews(self, previews: list[tuple[Row, list[int], np.ndarray]]) -> None:
+        for group in _group_by_shape(previews, lambda p: p[2].shape):
+            images = to_uint8(self._decode(np.concatenate([p[2] for p in group], axis=0)))
+            for (row, indices, _), img in zip(group, images, strict=True):
+                for j in indices:
+                    row.on_preview(j, img)
+
+    # ------------------------------------------------------------------ finish
+
+    def finish_float(self, rows: list[Row]) -> list[np.ndarray]:
+        """8. VAE-decode: one float32 HxWx3 image in [0, 1] per row (diffusers' output_type="np")."""
+        out: dict[int, np.ndarray] = {}
+        indexed = list(enumerate(rows))
+        for group in _group_by_shape(indexed, lambda p: p[1].state.latents.shape):
+            lat = np.concatenate([r.state.latents for _, r in group], axis=0)
+            for (i, _), img in zip(group, self._decode(lat), strict=True):
+                out[i] = img
+        return [out[i] for i in range(len(rows))]
+
+    def finish(self, rows: list[Row]) -> list[np.ndarray]:
+        """One uint8 HxWx3 image per row, same HxW as the row's image."""
+        return [to_uint8(x) for x in self.finish_float(rows)]
+
+    def run(self, rows: list[Row]) -> list[np.ndarray]:
+        """prepare + step until done + finish (rows of different sizes run as separate groups)."""
+        out: dict[int, np.ndarray] = {}
+        indexed = list(enumerate(rows))
+        for group in _group_by_shape(indexed, lambda p: self.batch_key(p[1])):
+            grows = [r for _, r in group]
+            self.prepare(grows)
+            while not all(self.is_done(r) for r in grows):
+                self.step(grows)
+            for (i, _), img in zip(group, self.finish(grows), strict=True):
+                out[i] = img
+        return [out[i] for i in range(len(rows))]
+
+
+def _group_by_shape(items: list, key) -> list[list]:
+    groups: dict[Any, list] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return list(groups.values())

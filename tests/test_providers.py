@@ -1,0 +1,278 @@
+"""Execution providers.
+
+What runs here (CPU only, no GPU on the test machines):
+- CPU: loads and runs the tiny export, equal to a plain ORT session; threads option.
+- CUDA / TensorRT: only their CPU-visible logic (provider lists, options, TensorRT shape profile
+  strings and cache folder, the error raised when onnxruntime lacks the EP). Not executed.
+- OpenVINO (when the ``openvino`` package is installed): f32/bf16/f16 vs ORT fp32 on the tiny
+  UNet, and the time-embedding fp32 marks checked against OpenVINO's own fp16 compression.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.models import providers as prov
+from server.models.manifest import ComponentSpec, Manifest, TensorSpec
+from server.models.providers import (
+    CPUProvider,
+    CUDAProvider,
+    OpenVINOProvider,
+    ProviderUnavailable,
+    TensorRTProvider,
+    select_provider,
+    trt_shape_string,
+)
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def unet_feeds(batch: int = 3, hidden: int = 32, h: int = 8, w: int = 12):
+    rng = np.random.default_rng(0)
+    return {
+        "sample": rng.standard_normal((batch, 9, h, w), dtype=np.float32),
+        "timestep": np.array([999.0, 501.0, 1.0][:batch], np.float32),
+        "encoder_hidden_states": rng.standard_normal((batch, 77, hidden), dtype=np.float32),
+    }
+
+
+@pytest.fixture(scope="module")
+def unet_path(tiny_model_fp32):
+    m = Manifest.read(tiny_model_fp32)
+    return tiny_model_fp32 / m.components["unet"].file, m
+
+
+@pytest.fixture(scope="module")
+def ort_reference(unet_path):
+    path, m = unet_path
+    feeds = unet_feeds(hidden=m.text_hidden_size)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return feeds, sess.run(None, feeds)[0]
+
+
+# ---------------------------------------------------------------- selection
+
+
+def test_select_auto_is_cpu_without_cuda(monkeypatch):
+    monkeypatch.setattr(prov, "ort_providers", lambda: ["CPUExecutionProvider"])
+    p = select_provider("auto", threads=2)
+    assert isinstance(p, CPUProvider) and p.name == "cpu" and p.threads == 2
+
+
+def test_select_auto_is_cuda_when_available(monkeypatch):
+    monkeypatch.setattr(
+        prov, "ort_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert select_provider("auto").name == "cuda"
+    # TensorRT available too: auto still picks CUDA (TensorRT engine builds are opt-in)
+    monkeypatch.setattr(
+        prov,
+        "ort_providers",
+        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    assert select_provider("auto").name == "cuda"
+    assert select_provider("tensorrt").name == "tensorrt"
+
+
+@pytest.mark.parametrize("name,hint", [("cuda", ".[gpu]"), ("tensorrt", ".[tensorrt]")])
+def test_missing_gpu_provider_says_what_to_install(monkeypatch, name, hint):
+    monkeypatch.setattr(prov, "ort_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ProviderUnavailable, match=r"pip install") as err:
+        select_provider(name)
+    assert hint in str(err.value)
+
+
+def test_missing_openvino_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(OpenVINOProvider, "available", classmethod(lambda cls: False))
+    with pytest.raises(ProviderUnavailable, match=r"\.\[openvino\]"):
+        select_provider("openvino")
+
+
+def test_unknown_provider_and_bad_options():
+    with pytest.raises(ValueError, match="choose one of"):
+        select_provider("rocm")
+    with pytest.raises(ValueError, match="threads"):
+        CPUProvider(threads=0)
+    with pytest.raises(ValueError, match="precision"):
+        OpenVINOProvider(precision="int4")
+
+
+# ---------------------------------------------------------------- CPU
+
+
+def test_cpu_session_matches_plain_ort(unet_path, ort_reference):
+    path, m = unet_path
+    feeds, ref = ort_reference
+    provider = CPUProvider(threads=1)
+    sess = provider.load(path, m.components["unet"])
+    assert sess.input_names == ["sample", "timestep", "encoder_hidden_states"]
+    assert sess.output_names == ["out_sample"]
+    assert sess.session.get_session_options().intra_op_num_threads == 1
+    handle = sess.to_device(feeds["encoder_hidden_states"])
+    out = sess.run({**feeds, "encoder_hidden_states": handle})
+    np.testing.assert_allclose(out["out_sample"], ref, rtol=1e-5, atol=1e-5)
+    assert provider.describe() == {"name": "cpu", "threads": 1}
+
+
+# ---------------------------------------------------------------- CUDA / TensorRT (logic only)
+
+
+def test_io_binding_session_on_cpu(unet_path, ort_reference):
+    """The CUDA session's IO-binding code (device handles reused across calls, host outputs),
+    run with device "cpu" since there is no GPU here."""
+    path, m = unet_path
+    feeds, ref = ort_reference
+    plain = CPUProvider(threads=1).load(path, m.components["unet"])
+    sess = prov.OrtDeviceSession(plain.session, device_id=0, device="cpu")
+    handle = sess.to_device(feeds["encoder_hidden_states"])
+    assert isinstance(handle, ort.OrtValue)
+    for _ in range(2):  # the bound handle is reused, as the pipeline does between steps
+        out = sess.run({**feeds, "encoder_hidden_states": handle})
+        np.testing.assert_allclose(out["out_sample"], ref, rtol=1e-5, atol=1e-5)
+
+
+def _spec_with_profiles() -> ComponentSpec:
+    return ComponentSpec(
+        file="unet/model.onnx",
+        inputs=[TensorSpec(name="sample", dtype="float32", shape=["batch", 9, "h", "w"])],
+        outputs=[TensorSpec(name="out_sample", dtype="float32", shape=["batch", 4, "h", "w"])],
+        precision="fp16",
+        profiles={
+            "sample": {"min": [1, 9, 8, 8], "opt": [2, 9, 64, 64], "max": [8, 9, 96, 96]},
+            "timestep": {"min": [1], "opt": [2], "max": [8]},
+        },
+    )
+
+
+def test_cuda_provider_list():
+    p = CUDAProvider(device_id=1)
+    providers = p.provider_list()
+    assert providers[0][0] == "CUDAExecutionProvider" and providers[0][1]["device_id"] == 1
+    assert providers[-1] == "CPUExecutionProvider"
+    assert p.describe()["io_binding"] is True
+
+
+def test_tensorrt_options(tmp_path):
+    spec = _spec_with_profiles()
+    assert trt_shape_string(spec.profiles, "max") == "sample:8x9x96x96,timestep:8"
+    p = TensorRTProvider()
+    model_file = tmp_path / "unet" / "model.onnx"
+    folder = prov._model_folder(model_file, spec)
+    assert folder == tmp_path
+    names = [x[0] if isinstance(x, tuple) else x for x in p.provider_list(folder, spec)]
+    assert names == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    opts = p.provider_list(folder, spec)[0][1]
+    assert opts["trt_fp16_enable"] is True and opts["trt_engine_cache_enable"] is True
+    assert opts["trt_engine_cache_path"] == str(tmp_path / "trt_cache")
+    assert (tmp_path / "trt_cache").is_dir()
+    assert opts["trt_profile_min_shapes"] == "sample:1x9x8x8,timestep:1"
+    assert opts["trt_profile_opt_shapes"] == "sample:2x9x64x64,timestep:2"
+    # no profiles in the manifest: TensorRT picks shapes itself
+    assert "trt_profile_min_shapes" not in p.trt_options(tmp_path, None)
+
+
+# ---------------------------------------------------------------- OpenVINO
+
+
+@pytest.fixture(scope="module")
+def ov():
+    return pytest.importorskip("openvino")
+
+
+@pytest.mark.parametrize("precision", ["f32", "bf16", "f16"])
+def test_openvino_matches_ort(ov, unet_path, ort_reference, precision):
+    """On CPUs without bf16/f16 units (e.g. AVX2-only) OpenVINO runs these hints in f32;
+    describe() reports the precision it actually used."""
+    path, m = unet_path
+    feeds, ref = ort_reference
+    p = select_provider(f"openvino:{precision}", threads=1)
+    sess = p.load(path, m.components["unet"])
+    out = sess.run(feeds)["out_sample"]
+    d = p.describe()
+    assert d["precision_hint"] == precision and d["effective_precision"]
+    if precision != "f32":
+        assert p.precise_nodes >= 4  # Multiply, Sin, Cos, Concat at least
+    if "32" in d["effective_precision"]:
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+    else:  # real reduced precision (AVX512_BF16 / AMX / GPU): looser
+        assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()
+
+
+def test_openvino_time_embedding_marks(ov, unet_path, tmp_path):
+    """The marks make OpenVINO keep the sinusoidal time embedding in fp32: checked with
+    OpenVINO's fp16 weight compression (save_model(compress_to_fp16=True)), which rounds the
+    frequency table to fp16 unless the marks are honoured. Without marks the embedding of
+    t=999 is off by ~0.1; with them it matches float64 to ~1e-5."""
+    path, _ = unet_path
+    core = ov.Core()
+    model = core.read_model(str(path))
+    names = prov.time_embedding_nodes(model)
+    kinds = {
+        op.get_type_name() for op in model.get_ordered_ops() if op.get_friendly_name() in names
+    }
+    assert {"Multiply", "Sin", "Cos"} <= kinds
+    assert not kinds & {"MatMul", "Convolution", "ShapeOf"}
+    concat = next(
+        op
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "Concat" and op.get_friendly_name() in names
+    )
+    half = concat.get_output_partial_shape(0)[1].get_length() // 2
+    ts = np.array([999.0, 501.0, 1.0], np.float64)
+    freqs = np.exp(-np.log(10000.0) * np.arange(half) / half)
+    ref = np.concatenate([np.sin(ts[:, None] * freqs), np.cos(ts[:, None] * freqs)], axis=1)
+
+    def embedding_error(src) -> float:
+        m = core.read_model(str(src))
+        cat = next(
+            op for op in m.get_ordered_ops() if op.get_friendly_name() == concat.get_friendly_name()
+        )
+        m.add_outputs([cat.output(0)])
+        dst = tmp_path / f"c_{src.stem}.xml"
+        ov.save_model(m, str(dst), compress_to_fp16=True)
+        c = core.compile_model(core.read_model(str(dst)), "CPU", {"INFERENCE_NUM_THREADS": "1"})
+        out = c.create_infer_request().infer(
+            unet_feeds(hidden=m.input(2).get_partial_shape()[2].get_length())
+        )
+        return float(np.abs(out[c.outputs[1]] - ref).max())
+
+    marked_xml, n = prov.write_ir_time_embedding_fp32(core, path, tmp_path)
+    assert n == len(names)
+    assert embedding_error(path) > 1e-2  # the trap, reproduced
+    assert embedding_error(marked_xml) < 1e-4  # the fix
+
+
+def test_mark_precise_in_ir_text():
+    xml = (
+        '<layers>\n\t\t<layer id="1" name="node_sin" type="Sin" version="opset1">\n'
+        "\t\t\t<input>\n\t\t\t</input>\n\t\t</layer>\n"
+        '\t\t<layer id="2" name="other" type="Sin" version="opset1">\n'
+        "\t\t\t<input>\n\t\t\t</input>\n\t\t</layer>\n</layers>"
+    )
+    out = prov.mark_precise_in_ir(xml, {"node_sin"})
+    assert out.count('<attribute name="precise" version="0" />') == 1
+    assert out.index("precise") < out.index('name="other"')
+
+
+def test_openvino_in_the_pipeline(ov, tiny_model_fp32):
+    """The whole SD pipeline on OpenVINO (bf16 hint, time embedding pinned) vs ORT's CPU EP."""
+    from server.models.base import Row
+    from server.models.sd_inpaint import SDInpaintModel
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), np.float32)
+    mask[8:40, 16:56] = 1
+
+    def run(provider: str):
+        model = SDInpaintModel.from_folder(tiny_model_fp32, name="t", provider=provider, threads=1)
+        row = Row(image=img, mask=mask, prompt="a cat", seed=1, steps=3, scheduler="euler")
+        model.prepare([row])
+        while not model.is_done(row):
+            model.step([row])
+        return model.finish_float([row])[0], model.provider.describe()
+
+    (a, _), (b, d) = run("cpu"), run("openvino:bf16")
+    tol = 2e-3 if "32" in str(d["effective_precision"]) else 0.1  # real bf16 units: looser
+    assert np.abs(a - b).max() <= tol

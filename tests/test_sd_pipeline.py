@@ -1,0 +1,328 @@
+"""SDInpaintModel (ONNX, numpy) vs diffusers' StableDiffusionInpaintPipeline (PyTorch).
+
+Fixtures (tests/conftest.py): ``tiny_pipeline_dir`` (tiny random-weight diffusers pipeline),
+``tiny_model_fp32`` / ``tiny_model_fp16`` (its ONNX exports, with manifest.json).
+
+Same noise: every random draw of our pipeline comes from the row's NoiseSource; here it is a
+``torch.Generator`` seeded like the ``generator=`` passed to diffusers, so both draw the same
+numbers in the same order (initial noise, VAE latent samples, ancestral step noise).
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from server.models.base import Row
+from server.models.schedulers import scheduler_names
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+from diffusers import (  # noqa: E402
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionInpaintPipeline,
+)
+from diffusers.schedulers import scheduling_lms_discrete  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from server.models.sd_inpaint import (  # noqa: E402
+    InvalidParameter,
+    SDInpaintModel,
+    preview_schedule,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+DPMPP = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+REF = {
+    "ddim": (DDIMScheduler, {}),
+    "pndm": (PNDMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "lms": (scheduling_lms_discrete.LMSDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {**DPMPP, "use_karras_sigmas": False}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {**DPMPP, "use_karras_sigmas": True}),
+}
+H, W = 64, 96  # non-square, not a multiple of 64 at latent size (8 x 12)
+STEPS = 8
+SEED = 3
+FP32_TOL = 1e-3  # max |ours - diffusers| on [0, 1] images
+FP16_MAX_TOL = 0.1  # fp16 export vs fp32 export (random weights amplify fp16 rounding)
+FP16_MEAN_TOL = 1e-2
+
+
+class TorchNoise:
+    """NoiseSource drawing exactly what ``torch.Generator().manual_seed(seed)`` gives diffusers."""
+
+    def __init__(self, seed: int):
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def randn(self, shape):
+        return torch.randn(tuple(shape), generator=self.gen, dtype=torch.float32).numpy()
+
+
+def _quad(f, a, b, **_):
+    """scipy.integrate.quad stand-in for diffusers' LMS (scipy is not a dependency): 8-point
+    Gauss-Legendre is exact for the <= cubic polynomials LMS integrates."""
+    x, w = np.polynomial.legendre.leggauss(8)
+    a, b = float(a), float(b)
+    vals = [float(f(0.5 * (b - a) * xi + 0.5 * (a + b))) for xi in x]
+    return 0.5 * (b - a) * float(np.dot(w, vals)), 0.0
+
+
+@pytest.fixture(autouse=True)
+def _lms_integrator(monkeypatch):
+    if not hasattr(scheduling_lms_discrete, "integrate"):
+        monkeypatch.setattr(
+            scheduling_lms_discrete, "integrate", types.SimpleNamespace(quad=_quad), raising=False
+        )
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipeline_dir):
+    p = StableDiffusionInpaintPipeline.from_pretrained(tiny_pipeline_dir, torch_dtype=torch.float32)
+    p.set_progress_bar_config(disable=True)
+    p.base_scheduler_config = dict(p.scheduler.config)  # the exported one, before swaps
+    return p
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_fp32):
+    return SDInpaintModel.from_folder(tiny_model_fp32, name="tiny", provider="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def model16(tiny_model_fp16):
+    return SDInpaintModel.from_folder(tiny_model_fp16, name="tiny16", provider="cpu", threads=1)
+
+
+def inputs(h: int = H, w: int = W, seed: int = 0):
+    """uint8 image; float32 mask: a rectangle not aligned to the 8-px latent grid, with soft
+    values on two sides (binarized at 0.5 by both pipelines)."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), np.float32)
+    mask[13:45, 21:70] = 1.0
+    mask[13:45, 19:21] = 0.7
+    mask[45:47, 21:70] = 0.3
+    return img, mask
+
+
+def make_row(img, mask, **kw) -> Row:
+    base = dict(prompt="a red cat", negative_prompt="blurry", seed=SEED, steps=STEPS)
+    base.update(kw)
+    return Row(image=img, mask=mask, **base)
+
+
+def run_ours(model, row: Row) -> np.ndarray:
+    model.prepare([row])
+    while not model.is_done(row):
+        model.step([row])
+    return model.finish_float([row])[0]
+
+
+def run_diffusers(pipe, scheduler, img, mask, *, prompt, negative_prompt, guidance, strength):
+    cls, overrides = REF[scheduler]
+    pipe.scheduler = cls.from_config(pipe.base_scheduler_config, **overrides)
+    mask_u8 = np.round(mask * 255).astype(np.uint8)
+    out = pipe(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        image=Image.fromarray(img),
+        mask_image=Image.fromarray(mask_u8),
+        height=img.shape[0],
+        width=img.shape[1],
+        num_inference_steps=STEPS,
+        guidance_scale=guidance,
+        strength=strength,
+        generator=torch.Generator().manual_seed(SEED),
+        output_type="np",
+    )
+    return out.images[0]
+
+
+def test_reference_covers_every_scheduler():
+    assert sorted(REF) == sorted(scheduler_names())
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+@pytest.mark.parametrize("scheduler", sorted(REF))
+def test_parity_with_diffusers(pipe, model, model16, scheduler, strength, record_property):
+    img, mask = inputs()
+    ref = run_diffusers(
+        pipe, scheduler, img, mask, prompt="a red cat", negative_prompt="blurry",
+        guidance=7.5, strength=strength,
+    )  # fmt: skip
+    kw = dict(scheduler=scheduler, strength=strength, guidance_scale=7.5)
+    ours = run_ours(model, make_row(img, mask, meta={"noise": TorchNoise(SEED)}, **kw))
+    assert ours.shape == ref.shape == (H, W, 3) and ours.dtype == np.float32
+    diff = float(np.abs(ours - ref).max())
+    record_property("fp32_max_abs_diff", diff)
+    assert diff <= FP32_TOL, f"{scheduler} strength={strength}: max |diff| {diff:.2e}"
+    assert ref.std() > 0.05  # a real image, not a constant that trivially matches
+
+    ours16 = run_ours(model16, make_row(img, mask, meta={"noise": TorchNoise(SEED)}, **kw))
+    d16 = np.abs(ours16 - ours)
+    record_property("fp16_vs_fp32_max", float(d16.max()))
+    assert d16.max() <= FP16_MAX_TOL and d16.mean() <= FP16_MEAN_TOL, (d16.max(), d16.mean())
+
+
+@pytest.mark.parametrize(
+    "guidance,negative", [(1.0, None), (4.0, None)], ids=["no-cfg", "cfg-empty-negative"]
+)
+def test_parity_guidance_variants(pipe, model, guidance, negative):
+    """guidance <= 1: no classifier-free guidance; negative None -> "" (as diffusers)."""
+    img, mask = inputs()
+    ref = run_diffusers(
+        pipe, "euler_a", img, mask, prompt="a red cat", negative_prompt=negative,
+        guidance=guidance, strength=1.0,
+    )  # fmt: skip
+    row = make_row(
+        img, mask, negative_prompt=negative, guidance_scale=guidance, scheduler="euler_a",
+        meta={"noise": TorchNoise(SEED)},
+    )  # fmt: skip
+    ours = run_ours(model, row)
+    assert np.abs(ours - ref).max() <= FP32_TOL
+    assert row.state.cfg == (guidance > 1)
+
+
+def test_default_scheduler_is_manifest_config(pipe, model):
+    """row.scheduler None -> the exported scheduler_config (PNDM for SD 1.5)."""
+    img, mask = inputs()
+    ref = run_diffusers(
+        pipe, "pndm", img, mask, prompt="a red cat", negative_prompt="blurry",
+        guidance=7.5, strength=1.0,
+    )  # fmt: skip
+    ours = run_ours(model, make_row(img, mask, meta={"noise": TorchNoise(SEED)}))
+    assert np.abs(ours - ref).max() <= FP32_TOL
+
+
+def test_seed_determinism(model):
+    img, mask = inputs()
+    a = model.run([make_row(img, mask, seed=11, scheduler="euler_a", steps=4)])[0]
+    b = model.run([make_row(img, mask, seed=11, scheduler="euler_a", steps=4)])[0]
+    c = model.run([make_row(img, mask, seed=12, scheduler="euler_a", steps=4)])[0]
+    assert a.dtype == np.uint8 and a.shape == (H, W, 3)
+    assert np.array_equal(a, b)
+    assert np.abs(a.astype(int) - c.astype(int)).mean() > 1.0
+
+
+def test_batching_independence(model):
+    """A row alone == the same row batched with rows joining later, at other timesteps,
+    guidance (with and without CFG), strengths and schedulers. The batcher relies on this."""
+    img, mask = inputs()
+    img2, mask2 = inputs(seed=5)
+
+    def row_a():
+        return make_row(img, mask, seed=1, scheduler="euler_a", steps=6)
+
+    alone = run_ours(model, row_a())
+
+    a = row_a()
+    b = make_row(img2, mask2, prompt="a dog", negative_prompt=None, seed=2, steps=5,
+                 guidance_scale=1.0, scheduler="ddim")  # fmt: skip
+    c = make_row(img, mask2, prompt="sky", seed=3, steps=9, guidance_scale=3.0,
+                 strength=0.7, scheduler="dpmpp_2m_karras")  # fmt: skip
+    model.prepare([b])
+    model.step([b])
+    model.step([b])  # b is 2 steps ahead
+    model.prepare([a, c])  # a and c join between steps
+    results = {}
+    active = [a, b, c]
+    while active:
+        model.step(active)
+        done = [r for r in active if model.is_done(r)]
+        for r, out in zip(done, model.finish_float(done), strict=True):
+            results[id(r)] = out
+        active = [r for r in active if not model.is_done(r)]
+    assert np.abs(results[id(a)] - alone).max() <= 1e-5
+    c_alone = run_ours(
+        model,
+        make_row(img, mask2, prompt="sky", seed=3, steps=9, guidance_scale=3.0, strength=0.7,
+                 scheduler="dpmpp_2m_karras"),
+    )  # fmt: skip
+    assert np.abs(results[id(c)] - c_alone).max() <= 1e-5
+
+
+def test_rows_of_different_sizes_in_run(model):
+    img, mask = inputs()
+    small_img, small_mask = inputs(64, 64)
+    outs = model.run(
+        [make_row(img, mask, steps=2), make_row(small_img, small_mask, steps=2, seed=9)]
+    )
+    assert outs[0].shape == (H, W, 3) and outs[1].shape == (64, 64, 3)
+    assert model.batch_key(make_row(img, mask)) != model.batch_key(make_row(small_img, small_mask))
+
+
+@pytest.mark.parametrize("k,steps", [(1, 6), (2, 6), (3, 6), (3, 2)])
+def test_previews(model, k, steps):
+    img, mask = inputs()
+    calls = []
+    row = make_row(
+        img, mask, steps=steps, partial_images=k, scheduler="pndm",
+        on_preview=lambda i, im: calls.append((i, im)),
+    )  # fmt: skip
+    model.run([row])
+    assert [i for i, _ in calls] == list(range(k))
+    for _, im in calls:
+        assert im.dtype == np.uint8 and im.shape == (H, W, 3)
+
+
+def test_preview_schedule():
+    assert preview_schedule(25, 3) == {6: [0], 12: [1], 19: [2]}
+    assert preview_schedule(2, 3) == {1: [0, 1], 2: [2]}
+    assert preview_schedule(10, 0) == {}
+    assert sum(len(v) for v in preview_schedule(1, 3).values()) == 3
+
+
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("steps", 0, "steps"),
+        ("steps", 151, "steps"),
+        ("steps", 2.5, "steps"),
+        ("guidance_scale", -1.0, "guidance_scale"),
+        ("guidance_scale", 30.5, "guidance_scale"),
+        ("guidance_scale", float("nan"), "guidance_scale"),
+        ("strength", 0.0, "strength"),
+        ("strength", 1.5, "strength"),
+        ("scheduler", "k_unknown", "scheduler"),
+        ("partial_images", 4, "partial_images"),
+    ],
+)
+def test_bad_values_raise(model, field, value, needle):
+    img, mask = inputs()
+    row = make_row(img, mask, **{field: value})
+    with pytest.raises(ValueError, match=needle) as err:
+        model.prepare([row])
+    assert isinstance(err.value, InvalidParameter)
+    assert row.state is None  # nothing half-prepared
+
+
+def test_steps_times_strength_too_small(model):
+    img, mask = inputs()
+    with pytest.raises(ValueError, match="strength"):
+        model.validate(make_row(img, mask, steps=2, strength=0.3))
+
+
+def test_metadata(model, tiny_model_fp32):
+    d = model.describe()
+    assert d["kind"] == "diffusion" and model.kind == "diffusion"
+    assert d["reads_prompt"] is True
+    assert d["native_size"] == model.limits.native_side
+    assert d["precision"] == "fp32" and d["provider"]["name"] == "cpu"
+    assert set(d["schedulers"]) == set(scheduler_names())
+    native = model.limits.native_side
+    assert model.limits.max_work_side == round(native * 1.5 / 8) * 8
+    assert model.limits.multiple == 8
+    assert (model.default_steps("low"), model.default_steps("medium")) == (12, 25)
+    assert (model.default_steps("high"), model.default_steps("auto")) == (50, 25)
+    assert model.default_steps("standard") == 25
+    assert model.count_tokens("a photo of a cat") == 5
+    assert model.count_tokens("") == 0

@@ -1,0 +1,167 @@
+"""server.models.tokenizer.CLIPTokenizer vs transformers' CLIPTokenizer.
+
+The real CLIP BPE vocabulary is rebuilt from the ``bpe_simple_vocab_16e6.txt.gz`` that the
+``open_clip_torch`` package ships (exactly as OpenAI's CLIP builds it), so the parity covers the
+full 49408-token vocabulary, not a toy one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.models.tokenizer import CLIPTokenizer
+
+transformers = pytest.importorskip("transformers")
+
+STRINGS = [
+    "",
+    " ",
+    "a photo of a cat",
+    "A Photo Of A CAT, sitting on a park bench!!!",
+    "Face of a yellow cat, high resolution, sitting on a park bench",
+    "numbers 1234567 and 3.14159, 1e-5 and 42nd",
+    "punctuation: ;;; ... ?! -- ((brackets)) [x] {y} <z> @#$%^&*_+=~`|\\/",
+    "don't we'll they're it's I'm you've he'd",
+    "unicode: café naïve résumé Ærøskøbing straße",
+    "emoji 🐱🚀 and kanji 猫 東京 and кириллица and العربية",
+    "tabs\tand\nnewlines\r\n  multiple   spaces",
+    "<|startoftext|> special <|endoftext|> tokens inside",
+    "ＦＵＬＬＷＩＤＴＨ letters and ﬁ ligature",
+    "e\u0301 combining accent (NFC)",
+    "masterpiece, best quality, (ultra-detailed:1.2), 8k uhd, dslr",
+    " ".join(["word"] * 100),  # truncated
+    "long " + ", ".join(f"token{i}" for i in range(80)),  # truncated in the middle of words
+    "x" * 500,
+]
+
+
+def _bpe_file() -> Path | None:
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    return path if path.exists() else None
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs], strict=True))
+
+
+def write_clip_vocab(folder: Path, pad_token: str = "<|endoftext|>") -> Path:
+    """vocab.json + merges.txt + tokenizer_config.json of OpenAI's CLIP (49408 tokens)."""
+    bpe = _bpe_file()
+    if bpe is None:
+        pytest.skip("open_clip's bpe_simple_vocab_16e6.txt.gz is not installed")
+    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
+    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
+    vocab = list(_bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab]
+    vocab += ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8"
+    )
+    config = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": pad_token,
+        "model_max_length": 77,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module", params=["<|endoftext|>", "!"], ids=["sd15-pad", "sd2-pad"])
+def vocab_dir(request, tmp_path_factory):
+    name = "eot" if request.param.startswith("<") else "bang"
+    return write_clip_vocab(tmp_path_factory.mktemp(f"clip_{name}"), pad_token=request.param)
+
+
+def _reference(folder: Path):
+    return transformers.CLIPTokenizer.from_pretrained(str(folder))
+
+
+def _ref_ids(ref, texts):
+    out = ref(texts, padding="max_length", max_length=77, truncation=True, return_tensors="np")
+    return out["input_ids"].astype(np.int64)
+
+
+def test_vocab_merges_parity(vocab_dir):
+    ref = _reference(vocab_dir)
+    ours = CLIPTokenizer(vocab_dir)
+    got = ours.encode(STRINGS)
+    assert got.dtype == np.int64 and got.shape == (len(STRINGS), 77)
+    want = _ref_ids(ref, STRINGS)
+    for s, g, w in zip(STRINGS, got, want, strict=True):
+        assert g.tolist() == w.tolist(), s
+    # truncation keeps eos as the last token; padding uses the configured pad token
+    assert got[-1, -1] == ours.eos_id
+    assert got[0, 2] == ours.pad_id
+    assert ours.pad_id == ref.pad_token_id
+
+
+def test_tokenizer_json_parity(vocab_dir, tmp_path):
+    """A folder saved by transformers (tokenizer.json path) gives the same ids."""
+    ref = _reference(vocab_dir)
+    ref.save_pretrained(tmp_path)
+    if not (tmp_path / "tokenizer.json").exists():
+        pytest.skip("this transformers version writes no tokenizer.json")
+    (tmp_path / "vocab.json").unlink(missing_ok=True)  # force the tokenizer.json route
+    ours = CLIPTokenizer(tmp_path)
+    assert ours.pad_token == ref.pad_token
+    assert ours.encode(STRINGS).tolist() == _ref_ids(ref, STRINGS).tolist()
+
+
+def test_count_and_single_string(vocab_dir):
+    ref = _reference(vocab_dir)
+    ours = CLIPTokenizer(vocab_dir)
+    for s in STRINGS:
+        assert ours.count(s) == len(ref(s, add_special_tokens=False)["input_ids"]), s
+    assert ours.count("") == 0
+    assert ours.count(" ".join(["word"] * 100)) == 100  # not truncated
+    assert ours.truncated(" ".join(["word"] * 100))
+    assert not ours.truncated("a cat")
+    assert ours.encode("a cat").shape == (1, 77)
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        CLIPTokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("route", ["tokenizer.json", "vocab+merges"])
+def test_pipeline_tokenizer_folder(tiny_pipeline_dir, tmp_path, route):
+    """The folder the exporter copies (CLIPTokenizer.save_pretrained + vocab/merges)."""
+    import shutil
+
+    src = tiny_pipeline_dir / "tokenizer"
+    ref = transformers.CLIPTokenizer.from_pretrained(str(src))
+    folder = shutil.copytree(src, tmp_path / "tok")
+    if route == "vocab+merges":
+        (folder / "tokenizer.json").unlink(missing_ok=True)
+    ours = CLIPTokenizer(folder)
+    assert ours.encode(STRINGS).tolist() == _ref_ids(ref, STRINGS).tolist()
+    assert ours.encode("a photo of a cat")[0, :7].tolist() == [
+        49406, 320, 1125, 539, 320, 2368, 49407,
+    ]  # fmt: skip
