@@ -7,7 +7,7 @@ PORT ?= 8000
 PRESET ?= ci
 MODEL ?=
 NAME ?=
-PRECISION ?= fp16
+PRECISION ?= auto
 TARGET ?= cpu
 SERVE_ARGS ?=
 
@@ -45,6 +45,7 @@ lint: install-dev
 	$(PY) -m ruff format --check server export benchmarks tests
 
 export: install-dev
+	@test -n "$(MODEL)" || { echo 'usage: make export MODEL=<hub id or diffusers folder> [NAME=...] [PRECISION=auto|fp32|fp16] [TARGET=cpu|cuda]'; exit 2; }
 	$(PY) -m export --model "$(MODEL)" $(if $(NAME),--name "$(NAME)") --precision $(PRECISION) --target $(TARGET)
 
 export-tiny: install-dev
@@ -52,6 +53,16 @@ export-tiny: install-dev
 
 benchmark: install-dev
 	$(PY) -m benchmarks --preset $(PRESET)
+
+# Overload soak on loopback: 2x measured capacity, valid + invalid mix, ~3 minutes, bounded.
+SOAK_ARGS ?= --duration 150
+soak: install-dev
+	$(PY) -m benchmarks.soak $(SOAK_ARGS)
+
+# Fuzz campaign on loopback: the malformed corpus + schemathesis against /openapi.json.
+FUZZ_ARGS ?= --max-examples 100
+fuzz: install-dev
+	$(PY) -m tests.fuzz.run_fuzz $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

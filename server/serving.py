@@ -193,6 +193,7 @@ class EditService:
             )
             for i in range(request.n)
         ]
+        self._validate_rows(model, rows)
         return PreparedEdit(request, model, rgba, transparent, edit, region.box, rows, quality)
 
     def _check_extensions(self, request: EditRequest, model: InpaintModel) -> None:
@@ -202,6 +203,21 @@ class EditService:
                 f"Unknown scheduler '{request.scheduler}'. Supported: {', '.join(names)}.",
                 "scheduler",
             )
+
+    @staticmethod
+    def _validate_rows(model: InpaintModel, rows: list[Row]) -> None:
+        """Ask the model to check extension values now, so a bad request gets its 400 here
+        instead of failing a whole batch later. The param is the field the message starts with."""
+        validate = getattr(model, "validate", None)
+        if validate is None:
+            return
+        try:
+            validate(rows[0])  # every row of a request shares the same settings
+        except ValueError as err:
+            message = str(err)
+            first = message.split(" ", 1)[0]
+            param = first if first in ("steps", "guidance_scale", "strength", "scheduler") else None
+            raise invalid(f"{message}.", param) from None
 
     def _edit_mask(self, rgba: np.ndarray, mask: Upload | None, width: int, height: int) -> np.ndarray:
         """float32 HxW {0,1} edit region from the mask rules of the contract."""

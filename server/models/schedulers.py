@@ -954,6 +954,17 @@ def scheduler_names() -> list[str]:
     return list(_NAMES)
 
 
+def default_scheduler_name(config: dict[str, Any]) -> str | None:
+    """Our public name for the class a diffusers config names (None if unsupported)."""
+    cls = _BY_CLASS.get(config.get("_class_name"))  # type: ignore[arg-type]
+    plain = [n for n, (c, _) in _NAMES.items() if c is cls]
+    if not plain:
+        return None
+    if cls is DPMSolverMultistep:
+        return "dpmpp_2m_karras" if config.get("use_karras_sigmas") else "dpmpp_2m"
+    return plain[0]
+
+
 def make_scheduler(config: dict[str, Any], name: str | None = None) -> Scheduler:
     """A fresh scheduler for one row.
 

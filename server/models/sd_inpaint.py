@@ -47,7 +47,13 @@ import numpy as np
 from .base import ModelLimits, Row
 from .manifest import Manifest
 from .providers import ExecutionProvider, select_provider
-from .schedulers import NumpyNoise, make_scheduler, scheduler_names, strength_timesteps
+from .schedulers import (
+    NumpyNoise,
+    default_scheduler_name,
+    make_scheduler,
+    scheduler_names,
+    strength_timesteps,
+)
 from .tokenizer import CLIPTokenizer
 
 DEFAULT_GUIDANCE = 7.5
@@ -130,6 +136,13 @@ class SDInpaintModel:
         )
         self.vae_scale = int(manifest.vae_scale_factor)
         self.scaling = float(manifest.latent_scaling_factor)
+        # StableDiffusionInpaintPipeline.__init__ rewrites outdated scheduler configs the same
+        # way (steps_offset 1, PNDM without the PRK warm-up); do it too so defaults match.
+        self.scheduler_config = {**manifest.scheduler}
+        if self.scheduler_config.get("steps_offset", 1) != 1:
+            self.scheduler_config["steps_offset"] = 1
+        if self.scheduler_config.get("skip_prk_steps", True) is False:
+            self.scheduler_config["skip_prk_steps"] = True
         self.tokenizer = CLIPTokenizer(self._tokenizer_dir(), max_length=manifest.text_max_length)
         self.sessions = {
             comp: provider.load(self.folder / spec.file, spec)
@@ -168,7 +181,7 @@ class SDInpaintModel:
             "provider": self.provider.describe(),
             "reads_prompt": True,
             "schedulers": scheduler_names(),
-            "default_scheduler": self.manifest.scheduler.get("_class_name"),
+            "default_scheduler": default_scheduler_name(self.scheduler_config),
             "default_steps": DEFAULT_STEPS,
             "default_guidance_scale": DEFAULT_GUIDANCE,
             "source": self.manifest.source.model,
@@ -280,7 +293,7 @@ class SDInpaintModel:
         # 3. schedulers and timesteps
         scheds, timesteps = [], []
         for row, (steps, _, strength, _) in zip(rows, settings, strict=True):
-            sched = make_scheduler(self.manifest.scheduler, row.scheduler)
+            sched = make_scheduler(self.scheduler_config, row.scheduler)
             ts = np.asarray(strength_timesteps(sched, steps, strength))
             if len(ts) < 1:
                 raise InvalidParameter("steps * strength leaves no step; raise steps or strength")

@@ -1,0 +1,98 @@
+"""``python -m export``: diffusers SD-inpainting pipeline -> ONNX model folder + manifest.json.
+
+Examples::
+
+    python -m export --tiny --out models/tiny-sd-inpaint          # seconds, random weights
+    python -m export --model stable-diffusion-v1-5/stable-diffusion-inpainting \\
+        --precision fp16 --target cuda                              # a real model (needs the hub)
+    python -m export --preset sd15-random --out /tmp/sd15r          # full size, random weights
+
+Exit status: 0 on success (or "up to date"), 1 on a failed verification or a bad argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .exporter import Options, main_run
+
+DEFAULT_OPSET = 18  # the dynamo exporter's native opset in torch 2.13; ORT >= 1.16 runs it
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="hub id or local diffusers folder (an inpainting pipeline)")
+    src.add_argument("--tiny", action="store_true", help="build the tiny random test pipeline")
+    src.add_argument(
+        "--preset",
+        choices=["tiny", "sd15-random"],
+        help="build a random-weight pipeline: tiny, or the full SD 1.5-inpainting architecture",
+    )
+    p.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    p.add_argument("--name", help="model name (default: last component of --model / the preset)")
+    p.add_argument("--out", type=Path, help="output folder (default: models/<name>)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "auto"],
+        default="auto",
+        help="weights precision; auto = fp16 for --target cuda, fp32 for cpu "
+        "(fp16 on ORT's CPU EP is 1.3-1.9x slower than fp32)",
+    )
+    p.add_argument(
+        "--target",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="graph optimizations: cpu = none offline (ORT optimizes at load), cuda = ORT "
+        "transformer fusions (attention, GroupNorm; CUDA-only ops)",
+    )
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--force", action="store_true", help="overwrite an existing export")
+    p.add_argument(
+        "--no-verify", action="store_true", help="skip ORT-vs-PyTorch verification (recorded)"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        help="relative tolerance replacing the per-precision default "
+        "(pass if max|diff| <= tol * max(1, max|reference|)); 0 fails on any difference",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for presets and sample inputs")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="torch / ORT CPU threads (not part of the export arguments)",
+    )
+    a = p.parse_args(argv)
+    preset = "tiny" if a.tiny else a.preset
+    if a.tolerance is not None and a.tolerance < 0:
+        p.error("--tolerance must be >= 0")
+    name = a.name or (preset and f"{preset}-sd-inpaint") or Path(a.model.rstrip("/")).name
+    precision = a.precision if a.precision != "auto" else ("fp16" if a.target == "cuda" else "fp32")
+    return Options(
+        model=None if preset else a.model,
+        revision=a.revision,
+        name=name,
+        out=(a.out or Path("models") / name).expanduser().absolute(),
+        precision=precision,
+        target=a.target,
+        opset=a.opset,
+        verify=not a.no_verify,
+        tolerance=a.tolerance,
+        preset=preset,
+        seed=a.seed,
+        force=a.force,
+        threads=a.threads,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

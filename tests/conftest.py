@@ -1,0 +1,45 @@
+"""Shared pytest fixtures (session-scoped: built once per test run, reused by every test file).
+
+- ``tiny_pipeline_dir``: the tiny random-weight SD-inpainting diffusers pipeline
+  (``export.tiny.build_tiny_pipeline``, seed 0) saved with ``save_pretrained``; load it with
+  ``StableDiffusionInpaintPipeline.from_pretrained(tiny_pipeline_dir)``. Native size 64 px.
+- ``tiny_model_fp32`` / ``tiny_model_fp16``: exported ONNX model folders of that pipeline
+  (``python -m export --tiny``), each with ``manifest.json`` readable by
+  ``server.models.manifest.Manifest.read``. target cpu, verified against PyTorch.
+
+The first fixture takes ~5 s, each export ~50 s on 2 busy cores (the fp16 export reuses the
+fp32 traces in-process, ~10 s). Everything lives under one session tmp dir. Treat the folders as
+read-only: copy them (``shutil.copytree``) before modifying anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory) -> Path:
+    from export.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-pipeline"), seed=0)
+
+
+def _export_tiny(tmp_path_factory, precision: str) -> Path:
+    from export.__main__ import main
+
+    out = tmp_path_factory.mktemp(f"tiny-{precision}") / "tiny-sd-inpaint"
+    rc = main(["--tiny", "--precision", precision, "--target", "cpu", "--out", str(out)])
+    assert rc == 0, f"tiny {precision} export failed (exit {rc}); see the captured output"
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_fp32(tmp_path_factory) -> Path:
+    return _export_tiny(tmp_path_factory, "fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_fp16(tmp_path_factory) -> Path:
+    return _export_tiny(tmp_path_factory, "fp16")
