@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="model used when a request names none (env DEFAULT_MODEL); default: the first "
            "exported model, else the built-in one")
     a("--provider", default=_env("PROVIDER", "auto"),
-      choices=["auto", "cpu", "cuda", "tensorrt", "openvino"], help="execution provider (env PROVIDER)")
+      help="execution provider for exported models: auto, cpu, cuda, tensorrt, openvino, "
+           "openvino:bf16, openvino:f16 (env PROVIDER); auto = cuda if available, else cpu")
     a("--threads", type=int, default=_env("THREADS") and int(_env("THREADS")),
       help="CPU threads per model session (env THREADS); default: all cores")
     a("--public-url", default=_env("PUBLIC_URL"),
@@ -97,6 +98,14 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServerConfig, bool]:
     return config, generated
 
 
+def check_provider(config: ServerConfig) -> None:
+    """Fail at start, with what to install, when an explicitly requested provider is missing
+    (a typo'd or unavailable provider would otherwise only show up per model in /v1/models)."""
+    from .models.providers import select_provider
+
+    select_provider(config.provider, threads=config.threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -107,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"No API key configured; generated one for this run:\n\n    {config.api_keys[0]}\n",
               flush=True)
     try:
+        check_provider(config)
         app = create_app(config)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"Serving on http://{config.host}:{config.port} (models dir: {config.models_dir})",
