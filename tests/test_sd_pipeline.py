@@ -326,3 +326,22 @@ def test_metadata(model, tiny_model_fp32):
     assert model.default_steps("standard") == 25
     assert model.count_tokens("a photo of a cat") == 5
     assert model.count_tokens("") == 0
+
+
+def test_non_finite_output_fails_only_its_row(model, monkeypatch):
+    img, mask = inputs()
+    rows = [make_row(img, mask, seed=1, steps=2), make_row(img, mask, seed=2, steps=2)]
+    model.prepare(rows)
+    while not all(model.is_done(r) for r in rows):
+        model.step(rows)
+    real_decode = model._decode
+
+    def poisoned(latents):
+        out = real_decode(latents)
+        out[0][...] = np.nan  # the first row's graph output blew up
+        return out
+
+    monkeypatch.setattr(model, "_decode", poisoned)
+    first, second = model.finish(rows)
+    assert isinstance(first, FloatingPointError)
+    assert second.dtype == np.uint8 and second.shape == img.shape

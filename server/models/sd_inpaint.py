@@ -455,9 +455,18 @@ class SDInpaintModel:
                 out[i] = img
         return [out[i] for i in range(len(rows))]
 
-    def finish(self, rows: list[Row]) -> list[np.ndarray]:
-        """One uint8 HxWx3 image per row, same HxW as the row's image."""
-        return [to_uint8(x) for x in self.finish_float(rows)]
+    def finish(self, rows: list[Row]) -> list[np.ndarray | Exception]:
+        """One uint8 HxWx3 image per row, same HxW as the row's image.
+
+        A row whose decoded image is not finite (NaN/inf from the graphs, e.g. an fp16
+        overflow) gets an exception in its place, so the batcher fails that row's request
+        alone instead of returning a garbage image.
+        """
+        return [
+            to_uint8(x) if np.isfinite(x).all()
+            else FloatingPointError("the model produced non-finite values for this image")
+            for x in self.finish_float(rows)
+        ]
 
     def run(self, rows: list[Row]) -> list[np.ndarray]:
         """prepare + step until done + finish (rows of different sizes run as separate groups)."""
@@ -469,6 +478,8 @@ class SDInpaintModel:
             while not all(self.is_done(r) for r in grows):
                 self.step(grows)
             for (i, _), img in zip(group, self.finish(grows), strict=True):
+                if isinstance(img, Exception):
+                    raise img
                 out[i] = img
         return [out[i] for i in range(len(rows))]
 
