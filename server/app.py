@@ -50,6 +50,21 @@ class RateLimiter:
         hits.append(now)
 
 
+# request key: the allowed Origin, "" = not allowed, absent = CORS off (RequestKey: aiohttp >= 3.12)
+_CORS_ORIGIN = web.RequestKey("cors_origin", str) if hasattr(web, "RequestKey") else "cors_origin"
+
+
+async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    origin = request.get(_CORS_ORIGIN)
+    if origin is None:
+        return
+    response.headers["Vary"] = "Origin"  # caches must not serve one origin's answer to another
+    if origin:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+
+
 def _route_label(request: web.Request) -> str:
     info = request.match_info.route.resource
     return info.canonical if info is not None else "unmatched"
@@ -71,17 +86,15 @@ def make_middlewares(config: ServerConfig, keys: KeyStore, metrics: Metrics):
 
     @web.middleware
     async def cors(request: web.Request, handler):
+        # Headers are added in on_response_prepare (_cors_headers), so that streamed (SSE) and
+        # file responses, prepared inside their handlers, carry them too.
         origin = request.headers.get("Origin")
         allowed = origin is not None and ("*" in origins or origin in origins)
+        if origin is not None and origins:
+            request[_CORS_ORIGIN] = origin if allowed else ""
         if allowed and request.method == "OPTIONS":
-            response = web.Response(status=204)
-        else:
-            response = await handler(request)
-        if allowed:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-        return response
+            return web.Response(status=204)
+        return await handler(request)
 
     @web.middleware
     async def auth(request: web.Request, handler):
@@ -110,6 +123,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
     app[KEYS] = keys
     app[METRICS] = metrics
     app.add_routes(routes)
+    app.on_response_prepare.append(_cors_headers)
 
     async def resources(app: web.Application):
         loop = asyncio.get_running_loop()

@@ -109,6 +109,25 @@ def collate(
     return taken
 
 
+class BadModelOutput(RuntimeError):
+    pass
+
+
+def _check_output(image, row: Row):
+    """The image if it is what the model contract promises (uint8 HxWx3, the row's HxW), else a
+    BadModelOutput to fail that row's request alone (NaN/inf floats, wrong shapes, not an array)."""
+    want = (*row.image.shape[:2], 3)
+    if not isinstance(image, np.ndarray):
+        return BadModelOutput(f"model returned {type(image).__name__}, not an image array")
+    if image.dtype != np.uint8:
+        if image.dtype.kind == "f" and not np.isfinite(image).all():
+            return BadModelOutput("model returned non-finite values (NaN/inf)")
+        return BadModelOutput(f"model returned dtype {image.dtype}, expected uint8")
+    if image.shape != want:
+        return BadModelOutput(f"model returned shape {image.shape}, expected {want}")
+    return image
+
+
 def _single_key(row: Row) -> tuple:
     return ()
 
@@ -226,7 +245,12 @@ class ModelWorker:
 
     def _deliver(self, item: QueuedRow, image) -> None:
         job = item.job
+        if not isinstance(image, BaseException):
+            image = _check_output(image, item.row)
         if isinstance(image, BaseException):
+            if self.metrics is not None:
+                self.metrics.model_errors.labels(self.model.name).inc()
+            log.error("model %s: bad output for one row: %s", self.model.name, image)
             job.resolve(error=image)
             return
         job.results[item.index] = image

@@ -38,7 +38,8 @@ DESCRIPTIONS: dict[str, dict] = {
     "seed": {"type": "integer", "minimum": 0, "description": "Extension: image i uses seed + i."},
     "steps": {"type": "integer", "minimum": 1, "maximum": 150, "description": "Extension."},
     "guidance_scale": {"type": "number", "minimum": 0, "maximum": 30, "description": "Extension."},
-    "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "description": "Extension."},
+    "strength": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1,
+                 "description": "Extension."},  # OpenAPI 3.0: exclusiveMinimum is a boolean
     "scheduler": {"type": "string", "description": "Extension: see GET /v1/models for names."},
 }
 

@@ -126,7 +126,7 @@ def parse_size(raw: str | None) -> tuple[int, int] | None:
         return None
     text = raw.strip().lower()
     w, sep, h = text.partition("x")
-    if not sep or not w.isdigit() or not h.isdigit() or len(w) > 6 or len(h) > 6:
+    if not sep or not w.isdecimal() or not h.isdecimal() or len(w) > 6 or len(h) > 6:
         raise ProtocolError(
             f"Invalid size {raw[:40]!r}: use 'WIDTHxHEIGHT' (e.g. '1024x1024') or 'auto'.", "size"
         )

@@ -10,6 +10,7 @@ import logging
 import time
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .errors import APIError, invalid
 from .keys import CONFIG, METRICS, REGISTRY, SERVICE, STATE, STORE
@@ -27,10 +28,36 @@ def _protocol_error(err: ProtocolError) -> APIError:
     return invalid(err.message, err.param, err.code)
 
 
-async def _read_part(part: BodyPartReader, limit: int, too_big: APIError, budget: list[int]) -> bytes:
+def _read_timeout(seconds: float) -> APIError:
+    return APIError(
+        408,
+        f"The request body arrived too slowly: no data for {seconds:g} s. Upload the whole "
+        "request without pausing (or use a faster connection) and retry.",
+        code="request_timeout",
+    )
+
+
+async def _timed(awaitable, seconds: float):
+    """Await one read step of the request body; a step with no progress for ``seconds`` -> 408."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except asyncio.TimeoutError:
+        raise _read_timeout(seconds) from None
+    except ConnectionError:  # the client hung up mid-upload: nobody reads this answer
+        log.info("client disconnected while sending the request body")
+        raise APIError(400, "The connection was closed before the request body was complete.",
+                       code="client_disconnected") from None
+    except HttpProcessingError as exc:  # aiohttp's multipart parser: bad part headers
+        raise invalid(f"Malformed multipart body: {str(exc.message)[:200]}.", None) from None
+    except (ValueError, AssertionError, LookupError) as exc:  # ... and other malformed bodies
+        raise invalid(f"Malformed request body: {str(exc)[:200]}.", None) from None
+
+
+async def _read_part(part: BodyPartReader, limit: int, too_big: APIError, budget: list[int],
+                     timeout_s: float) -> bytes:
     chunks, size = [], 0
     while True:
-        chunk = await part.read_chunk(64 * 1024)
+        chunk = await _timed(part.read_chunk(64 * 1024), timeout_s)
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)
@@ -56,7 +83,7 @@ async def read_multipart(request: web.Request) -> tuple[dict[str, str], list[Upl
         raise invalid(f"Malformed multipart body: {exc}.", None) from None
     parts = 0
     while True:
-        part = await reader.next()
+        part = await _timed(reader.next(), limits.read_timeout_s)
         if part is None:
             break
         if not isinstance(part, BodyPartReader):
@@ -71,7 +98,8 @@ async def read_multipart(request: web.Request) -> tuple[dict[str, str], list[Upl
                 f"'{param}' is larger than {limits.max_image_bytes // (1024 * 1024)} MB; "
                 "send a smaller file.", param, "image_too_large",
             )
-            data = await _read_part(part, limits.max_image_bytes, too_big, budget)
+            data = await _read_part(part, limits.max_image_bytes, too_big, budget,
+                                   limits.read_timeout_s)
             if name == "mask":
                 mask = Upload("mask", data)
             elif name in ("image", "image[]"):
@@ -80,7 +108,8 @@ async def read_multipart(request: web.Request) -> tuple[dict[str, str], list[Upl
             continue
         too_big = invalid(f"Field '{name[:40]}' is too long.", name[:40],
                           "string_above_max_length")
-        raw = await _read_part(part, limits.max_field_bytes, too_big, budget)
+        raw = await _read_part(part, limits.max_field_bytes, too_big, budget,
+                               limits.read_timeout_s)
         try:
             fields[name] = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -101,16 +130,26 @@ def _data_url(value, param: str) -> bytes:
 async def read_json(request: web.Request) -> tuple[dict[str, str], list[Upload], Upload | None]:
     """The JSON variant: {"images": [{"image_url": "data:..."}], "mask": {...}, "prompt": ...}."""
     limits = request.app[CONFIG].limits
-    raw = await request.content.read(limits.max_body_bytes + 1)
-    if len(raw) > limits.max_body_bytes:
-        raise APIError(413, "Request body too large.", code="image_too_large", param="image")
+    chunks, size = [], 0
+    while True:  # StreamReader.read(n) returns what has arrived so far: loop to the end
+        chunk = await _timed(request.content.read(64 * 1024), limits.read_timeout_s)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limits.max_body_bytes:
+            raise APIError(413, "Request body too large.", code="image_too_large", param="image")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # JSONDecodeError, bad UTF-8, over-long integers
         raise invalid("The body is not valid JSON.", None) from None
     if not isinstance(body, dict):
         raise invalid("The JSON body must be an object.", None)
-    images = [Upload("image", _data_url(v, "images")) for v in body.get("images") or []]
+    listed = body.get("images") or []
+    if not isinstance(listed, list):
+        raise invalid("'images' must be a list of {\"image_url\": \"data:...\"} objects.", "images")
+    images = [Upload("image", _data_url(v, "images")) for v in listed]
     mask = Upload("mask", _data_url(body["mask"], "mask")) if body.get("mask") else None
     fields = {
         k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v).lower() if isinstance(v, bool) else str(v))

@@ -1,0 +1,481 @@
+"""Soak / overload test (``make soak``): the real server on loopback, driven at twice its measured
+capacity for a bounded time with a mix of valid and invalid requests.
+
+1. start ``python -m server`` on 127.0.0.1 (own port, key, files dir, small queue);
+2. calibrate: closed loop, 2 x ``max_batch_size`` clients of valid edits -> capacity (requests/s);
+3. load: open loop, valid rows offered at ``--load`` x capacity (default 2x) for ``--duration`` s or
+   ``--max-requests``, whichever ends first: ~60% valid edits (b64 or url), ~35% invalid
+   (truncated image, missing prompt, wrong key, decompression-bomb header, body over the limit,
+   bad size) and ~5% clients that hang up mid-request;
+4. settle, then compare with the state after warm-up: RSS of the server process (sampled every
+   2 s), open file descriptors, threads, files in the files dir (exactly one per url image served,
+   no partial writes).
+
+Pass: every request answered with 200/400/401/413/429/504 (nothing else, no client timeout),
+RSS growth <= ``--max-rss-growth-mb``, fd growth <= ``--max-fd-growth``, no orphan files, /health
+200 at the end. Exit status 0 = pass. Loopback only; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import random
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import psutil
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+EXPECTED = {200, 400, 401, 413, 429, 504}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def make_payloads(side: int, region: int) -> dict[str, tuple[dict, list[tuple[str, bytes]]]]:
+    """name -> (text fields, [(part name, bytes)]). A noisy image so the inpaint has work to do."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
+    mask = np.full((side, side, 4), 255, np.uint8)
+    o = (side - region) // 2
+    mask[o : o + region, o : o + region, 3] = 0
+    img_png, mask_png = png(img), png(mask)
+    bomb = png(np.zeros((8, 8, 3), np.uint8))
+    bomb = bomb[:16] + (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big") + bomb[24:]
+    return {
+        "valid": ({"prompt": "fill"}, [("image", img_png), ("mask", mask_png)]),
+        "valid-url": (
+            {"prompt": "fill", "response_format": "url"},
+            [("image", img_png), ("mask", mask_png)],
+        ),
+        "valid-n2-jpeg": (
+            {"prompt": "fill", "n": "2", "output_format": "jpeg"},
+            [("image", img_png), ("mask", mask_png)],
+        ),
+        "truncated": ({"prompt": "x"}, [("image", img_png[: len(img_png) // 2])]),
+        "no-prompt": ({}, [("image", img_png)]),
+        "bomb-header": ({"prompt": "x"}, [("image", bomb)]),
+        "bad-size": ({"prompt": "x", "size": "100x7"}, [("image", img_png)]),
+        "too-big": ({"prompt": "x"}, [("image", img_png + os.urandom(3 * 1024 * 1024))]),
+    }
+
+
+MIX = [
+    ("valid", 45),
+    ("valid-url", 10),
+    ("valid-n2-jpeg", 5),
+    ("truncated", 8),
+    ("no-prompt", 7),
+    ("bomb-header", 5),
+    ("bad-size", 5),
+    ("too-big", 3),
+    ("wrong-key", 7),
+    ("hang-up", 5),
+]
+
+
+#: valid rows (images to compute) per request of the mix: valid 45%, url 10%, n=2 5% x 2
+VALID_ROWS_PER_REQUEST = (45 + 10 + 5 * 2) / sum(w for _, w in MIX)
+
+
+def form(fields: dict, files: list[tuple[str, bytes]]) -> aiohttp.FormData:
+    fd = aiohttp.FormData()
+    for name, data in files:
+        fd.add_field(name, data, filename=f"{name}.png", content_type="image/png")
+    for k, v in fields.items():
+        fd.add_field(k, v)
+    return fd
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.status: Counter = Counter()
+        self.by_kind: dict[str, Counter] = {}
+        self.unexpected: list[str] = []
+        self.url_ok = 0
+        self.aborted = 0
+        self.latency: list[float] = []
+
+    def record(self, kind: str, status: int | str, seconds: float) -> None:
+        self.status[status] += 1
+        self.by_kind.setdefault(kind, Counter())[status] += 1
+        if status == 200:
+            self.latency.append(seconds)
+        if status not in EXPECTED:
+            self.unexpected.append(f"{kind}: {status}")
+
+
+async def one(
+    session: aiohttp.ClientSession,
+    base: str,
+    key: str,
+    kind: str,
+    payloads,
+    stats: Stats,
+    timeout_s: float,
+) -> None:
+    t0 = time.monotonic()
+    name = "valid" if kind in ("wrong-key", "hang-up") else kind
+    fields, files = payloads[name]
+    headers = {"Authorization": f"Bearer {'sk-wrong' if kind == 'wrong-key' else key}"}
+    try:
+        if kind == "hang-up":
+            try:
+                async with session.post(
+                    f"{base}/v1/images/edits",
+                    data=form(fields, files),
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=0.05),
+                ):
+                    pass
+            except (asyncio.TimeoutError, aiohttp.ClientError):
+                pass
+            stats.aborted += 1
+            return
+        async with session.post(
+            f"{base}/v1/images/edits",
+            data=form(fields, files),
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as resp:
+            body = await resp.read()
+            if resp.status == 429 and "Retry-After" not in resp.headers:
+                stats.unexpected.append(f"{kind}: 429 without Retry-After")
+            if resp.status >= 400:
+                err = json.loads(body).get("error", {})
+                if not {"message", "type", "param", "code"} <= set(err):
+                    stats.unexpected.append(f"{kind}: {resp.status} body not OpenAI-shaped")
+            elif kind == "valid-url":
+                stats.url_ok += 1
+            stats.record(kind, resp.status, time.monotonic() - t0)
+    except asyncio.TimeoutError:
+        stats.record(kind, "client-timeout", time.monotonic() - t0)
+    except aiohttp.ClientError as exc:
+        # the server may answer 413 and close before the whole body is sent
+        stats.record(kind, f"conn-error:{type(exc).__name__}", time.monotonic() - t0)
+
+
+def server_state(proc: psutil.Process, files_dir: Path) -> dict:
+    files = list(files_dir.iterdir()) if files_dir.exists() else []
+    return {
+        "rss_mb": proc.memory_info().rss / 2**20,
+        "fds": proc.num_fds(),
+        "threads": proc.num_threads(),
+        "files": len(files),
+        "partial_files": sum(1 for f in files if f.name.endswith(".part")),
+    }
+
+
+async def wait_ready(base: str, deadline_s: float = 60) -> None:
+    end = time.monotonic() + deadline_s
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < end:
+            try:
+                async with s.get(f"{base}/ready", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status == 200:
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.3)
+    raise RuntimeError("server not ready")
+
+
+async def calibrate(base: str, key: str, payloads, clients: int, seconds: float) -> float:
+    """Valid edits/s with ``clients`` closed-loop clients (enough to keep every batch full);
+    the first 2 s (warm-up) are not counted."""
+    done = 0
+    start = time.monotonic() + 2.0
+    end = start + seconds
+    stats = Stats()
+    async with aiohttp.ClientSession() as session:
+
+        async def loop():
+            nonlocal done
+            while time.monotonic() < end:
+                await one(session, base, key, "valid", payloads, stats, 60)
+                if time.monotonic() > start:
+                    done += 1
+
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        elapsed = time.monotonic() - start
+    if stats.status.get(200, 0) == 0:
+        raise RuntimeError(f"calibration got no 200: {dict(stats.status)}")
+    return done / elapsed
+
+
+async def load(
+    base: str,
+    key: str,
+    payloads,
+    rate: float,
+    duration: float,
+    max_requests: int,
+    timeout_s: float,
+    max_in_flight: int,
+    proc: psutil.Process,
+    files_dir: Path,
+    samples: list,
+) -> tuple[Stats, int, float]:
+    stats = Stats()
+    kinds = [k for k, _ in MIX]
+    weights = [w for _, w in MIX]
+    rnd = random.Random(7)
+    tasks: set[asyncio.Task] = set()
+    sent = 0
+    connector = aiohttp.TCPConnector(limit=max_in_flight)
+    t0 = time.monotonic()
+    next_sample = t0
+    async with aiohttp.ClientSession(connector=connector) as session:
+        while sent < max_requests and time.monotonic() - t0 < duration:
+            now = time.monotonic()
+            if now >= next_sample:
+                samples.append((now - t0, server_state(proc, files_dir)["rss_mb"]))
+                next_sample = now + 2.0
+            kind = rnd.choices(kinds, weights)[0]
+            task = asyncio.ensure_future(one(session, base, key, kind, payloads, stats, timeout_s))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+            await asyncio.sleep(max(0.0, t0 + sent / rate - time.monotonic()))  # open loop
+        elapsed = time.monotonic() - t0
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s + 30)
+    return stats, sent, elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--duration", type=float, default=150.0, help="seconds of load (bounded)")
+    ap.add_argument("--max-requests", type=int, default=20000, help="upper bound on requests sent")
+    ap.add_argument(
+        "--load", type=float, default=2.0, help="offered load as a multiple of capacity"
+    )
+    ap.add_argument("--calibrate", type=float, default=8.0, help="seconds of capacity measurement")
+    ap.add_argument("--side", type=int, default=384, help="image side of valid requests")
+    ap.add_argument("--region", type=int, default=160, help="edit region side of valid requests")
+    ap.add_argument("--max-batch-size", type=int, default=4)
+    ap.add_argument("--max-queue", type=int, default=16)
+    ap.add_argument("--request-timeout", type=float, default=15.0)
+    ap.add_argument("--max-in-flight", type=int, default=128)
+    ap.add_argument(
+        "--warmup", type=float, default=15.0, help="seconds of load before the baseline"
+    )
+    ap.add_argument("--max-rss-growth-mb", type=float, default=64.0)
+    ap.add_argument("--max-fd-growth", type=int, default=16)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="inpaint-soak-"))
+    files_dir = work / "files"
+    key = "sk-soak-" + secrets.token_hex(8)
+    port = free_port()
+    base = f"http://{HOST}:{port}"
+    log = open(work / "server.log", "wb")  # noqa: SIM115
+    cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--api-key",
+        key,
+        "--models-dir",
+        str(work / "no-models"),
+        "--files-dir",
+        str(files_dir),
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-queue",
+        str(args.max_queue),
+        "--request-timeout",
+        str(args.request_timeout),
+        "--max-body-mb",
+        "2",
+        "--log-level",
+        "WARNING",
+    ]
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    failures: list[str] = []
+    try:
+        proc = psutil.Process(server.pid)
+        asyncio.run(wait_ready(base))
+        payloads = make_payloads(args.side, args.region)
+        before = server_state(proc, files_dir)
+        clients = 2 * args.max_batch_size
+        capacity = asyncio.run(calibrate(base, key, payloads, clients, args.calibrate))
+        # offered valid work (rows) = load x capacity; the invalid requests come on top
+        rate = args.load * capacity / VALID_ROWS_PER_REQUEST
+        print(
+            f"capacity {capacity:.1f} valid req/s (closed loop, {clients} clients); "
+            f"offered {rate:.1f} req/s = {rate * VALID_ROWS_PER_REQUEST:.1f} valid rows/s "
+            f"({args.load:g}x capacity) + invalid ones, for {args.duration:g} s "
+            f"(max {args.max_requests} requests)"
+        )
+        samples: list[tuple[float, float]] = []
+
+        async def run_all():
+            # warm-up at full load, then the baseline, then the measured soak
+            warm, wsent, _ = await load(
+                base,
+                key,
+                payloads,
+                rate,
+                args.warmup,
+                args.max_requests,
+                args.request_timeout + 30,
+                args.max_in_flight,
+                proc,
+                files_dir,
+                [],
+            )
+            await asyncio.sleep(2)
+            baseline = server_state(proc, files_dir)
+            res = await load(
+                base,
+                key,
+                payloads,
+                rate,
+                args.duration,
+                args.max_requests - wsent,
+                args.request_timeout + 30,
+                args.max_in_flight,
+                proc,
+                files_dir,
+                samples,
+            )
+            return warm, baseline, res
+
+        warm, baseline, (stats, sent, elapsed) = asyncio.run(run_all())
+        time.sleep(3)  # connections close, the queue drains
+        after = server_state(proc, files_dir)
+        health = asyncio.run(_health(base))
+        answered = sum(stats.status.values())
+        ok = stats.status.get(200, 0)
+        lat = sorted(stats.latency)
+        p50 = lat[len(lat) // 2] if lat else float("nan")
+        p99 = lat[int(len(lat) * 0.99)] if lat else float("nan")
+        rss = [r for _, r in samples]
+        print(
+            f"sent {sent} in {elapsed:.0f} s ({sent / elapsed:.1f} req/s), answered {answered}, "
+            f"hung up by the client on purpose {stats.aborted}; 200s {ok} "
+            f"({ok / elapsed:.1f}/s), latency of 200s p50 {p50:.2f} s p99 {p99:.2f} s"
+        )
+        print("statuses: " + " ".join(f"{s}:{n}" for s, n in sorted(stats.status.items(), key=str)))
+        for kind, c in sorted(stats.by_kind.items()):
+            print(f"  {kind:14s} " + " ".join(f"{s}:{n}" for s, n in sorted(c.items(), key=str)))
+        print(f"server before load: {_fmt(before)}")
+        print(f"after warm-up:      {_fmt(baseline)}")
+        print(f"after soak:         {_fmt(after)}")
+        if rss:
+            print(
+                f"RSS during soak: min {min(rss):.0f} MB, max {max(rss):.0f} MB "
+                f"({len(rss)} samples every 2 s)"
+            )
+        print(f"/health after: {health}")
+        growth = after["rss_mb"] - baseline["rss_mb"]
+        if stats.unexpected:
+            failures.append(
+                f"{len(stats.unexpected)} unexpected answers, e.g. {stats.unexpected[:5]}"
+            )
+        if answered + stats.aborted != sent:
+            failures.append(f"{sent - answered - stats.aborted} requests never answered")
+        if growth > args.max_rss_growth_mb:
+            failures.append(f"RSS grew {growth:.0f} MB (> {args.max_rss_growth_mb:g})")
+        if after["fds"] - baseline["fds"] > args.max_fd_growth:
+            failures.append(f"fds grew {baseline['fds']} -> {after['fds']}")
+        if after["partial_files"]:
+            failures.append(f"{after['partial_files']} partial files left in the files dir")
+        urls = warm.url_ok + stats.url_ok
+        if after["files"] != urls:
+            failures.append(f"{after['files']} files in the files dir for {urls} url images served")
+        if health != 200:
+            failures.append(f"/health answered {health}")
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "capacity_rps": capacity,
+                        "offered_rps": rate,
+                        "sent": sent,
+                        "seconds": elapsed,
+                        "answered": answered,
+                        "aborted": stats.aborted,
+                        "statuses": {str(k): v for k, v in stats.status.items()},
+                        "before": before,
+                        "baseline": baseline,
+                        "after": after,
+                        "rss_samples": samples,
+                        "p50_s": p50,
+                        "p99_s": p99,
+                        "failures": failures,
+                    },
+                    indent=1,
+                )
+            )
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+    log_text = (work / "server.log").read_text(errors="replace")
+    if key in log_text:
+        failures.append("the API key appears in the server log")
+    internal = log_text.count("internal error (incident")
+    if internal:
+        failures.append(f"{internal} internal errors (500) in the server log")
+    if failures:
+        print("FAIL:\n  " + "\n  ".join(failures) + f"\n(server log: {work / 'server.log'})")
+        return 1
+    shutil.rmtree(work, ignore_errors=True)
+    print("PASS")
+    return 0
+
+
+def _fmt(s: dict) -> str:
+    return (
+        f"RSS {s['rss_mb']:.0f} MB, fds {s['fds']}, threads {s['threads']}, "
+        f"files {s['files']} (partial {s['partial_files']})"
+    )
+
+
+async def _health(base: str) -> int:
+    async with aiohttp.ClientSession() as s:
+        try:
+            async with s.get(f"{base}/health", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                return r.status
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
