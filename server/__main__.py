@@ -68,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
       help="largest uploaded file (env MAX_IMAGE_MB)")
     a("--max-image-pixels", type=int, default=int(_env("MAX_IMAGE_PIXELS", 4096 * 4096)),
       help="largest decoded image, checked from the header (env MAX_IMAGE_PIXELS)")
+    a("--max-request-pixels", type=int, default=int(_env("MAX_REQUEST_PIXELS", 10 * 2048 * 2048)),
+      help="n x output width x height per request (env MAX_REQUEST_PIXELS)")
+    a("--max-images", type=int, default=int(_env("MAX_IMAGES", 16)),
+      help="images per request (env MAX_IMAGES)")
+    a("--max-prompt-chars", type=int, default=int(_env("MAX_PROMPT_CHARS", 32000)),
+      help="prompt length (env MAX_PROMPT_CHARS)")
+    a("--max-parts", type=int, default=int(_env("MAX_PARTS", 64)),
+      help="multipart parts per request (env MAX_PARTS)")
+    a("--max-field-kb", type=float, default=float(_env("MAX_FIELD_KB", 256)),
+      help="size of one text field (env MAX_FIELD_KB)")
+    a("--read-timeout", type=float, default=float(_env("READ_TIMEOUT", 30)),
+      help="seconds a request body may stall before 408 (env READ_TIMEOUT)")
     a("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return p
 
@@ -86,6 +98,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServerConfig, bool]:
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_image_bytes=int(args.max_image_mb * 1024 * 1024),
         max_image_pixels=args.max_image_pixels,
+        max_request_pixels=args.max_request_pixels,
+        max_images=args.max_images,
+        max_prompt_chars=args.max_prompt_chars,
+        max_parts=args.max_parts,
+        max_field_bytes=int(args.max_field_kb * 1024),
+        read_timeout_s=args.read_timeout,
     )
     config = ServerConfig(
         host=args.host, port=args.port, models_dir=args.models_dir, api_keys=tuple(keys),

@@ -30,3 +30,12 @@ def test_env_and_flags(monkeypatch):
     assert config.max_batch_size == 2
     config, _ = config_from_args(build_parser().parse_args(["--port", "1"]))
     assert config.port == 1  # a flag wins over its variable
+
+
+def test_limit_flags_reach_the_config():
+    args = ["--max-images", "3", "--max-prompt-chars", "100", "--max-parts", "9",
+            "--max-field-kb", "2", "--read-timeout", "5", "--max-request-pixels", "1000"]
+    config, _ = config_from_args(build_parser().parse_args(args))
+    lim = config.limits
+    assert (lim.max_images, lim.max_prompt_chars, lim.max_parts) == (3, 100, 9)
+    assert (lim.max_field_bytes, lim.read_timeout_s, lim.max_request_pixels) == (2048, 5.0, 1000)
