@@ -8,8 +8,6 @@ samples / x0 estimates to float32 rounding.
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 
@@ -33,6 +31,7 @@ from server.models.schedulers import (  # noqa: E402
     scheduler_names,
     strength_timesteps,
 )
+from tests.numerics import TorchNoise  # noqa: E402
 
 # diffusers' own numpy/torch interplay warns on numpy 2; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -93,31 +92,8 @@ REF = {
 SHAPE = (1, 4, 8, 8)
 
 
-def _quad(f, a, b, **_):
-    """Stand-in for scipy.integrate.quad (scipy is not installed): 8-point Gauss-Legendre is
-    exact for the <= cubic polynomials LMS integrates."""
-    x, w = np.polynomial.legendre.leggauss(8)
-    a, b = float(a), float(b)
-    vals = [float(f(0.5 * (b - a) * xi + 0.5 * (a + b))) for xi in x]
-    return 0.5 * (b - a) * float(np.dot(w, vals)), 0.0
 
 
-@pytest.fixture(autouse=True)
-def _lms_integrator(monkeypatch):
-    if not hasattr(scheduling_lms_discrete, "integrate"):
-        monkeypatch.setattr(
-            scheduling_lms_discrete, "integrate", types.SimpleNamespace(quad=_quad), raising=False
-        )
-
-
-class TorchNoise:
-    """NoiseSource backed by a torch.Generator: draws exactly what diffusers would."""
-
-    def __init__(self, seed: int):
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def randn(self, shape):
-        return torch.randn(tuple(shape), generator=self.gen, dtype=torch.float32).numpy()
 
 
 def fake_unet(x: np.ndarray, t) -> np.ndarray:

@@ -10,8 +10,6 @@ numbers in the same order (initial noise, VAE latent samples, ancestral step noi
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 
@@ -36,6 +34,7 @@ from server.models.sd_inpaint import (  # noqa: E402
     SDInpaintModel,
     preview_schedule,
 )
+from tests.numerics import TorchNoise  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
@@ -57,31 +56,8 @@ FP16_MAX_TOL = 0.1  # fp16 export vs fp32 export (random weights amplify fp16 ro
 FP16_MEAN_TOL = 1e-2
 
 
-class TorchNoise:
-    """NoiseSource drawing exactly what ``torch.Generator().manual_seed(seed)`` gives diffusers."""
-
-    def __init__(self, seed: int):
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def randn(self, shape):
-        return torch.randn(tuple(shape), generator=self.gen, dtype=torch.float32).numpy()
 
 
-def _quad(f, a, b, **_):
-    """scipy.integrate.quad stand-in for diffusers' LMS (scipy is not a dependency): 8-point
-    Gauss-Legendre is exact for the <= cubic polynomials LMS integrates."""
-    x, w = np.polynomial.legendre.leggauss(8)
-    a, b = float(a), float(b)
-    vals = [float(f(0.5 * (b - a) * xi + 0.5 * (a + b))) for xi in x]
-    return 0.5 * (b - a) * float(np.dot(w, vals)), 0.0
-
-
-@pytest.fixture(autouse=True)
-def _lms_integrator(monkeypatch):
-    if not hasattr(scheduling_lms_discrete, "integrate"):
-        monkeypatch.setattr(
-            scheduling_lms_discrete, "integrate", types.SimpleNamespace(quad=_quad), raising=False
-        )
 
 
 @pytest.fixture(scope="module")

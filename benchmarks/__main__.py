@@ -1,0 +1,825 @@
+"""``python -m benchmarks``: our ONNX Runtime server and pipeline vs diffusers/PyTorch.
+
+    python -m benchmarks --preset ci            # tiny model, ~2 min (make benchmark)
+    python -m benchmarks --preset cpu           # full SD 1.5 architecture, random weights
+    python -m benchmarks --preset gpu           # 512 px, 20/50 steps, fp16, CUDA + TensorRT
+    python -m benchmarks --list                 # what each preset measures
+
+One run measures, on the same inputs and weights: our pipeline in-process per provider, the
+diffusers baseline(s), our server over HTTP (closed loop at each concurrency, batching on and
+off, then Poisson open loop), FLOPs per UNet call and the machine's matmul peak. Results:
+``<out>/<timestamp>-<preset>.json`` + ``.md`` + PNG plots. Only one benchmark runs at a time
+(``benchmarks/results/.lock``). Exit status: 0 ok, 1 a measurement failed, 2 bad arguments,
+3 another benchmark is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .assets import ROOT, AssetError, export_dir, export_name, pipeline_dir
+from .lock import BenchmarkLocked, exclusive
+from .presets import PRESETS, BaselineVariant, OursVariant, Preset
+from .stats import summarize
+
+RESULTS = ROOT / "benchmarks" / "results"
+#: torch bf16 autocast vs fp32, per image, on an AVX2-only EPYC (tiny model, measured): ~10-15x.
+BF16_EMULATION_SLOWDOWN = 12
+README = ROOT / "benchmarks" / "README.md"
+MODEL_TEXT = {
+    "tiny": "tiny random-weight SD-inpainting pipeline (export.tiny, seed 0; 64 px native)",
+    "sd15-random": "full SD 1.5-inpainting architecture (UNet 860 M, VAE, CLIP-L text encoder) "
+    "with RANDOM weights (export.tiny.build_sd15_random_pipeline, seed 0): timings hold for the "
+    "real model at the same sizes, images are noise",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="ci")
+    p.add_argument("--list", action="store_true", help="describe the presets and exit")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default %(default)s)")
+    p.add_argument("--skip-baseline", action="store_true", help="no diffusers/PyTorch runs")
+    p.add_argument("--skip-http", action="store_true", help="no server load tests")
+    p.add_argument("--skip-inprocess", action="store_true", help="no in-process pipeline runs")
+    p.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="also measure diffusers with torch.compile'd UNet (compile ~75 s on CPU, "
+        "counted as warm-up)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for ORT and torch alike (default: the cores this process may use)",
+    )
+    p.add_argument(
+        "--pipeline",
+        type=Path,
+        help="a local diffusers SD-inpainting folder (real weights) instead of the "
+        "preset's random-weight pipeline",
+    )
+    p.add_argument("--repeats", type=int, help="timed runs per in-process configuration")
+    p.add_argument("--warmup", type=int, help="untimed runs per configuration")
+    p.add_argument("--budget-s", type=float, help="measurement time budget (exports excluded)")
+    p.add_argument(
+        "--concurrency",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        help="closed-loop concurrency levels, e.g. 1,4,8,16",
+    )
+    p.add_argument(
+        "--peak-gflops",
+        type=float,
+        help="state the machine's peak GFLOP/s instead of the measured matmul probe",
+    )
+    p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="build/export the preset's models into benchmarks/.cache and stop",
+    )
+    p.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="put the table into benchmarks/README.md between the preset's markers",
+    )
+    return p.parse_args(argv)
+
+
+def describe_presets() -> str:
+    lines = []
+    for p in PRESETS.values():
+        lines.append(f"{p.name}: {p.description}")
+        lines.append(
+            f"  model {p.model}; in-process {p.width}x{p.height}, steps {p.steps}, "
+            f"guidance {p.guidance}; warm-up {p.warmup}, repeats {p.repeats}"
+        )
+        lines.append(f"  ours: {', '.join(v.label for v in p.ours)}")
+        lines.append(f"  baselines: {', '.join(b.label for b in p.baselines)}")
+        lines.append(
+            f"  HTTP: {', '.join(v.label for v in p.http)} at {p.http_width}x"
+            f"{p.http_height}/{p.http_steps} steps, concurrency {p.concurrency} x "
+            f"{p.requests_per_client} requests/client x {p.load_repeats} runs, "
+            f"--max-batch-size {p.batch_sizes}; open loop {p.open_loop_requests} "
+            f"requests at {p.open_loop_load:.0%} of peak throughput"
+        )
+        lines.append(f"  expected runtime: {p.expected_runtime}")
+    return "\n".join(lines)
+
+
+def provider_available(provider: str) -> bool:
+    from server.models import providers as pv
+
+    cls = {
+        "cpu": pv.CPUProvider,
+        "cuda": pv.CUDAProvider,
+        "tensorrt": pv.TensorRTProvider,
+        "openvino": pv.OpenVINOProvider,
+    }[provider.split(":")[0]]
+    return cls.available()
+
+
+class Runner:
+    def __init__(self, preset: Preset, args: argparse.Namespace):
+        self.p = preset
+        self.args = args
+        self.notes: list[str] = []
+        self.skipped: list[str] = []
+        self.results: dict[str, Any] = {
+            "inprocess": [],
+            "http": [],
+            "flops": {},
+            "peak": {},
+            "compute_floor": [],
+            "skipped": self.skipped,
+        }
+        self.t0 = time.perf_counter()
+        self.t_measure: float | None = None
+        self.failed = False
+        self.started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.log_dir = Path(tempfile.mkdtemp(prefix=f"bench-{preset.name}-"))
+
+    # ------------------------------------------------------------------ helpers
+    def log(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", flush=True)
+
+    def skip(self, msg: str) -> None:
+        if msg not in self.skipped:
+            self.skipped.append(msg)
+        self.log(f"SKIP: {msg}")
+
+    def remaining(self) -> float:
+        if self.t_measure is None:
+            return self.p.budget_s
+        return self.p.budget_s - (time.perf_counter() - self.t_measure)
+
+    def run_phase(self, kind: str, args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        from .memory import GpuSampler
+
+        tmp = Path(tempfile.mkdtemp(prefix="phase-", dir=self.log_dir))
+        src, dst = tmp / "in.json", tmp / "out.json"
+        src.write_text(json.dumps({"kind": kind, "args": args}, default=str))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.phase", str(src), str(dst)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        tail: list[str] = []
+
+        def pump() -> None:
+            for line in proc.stdout:
+                line = line.rstrip()
+                tail.append(line)
+                del tail[:-40]
+                if line.startswith("@@ "):
+                    self.log("  " + line[3:])
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        with GpuSampler([proc.pid]) as gpu:
+            try:
+                proc.wait(timeout=max(30.0, timeout_s))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                reader.join(5)
+                return {"ok": False, "error": f"killed after {timeout_s:.0f} s (time budget)"}
+        reader.join(5)
+        if not dst.is_file():
+            return {"ok": False, "error": "phase died without a result:\n" + "\n".join(tail[-15:])}
+        out = json.loads(dst.read_text())
+        out["gpu_peak_mb"] = gpu.peak_mb
+        if not out.get("ok"):
+            self.log("phase failed; its last output lines:\n" + "\n".join(tail[-12:]))
+        return out
+
+    # ------------------------------------------------------------------ main flow
+    def run(self) -> int:
+        from .machine import machine_info, versions
+
+        p, a = self.p, self.args
+        machine = machine_info()
+        self.machine = machine
+        threads = a.threads or machine.get("affinity_cores") or machine.get("physical_cores")
+        self.threads = threads
+        load1 = (machine.get("load_average_at_start") or [0])[0] or 0
+        cores = machine.get("affinity_cores") or machine.get("logical_cores") or 1
+        if load1 > 0.5 * cores:
+            self.notes.append(
+                f"the machine was busy at start (load average {load1:.1f} on {cores} cores): "
+                "other work shares the cores, so these numbers are noisy and pessimistic"
+            )
+        if p.random_weights and not a.pipeline:
+            self.notes.append(f"RANDOM weights: {MODEL_TEXT[p.model]}")
+        self.log(f"preset {p.name}: {p.description}; threads {threads}")
+
+        # ---- what can run here
+        ours = self._available(p.ours) if not a.skip_inprocess else []
+        http = self._available(p.http) if not a.skip_http else []
+        baselines = [] if a.skip_baseline else list(p.baselines)
+        if a.torch_compile and baselines:
+            first = baselines[0]
+            baselines.append(BaselineVariant(first.device, first.dtype, compile=True))
+        elif baselines and not a.torch_compile:
+            self.notes.append("torch.compile baseline not run (opt-in: --torch-compile)")
+
+        # ---- models (excluded from the time budget)
+        try:
+            source = a.pipeline or pipeline_dir(p.model, log=self.log)
+            exports: dict[tuple[str, str], Path] = {}
+            for v in ours + http:
+                key = (v.precision, v.target)
+                if key not in exports:
+                    name = export_name(p.model if not a.pipeline else a.pipeline.name, *key)
+                    self.log(f"export {name} (cached when up to date) ...")
+                    exports[key] = export_dir(source, name, *key, threads=threads, log=self.log)
+        except (AssetError, OSError) as exc:
+            print(f"error: preparing the models failed: {exc}", file=sys.stderr)
+            return 1
+        self.exports = exports
+        if a.prepare_only:
+            self.log(
+                f"models ready: pipeline {source}; exports "
+                + ", ".join(str(v) for v in exports.values())
+            )
+            return 0
+
+        self.t_measure = time.perf_counter()
+        self._flops(exports, ours + http)
+        self._probe(machine)
+
+        n_inproc = len(ours) + len(baselines)
+        inproc_budget = p.budget_s * (0.5 if http else 0.95)
+        done = 0
+        for v in ours:
+            self._ours(
+                v,
+                exports[(v.precision, v.target)],
+                source,
+                inproc_budget,
+                n_inproc - done,
+                with_http_shape=any(h == v for h in http),
+            )
+            done += 1
+        for b in baselines:
+            self._baseline(b, source, inproc_budget, n_inproc - done)
+            done += 1
+        modes = [(v, mbs) for v in http for mbs in p.batch_sizes]
+        for i, (v, mbs) in enumerate(modes):
+            self._http(v, exports[(v.precision, v.target)], mbs, len(modes) - i, first=i == 0)
+
+        self._compute_floor(a.peak_gflops)
+        settings = self._settings(source, exports, ours, http, baselines)
+        doc = report.document(machine, versions(), settings, self.results, self.notes)
+        return self._write(doc)
+
+    def _available(self, variants) -> list[OursVariant]:
+        out = []
+        for v in variants:
+            if provider_available(v.provider):
+                out.append(v)
+            else:
+                self.skip(
+                    f"{v.label}: execution provider {v.provider!r} is not available in "
+                    "this installation (install it to measure: see benchmarks/README.md)"
+                )
+        return out
+
+    # ------------------------------------------------------------------ phases
+    def _flops(self, exports, variants) -> None:
+        from .flops import count_flops
+
+        if not variants:
+            return
+        v = variants[0]
+        folder = exports[(v.precision, v.target)]
+        manifest = json.loads((folder / "manifest.json").read_text())
+        hidden = manifest["text_hidden_size"]
+        scale = manifest["vae_scale_factor"]
+        b = 2 if self.p.guidance > 1 else 1
+        sizes = {(self.p.width, self.p.height), (self.p.http_width, self.p.http_height)}
+        by_size = {}
+        for w, h in sorted(sizes):
+            lh, lw = h // scale, w // scale
+            shapes = {
+                "unet": {
+                    "sample": [b, 9, lh, lw],
+                    "timestep": [b],
+                    "encoder_hidden_states": [b, 77, hidden],
+                },
+                "text_encoder": {"input_ids": [b, 77]},
+                "vae_encoder": {"sample": [1, 3, h, w]},
+                "vae_decoder": {"latent_sample": [1, 4, lh, lw]},
+            }
+            comp = {}
+            for name, inputs in shapes.items():
+                t = time.perf_counter()
+                try:
+                    comp[name] = count_flops(folder / name / "model.onnx", inputs).as_dict()
+                except Exception as exc:  # noqa: BLE001 - FLOPs are optional; note and go on
+                    self.skip(f"FLOP count of {name} at {w}x{h}: {type(exc).__name__}: {exc}")
+                    continue
+                self.log(
+                    f"FLOPs {name} @ {w}x{h}: {comp[name]['gflops']:.2f} GFLOP "
+                    f"({time.perf_counter() - t:.1f} s)"
+                )
+            by_size[f"{w}x{h}"] = comp
+        self.results["flops"] = {"by_size": by_size, "unet_batch": b, "graph": str(folder.name)}
+        main = by_size.get(f"{self.p.width}x{self.p.height}", {})
+        if "unet" in main:
+            self.results["flops"]["unet"] = main["unet"]
+            steps = self.p.steps[0]
+            self.results["flops"]["per_image_steps"] = steps
+            self.results["flops"]["per_image_gflops"] = (
+                sum(
+                    main[k]["gflops"]
+                    for k in ("text_encoder", "vae_encoder", "vae_decoder")
+                    if k in main
+                )
+                + steps * main["unet"]["gflops"]
+            )
+
+    def _probe(self, machine) -> None:
+        gpu = self.p.device_class == "gpu"
+        self.log("matmul peak probe ...")
+        res = self.run_phase("probe", {"threads": self.threads, "gpu": gpu}, timeout_s=300)
+        if not res.get("ok"):
+            self.skip(f"matmul probe failed: {res.get('error')}")
+            return
+        res["source"] = "measured (matmul probe)"
+        self.results["peak"] = res
+        self.log(
+            f"peak: numpy fp32 {res.get('numpy_fp32_gflops') or 0:.1f}, torch fp32 "
+            f"{res.get('torch_fp32_gflops') or 0:.1f}, torch bf16 "
+            f"{res.get('torch_bf16_gflops') or 0:.1f} GFLOP/s"
+            + (f", CUDA fp16 {res.get('cuda_fp16_gflops')}" if gpu else "")
+        )
+
+    def _soft_deadline(self, inproc_budget: float, phases_left: int) -> float:
+        used = time.perf_counter() - self.t_measure
+        share = (inproc_budget - used) / max(1, phases_left)
+        return max(share, 0.0)
+
+    def _configs_for(self, with_http_shape: bool) -> list[dict[str, int]]:
+        p = self.p
+        cfgs = [{"width": p.width, "height": p.height, "steps": s} for s in p.steps]
+        http_cfg = {"width": p.http_width, "height": p.http_height, "steps": p.http_steps}
+        if with_http_shape and http_cfg not in cfgs:
+            cfgs.append(http_cfg)
+        return cfgs
+
+    def _common(self) -> dict[str, Any]:
+        p, a = self.p, self.args
+        return {
+            "threads": self.threads,
+            "guidance": p.guidance,
+            "prompt": p.prompt,
+            "seed": p.seed,
+            "warmup": a.warmup if a.warmup is not None else p.warmup,
+            "repeats": a.repeats or p.repeats,
+        }
+
+    def _ours(
+        self,
+        v: OursVariant,
+        folder: Path,
+        source: Path,
+        inproc_budget: float,
+        phases_left: int,
+        with_http_shape: bool,
+    ) -> None:
+        soft = self._soft_deadline(inproc_budget, phases_left)
+        self.log(f"in-process {v.label} (soft budget {soft:.0f} s) ...")
+        args = {
+            "folder": str(folder),
+            "name": folder.name,
+            "provider": v.provider,
+            "configs": self._configs_for(with_http_shape),
+            "deadline_s": soft,
+            **self._common(),
+        }
+        res = self.run_phase("ours", args, timeout_s=max(self.remaining(), 0) + 120)
+        self._record_inprocess(res, "ours", v.label, v.device_class, dataclasses.asdict(v))
+
+    def _baseline(
+        self, b: BaselineVariant, source: Path, inproc_budget: float, phases_left: int
+    ) -> None:
+        soft = self._soft_deadline(inproc_budget, phases_left)
+        common = self._common()
+        if b.dtype == "bf16-autocast" and not self.machine.get("cpu_native_bf16"):
+            common = self._fit_emulated_bf16(b, common, soft)
+        self.log(f"baseline {b.label} (soft budget {soft:.0f} s) ...")
+        args = {
+            "pipeline": str(source),
+            "device": b.device,
+            "dtype": b.dtype,
+            "compile": b.compile,
+            "configs": self._baseline_configs(b),
+            "deadline_s": soft,
+            **common,
+        }
+        hard = min(max(self.remaining(), 0) + 180, 1.5 * soft + 120)
+        res = self.run_phase("diffusers", args, timeout_s=hard)
+        if not res.get("ok") and "killed after" in str(res.get("error")):
+            res["error"] = (
+                f"did not finish within {hard:.0f} s (warm-up {common['warmup']} + 1 image; "
+                "killed to keep the time budget): slower than that per image on this machine"
+            )
+        self._record_inprocess(
+            res, "diffusers", b.label, b.device_class, dataclasses.asdict(b), want=common["repeats"]
+        )
+
+    def _baseline_configs(self, b: BaselineVariant) -> list[dict[str, int]]:
+        if b.configs:
+            return [{"width": w, "height": h, "steps": n} for w, h, n in b.configs]
+        return self._configs_for(False)
+
+    def _fit_emulated_bf16(self, b: BaselineVariant, common: dict, soft: float) -> dict:
+        """bf16 without AVX512-BF16/AMX is emulated by torch: many times slower than fp32.
+        Shrink repeats (then drop the warm-up) so one measured image fits the soft budget."""
+        peak = self.results.get("peak", {})
+        self.notes.append(
+            "bf16 autocast: this CPU has no native bf16 (no AVX512-BF16/AMX), torch emulates it "
+            f"(bf16 matmul probe {peak.get('torch_bf16_gflops') or 0:.1f} GFLOP/s vs fp32 "
+            f"{peak.get('torch_fp32_gflops') or 0:.1f}); measured anyway, as a user would get it"
+        )
+        fp32 = {
+            (r["width"], r["height"], r["steps"]): r["latency_s"]["median"]
+            for r in self.results["inprocess"]
+            if r["impl"] == "diffusers"
+            and r["variant"]["dtype"] == "fp32"
+            and r["device_class"] == b.device_class
+        }
+        if not fp32:
+            return common
+        est = BF16_EMULATION_SLOWDOWN * sum(
+            fp32.get((c["width"], c["height"], c["steps"]), max(fp32.values()))
+            for c in self._baseline_configs(b)
+        )
+        common = dict(common)
+        warm, reps = common["warmup"], common["repeats"]
+        while (warm + reps) * est > soft and reps > 1:
+            reps -= 1
+        if (warm + reps) * est > soft and warm > 0:
+            warm = 0
+        if (warm, reps) != (common["warmup"], common["repeats"]):
+            self.skip(
+                f"{b.label}: expected ~{est:.0f} s per image (~{BF16_EMULATION_SLOWDOWN}x "
+                f"fp32, emulated bf16): {warm} warm-up + {reps} timed run(s) to fit "
+                f"{soft:.0f} s" + (" (cold: no warm-up run)" if warm == 0 else "")
+            )
+        common.update(warmup=warm, repeats=reps)
+        return common
+
+    def _record_inprocess(
+        self, res, impl, label, device_class, variant, want: int | None = None
+    ) -> None:
+        if not res.get("ok"):
+            self.failed = self.failed or impl == "ours"
+            self.skip(f"{label}: {res.get('error')}")
+            return
+        for r in res["runs"]:
+            r.update(
+                impl=impl,
+                label=label,
+                device_class=device_class,
+                variant=variant,
+                peak_rss_mb=res.get("peak_rss_mb"),
+                gpu_peak_mb=res.get("gpu_peak_mb"),
+            )
+            want = want or self._common()["repeats"]
+            if r["latency_s"]["n"] < want:
+                self.skip(
+                    f"{label} {r['width']}x{r['height']}/{r['steps']}: {r['latency_s']['n']}"
+                    f" of {want} timed runs (time budget)"
+                )
+            self.results["inprocess"].append(r)
+            self.log(
+                f"  {label} {r['width']}x{r['height']}/{r['steps']} steps: median "
+                f"{r['latency_s']['median']:.3f} s, per step {r['per_step_s']['median']:.4f}"
+                f" s, peak RSS {res.get('peak_rss_mb', 0):.0f} MB"
+            )
+
+    # ------------------------------------------------------------------ HTTP
+    def _payload(self, model_name: str):
+        from .inputs import edit_mask, mask_png, png_bytes, scene
+        from .loadgen import Payload
+
+        p = self.p
+        w, h = p.http_width, p.http_height
+        return Payload(
+            png_bytes(scene(w, h)),
+            mask_png(edit_mask(w, h)),
+            {
+                "model": model_name,
+                "prompt": p.prompt,
+                "n": "1",
+                "size": f"{w}x{h}",
+                "seed": str(p.seed),
+                "steps": str(p.http_steps),
+                "guidance_scale": str(p.guidance),
+                "response_format": "b64_json",
+                "output_format": "png",
+            },
+        )
+
+    def _plan(self, l1: float, available_s: float) -> tuple[list[int], int, int, int]:
+        """(levels, requests per client, repeats, open-loop requests) that fit ``available_s``."""
+        p = self.p
+        levels = list(self.args.concurrency or p.concurrency)
+        rpc, reps, n_open = p.requests_per_client, p.load_repeats, p.open_loop_requests
+
+        def est() -> float:
+            sweep = reps * sum(c * rpc for c in levels) * l1
+            return sweep + n_open * l1 / max(p.open_loop_load, 0.1)
+
+        original = (list(levels), rpc, reps, n_open)
+        while est() > available_s:
+            if reps > 1:
+                reps -= 1
+            elif rpc > 1:
+                rpc -= 1
+            elif n_open > 8:
+                n_open = max(8, n_open // 2)
+            elif n_open > 0:
+                n_open = 0
+            elif len(levels) > 1:
+                levels.pop()  # the last resort: it loses the most loaded point
+            else:
+                break
+        if (levels, rpc, reps, n_open) != original:
+            self.skip(
+                f"HTTP sweep reduced to fit the time budget ({available_s:.0f} s left for "
+                f"it; ~{l1:.2f} s per request): levels {levels}, {rpc} request(s) per "
+                f"client, {reps} run(s), open loop {n_open} requests"
+            )
+        return levels, rpc, reps, n_open
+
+    def _http(self, v: OursVariant, folder: Path, mbs: int, modes_left: int, first: bool) -> None:
+        from .loadgen import ServerProcess, closed_loop, open_loop, sdk_edit
+        from .memory import GpuSampler
+
+        p = self.p
+        mode = "on" if mbs > 1 else "off"
+        if self.remaining() <= 0:
+            self.skip(f"HTTP {v.label} batching {mode}: no time left in the budget")
+            return
+        rec: dict[str, Any] = {
+            "label": v.label,
+            "variant": dataclasses.asdict(v),
+            "device_class": v.device_class,
+            "max_batch_size": mbs,
+            "batching": mode,
+            "width": p.http_width,
+            "height": p.http_height,
+            "steps": p.http_steps,
+            "closed_loop": [],
+            "open_loop": None,
+        }
+        self.log(f"HTTP {v.label}, --max-batch-size {mbs} (batching {mode}) ...")
+        payload = self._payload(folder.name)
+        timeout = p.request_timeout_s
+        gpu = GpuSampler()
+        srv = ServerProcess(
+            folder,
+            folder.name,
+            provider=v.provider.split(":")[0],
+            threads=self.threads,
+            max_batch_size=mbs,
+            request_timeout_s=timeout,
+            log_dir=self.log_dir,
+        )
+        try:
+            with gpu, srv:
+                gpu.add(srv.proc.pid)
+                rec["startup_s"] = srv.startup_s
+                self.log(f"  server ready in {srv.startup_s:.1f} s ({srv.base})")
+                warm = [
+                    asyncio.run(closed_loop(srv.base, payload, 1, 1, timeout))
+                    for _ in range(max(1, self._common()["warmup"]))
+                ]
+                if mbs > 1:  # warm the batched shapes too
+                    warm.append(asyncio.run(closed_loop(srv.base, payload, mbs, mbs, timeout)))
+                if any(w["errors"] for w in warm):
+                    raise RuntimeError(f"warm-up requests failed: {warm[-1].get('last_error')}")
+                l1 = min(w["latency_s"]["min"] for w in warm[: max(1, len(warm) - 1)])
+                rec["warmup"] = {
+                    "requests": sum(w["requests"] for w in warm),
+                    "sequential_latency_s": l1,
+                }
+                if first:
+                    try:
+                        rec["sdk_check"] = sdk_edit(
+                            srv.base, payload, folder.name, p.http_width, p.http_height, timeout
+                        )
+                        self.log(
+                            f"  OpenAI SDK request ok: {rec['sdk_check']['latency_s']:.3f} s,"
+                            f" image {rec['sdk_check']['size']}"
+                        )
+                    except Exception as exc:  # noqa: BLE001
+                        self.failed = True
+                        rec["sdk_check"] = {"error": f"{type(exc).__name__}: {exc}"}
+                        self.skip(f"OpenAI SDK request failed: {exc}")
+                available = self.remaining() / max(1, modes_left)
+                levels, rpc, reps, n_open = self._plan(l1, available)
+                for c in levels:
+                    runs = [
+                        asyncio.run(closed_loop(srv.base, payload, c, c * rpc, timeout))
+                        for _ in range(reps)
+                    ]
+                    lat = [x for r in runs for x in r.pop("latencies_s")]
+                    entry = {
+                        "concurrency": c,
+                        "requests": c * rpc,
+                        "repeats_done": len(runs),
+                        "throughput_img_s": summarize([r["throughput_img_s"] or 0 for r in runs]),
+                        "latency_s": summarize(lat),
+                        "errors": _merge_errors(runs),
+                        "runs": runs,
+                    }
+                    rec["closed_loop"].append(entry)
+                    self.log(
+                        f"  c={c:>2}: {entry['throughput_img_s']['median']:.3f} img/s, p50 "
+                        f"{entry['latency_s']['p50']:.3f} s, p95 "
+                        f"{entry['latency_s']['p95']:.3f} s, errors {entry['errors'] or 0}"
+                    )
+                if n_open and mode == "on" and rec["closed_loop"]:
+                    best = max(c["throughput_img_s"]["median"] for c in rec["closed_loop"])
+                    rate = p.open_loop_load * best
+                    deadline = max(30.0, 3 * n_open / rate + 10 * l1)
+                    o = asyncio.run(
+                        open_loop(
+                            srv.base,
+                            payload,
+                            rate,
+                            n_open,
+                            timeout,
+                            deadline_s=deadline,
+                            seed=p.seed,
+                        )
+                    )
+                    o.pop("latencies_s", None)
+                    rec["open_loop"] = o
+                    self.log(
+                        f"  open loop {rate:.3f} req/s: {o['ok']}/{n_open} ok, p50 "
+                        f"{o['latency_s']['p50']:.3f} s, p95 {o['latency_s']['p95']:.3f} s"
+                    )
+        except Exception as exc:  # noqa: BLE001 - note the failure, keep the rest of the run
+            self.failed = True
+            self.skip(f"HTTP {v.label} batching {mode}: {type(exc).__name__}: {exc}")
+        rec["peak_rss_mb"] = srv.peak_rss_mb
+        rec["gpu_peak_mb"] = gpu.peak_mb
+        if rec["closed_loop"]:
+            self.results["http"].append(rec)
+
+    # ------------------------------------------------------------------ compute floor
+    def _compute_floor(self, stated: float | None) -> None:
+        fl = self.results.get("flops", {}).get("by_size", {})
+        peak = self.results.get("peak", {})
+        if stated:
+            peak["source"] = f"stated (--peak-gflops {stated:g})"
+        for r in self.results["inprocess"]:
+            unet = fl.get(f"{r['width']}x{r['height']}", {}).get("unet")
+            if not unet:
+                continue
+            if stated:
+                pk = stated
+            elif r["device_class"] == "gpu":
+                pk = peak.get("cuda_fp16_gflops")
+            else:
+                pk = peak.get("cpu_fp32_peak_gflops")
+            call = r["unet_call_s"]["median"]
+            achieved = unet["gflops"] / call if call else None
+            comps = fl.get(f"{r['width']}x{r['height']}", {})
+            image_gflop = (
+                sum(
+                    comps[k]["gflops"]
+                    for k in ("text_encoder", "vae_encoder", "vae_decoder")
+                    if k in comps
+                )
+                + r["steps"] * unet["gflops"]
+            )
+            self.results["compute_floor"].append(
+                {
+                    "label": f"{r['label']} {r['width']}x{r['height']}/{r['steps']}",
+                    "unet_gflop_per_call": unet["gflops"],
+                    "unet_call_s": call,
+                    "achieved_gflops": achieved,
+                    "peak_gflops": pk,
+                    "fraction_of_peak": (achieved / pk) if (achieved and pk) else None,
+                    "image_gflop": image_gflop,
+                    "image_floor_s": image_gflop / pk if pk else None,
+                    "image_median_s": r["latency_s"]["median"],
+                }
+            )
+
+    # ------------------------------------------------------------------ output
+    def _settings(self, source, exports, ours, http, baselines) -> dict[str, Any]:
+        p, a = self.p, self.args
+        return {
+            "preset": p.name,
+            "started": self.started,
+            "preset_config": dataclasses.asdict(p),
+            "model_description": (
+                f"local pipeline {a.pipeline}" if a.pipeline else MODEL_TEXT[p.model]
+            ),
+            "pipeline_dir": str(source),
+            "exports": {f"{k[0]}-{k[1]}": str(v) for k, v in exports.items()},
+            "threads": self.threads,
+            "measured": {
+                "ours": [v.label for v in ours],
+                "http": [v.label for v in http],
+                "baselines": [b.label for b in baselines],
+            },
+            "timing": "time.perf_counter; warm-up runs excluded; in-process latency = one image "
+            "from prepare to finish (or the diffusers call); HTTP latency = request "
+            "sent to response body read",
+            "measurement_s": time.perf_counter() - (self.t_measure or self.t0),
+            "budget_s": p.budget_s,
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+            "logs": str(self.log_dir),
+        }
+
+    def _write(self, doc: dict[str, Any]) -> int:
+        out = self.args.out
+        out.mkdir(parents=True, exist_ok=True)
+        stem = out / f"{self.stamp}-{self.p.name}"
+        pngs = {}
+        try:
+            pngs = report.plots(doc, stem)
+        except Exception as exc:  # noqa: BLE001 - plots are not worth losing the numbers
+            self.skip(f"plots failed: {type(exc).__name__}: {exc}")
+        json_path = report.write_json(doc, stem.with_suffix(".json"))
+        md = report.markdown(doc, pngs)
+        stem.with_suffix(".md").write_text(md + "\n")
+        print("\n" + md, flush=True)
+        self.log(
+            f"wrote {json_path}, {stem.with_suffix('.md')}"
+            + (", " + ", ".join(Path(v).name for v in pngs.values()) if pngs else "")
+        )
+        if self.args.update_readme:
+            if report.update_readme(README, self.p.name, md, json_path.name):
+                self.log(f"updated {README}")
+            else:
+                self.log(f"{README} has no <!-- latest:{self.p.name} --> markers; not updated")
+        summary = doc["summary"]["speedup_vs_diffusers"]
+        for k, val in summary.items():
+            self.log(f"speedup {k}: {val:.2f}x" if val else f"speedup {k}: -")
+        return 1 if self.failed else 0
+
+
+def _merge_errors(runs) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in runs:
+        for k, v in r.get("errors", {}).items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        print(describe_presets())
+        return 0
+    preset = PRESETS[args.preset].with_overrides(budget_s=args.budget_s)
+    if args.concurrency and any(c < 1 for c in args.concurrency):
+        print("error: --concurrency levels must be >= 1", file=sys.stderr)
+        return 2
+    if args.threads is not None and args.threads < 1:
+        print("error: --threads must be >= 1", file=sys.stderr)
+        return 2
+    if args.pipeline and not (args.pipeline / "model_index.json").is_file():
+        print(
+            f"error: --pipeline {args.pipeline} is not a diffusers folder (no model_index.json)",
+            file=sys.stderr,
+        )
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        with exclusive(RESULTS / ".lock", preset=preset.name, started=time.strftime("%H:%M:%S")):
+            return Runner(preset, args).run()
+    except BenchmarkLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

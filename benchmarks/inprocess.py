@@ -1,0 +1,240 @@
+"""Our pipeline in-process (no HTTP): per-image latency, per-step time and a stage breakdown.
+
+Server code is not modified: ``instrument`` swaps each ONNX session in ``model.sessions`` for a
+thin ``TimedSession`` that adds the wall time of every ``run`` to a ``Recorder``, and the
+benchmark times the ``prepare`` / ``step`` / ``finish`` calls around them. So:
+
+- ``text_encoder``, ``vae_encoder``, ``unet``, ``vae_decoder``: time inside ONNX Runtime;
+- ``prepare_other``: tokenizing, image/mask preprocessing, noise (prepare minus its sessions);
+- ``scheduler_other``: scheduler maths, concatenation, guidance (step minus the UNet);
+- ``finish_other``: uint8 conversion (finish minus the decoder).
+The request codec (PNG decode of image + mask, compose, PNG encode, base64) is timed separately
+with the server's own ``imaging`` functions, for the HTTP overhead split.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .stats import summarize
+
+COMPONENTS = ("text_encoder", "vae_encoder", "unet", "vae_decoder")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] += seconds
+        self.calls[name] += 1
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+
+class TimedSession:
+    """Delegates to a provider session; records the wall time of each ``run``."""
+
+    def __init__(self, inner: Any, name: str, recorder: Recorder):
+        self._inner = inner
+        self._name = name
+        self._rec = recorder
+
+    def run(self, feeds):
+        t0 = time.perf_counter()
+        try:
+            return self._inner.run(feeds)
+        finally:
+            self._rec.add(self._name, time.perf_counter() - t0)
+
+    def __getattr__(self, item):
+        return getattr(self._inner, item)
+
+
+def instrument(model) -> Recorder:
+    rec = Recorder()
+    for comp, sess in list(model.sessions.items()):
+        model.sessions[comp] = TimedSession(sess, comp, rec)
+    return rec
+
+
+def make_row(
+    image: np.ndarray, mask: np.ndarray, prompt: str, seed: int, steps: int, guidance: float
+):
+    from server.models.base import Row
+
+    return Row(
+        image=image,
+        mask=mask,
+        prompt=prompt,
+        seed=seed,
+        steps=steps,
+        guidance_scale=guidance,
+        strength=1.0,
+    )
+
+
+def run_once(model, rec: Recorder, row) -> dict[str, float]:
+    """One image through prepare / step* / finish; returns seconds per stage + totals."""
+    rec.reset()
+    t0 = time.perf_counter()
+    model.prepare([row])
+    t1 = time.perf_counter()
+    n_steps = 0
+    while not model.is_done(row):
+        model.step([row])
+        n_steps += 1
+    t2 = time.perf_counter()
+    images = model.finish([row])
+    t3 = time.perf_counter()
+    img = images[0]
+    if img.dtype != np.uint8 or img.shape != row.image.shape:
+        raise RuntimeError(f"unexpected output {img.dtype} {img.shape}, wanted {row.image.shape}")
+    s = rec.seconds
+    prepare, step, finish = t1 - t0, t2 - t1, t3 - t2
+    return {
+        "total": t3 - t0,
+        "prepare": prepare,
+        "denoise": step,
+        "finish": finish,
+        "steps": n_steps,
+        "unet_calls": rec.calls.get("unet", 0),
+        "text_encoder": s.get("text_encoder", 0.0),
+        "vae_encoder": s.get("vae_encoder", 0.0),
+        "prepare_other": prepare - s.get("text_encoder", 0.0) - s.get("vae_encoder", 0.0),
+        "unet": s.get("unet", 0.0),
+        "scheduler_other": step - s.get("unet", 0.0),
+        "vae_decoder": s.get("vae_decoder", 0.0),
+        "finish_other": finish - s.get("vae_decoder", 0.0),
+        "output_mean": float(img.mean()),
+    }
+
+
+STAGES = (
+    "text_encoder",
+    "vae_encoder",
+    "prepare_other",
+    "unet",
+    "scheduler_other",
+    "vae_decoder",
+    "finish_other",
+)
+
+
+def codec_timings(image: np.ndarray, mask: np.ndarray, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of the server's request codec at this size (PNG in, compose, PNG out)."""
+    from server import imaging
+
+    from .inputs import mask_png, png_bytes
+
+    img_png, m_png = png_bytes(image), mask_png(mask)
+    dec, comp, enc = [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        rgba, _ = imaging.decode(img_png, max_pixels=1 << 26)
+        m_rgba, m_alpha = imaging.decode(m_png, max_pixels=1 << 26)
+        imaging.edit_mask_from_mask_image(m_rgba, m_alpha)
+        t1 = time.perf_counter()
+        out = imaging.composite(np.ascontiguousarray(rgba[..., :3]), image, mask)
+        t2 = time.perf_counter()
+        base64.b64encode(imaging.encode(out, "png"))
+        t3 = time.perf_counter()
+        dec.append(t1 - t0)
+        comp.append(t2 - t1)
+        enc.append(t3 - t2)
+    return {
+        "request_decode": float(np.median(dec)),
+        "compose": float(np.median(comp)),
+        "response_encode": float(np.median(enc)),
+    }
+
+
+def bench_ours(
+    folder: Path,
+    *,
+    name: str,
+    provider: str,
+    threads: int | None,
+    configs: list[dict[str, int]],
+    guidance: float,
+    prompt: str,
+    seed: int,
+    warmup: int,
+    repeats: int,
+    deadline_s: float | None = None,
+    log=print,
+) -> list[dict[str, Any]]:
+    """Load once, then per config ({width, height, steps}): ``warmup`` untimed + up to
+    ``repeats`` timed images. Past ``deadline_s`` (seconds since the call) a config stops after
+    its first timed run (the caller notes the shortfall)."""
+    from server.models.sd_inpaint import SDInpaintModel
+
+    from .inputs import edit_mask, scene
+
+    start = time.perf_counter()
+    model = SDInpaintModel.from_folder(folder, name=name, provider=provider, threads=threads)
+    load_s = time.perf_counter() - start
+    rec = instrument(model)
+    out = []
+    try:
+        for cfg in configs:
+            width, height, n_steps = cfg["width"], cfg["height"], cfg["steps"]
+            image, mask = scene(width, height), edit_mask(width, height)
+            codec = codec_timings(image, mask)
+            t0 = time.perf_counter()
+            for i in range(warmup):
+                run_once(model, rec, make_row(image, mask, prompt, seed + i, n_steps, guidance))
+            warm_s = time.perf_counter() - t0
+            runs = []
+            for i in range(repeats):
+                if runs and over_deadline(start, deadline_s, runs[-1]["total"]):
+                    break
+                row = make_row(image, mask, prompt, seed + i, n_steps, guidance)
+                runs.append(run_once(model, rec, row))
+                log(
+                    f"@@ {provider} {width}x{height}/{n_steps} steps run {i + 1}/{repeats}: "
+                    f"{runs[-1]['total']:.3f} s"
+                )
+            res = _summarize_runs(runs, n_steps, load_s, warm_s, codec, describe=model.describe())
+            res.update(width=width, height=height)
+            out.append(res)
+    finally:
+        model.close()
+    return out
+
+
+def over_deadline(start: float, deadline_s: float | None, next_run_s: float) -> bool:
+    """Whether one more run of ``next_run_s`` would end past ``deadline_s`` after ``start``."""
+    if deadline_s is None:
+        return False
+    return time.perf_counter() - start + next_run_s > deadline_s
+
+
+def _summarize_runs(runs, n_steps, load_s, warm_s, codec, describe) -> dict[str, Any]:
+    totals = [r["total"] for r in runs]
+    # per denoising iteration (= UNet call; PNDM makes steps + 1 of them)
+    per_step = [r["denoise"] / max(1, r["steps"]) for r in runs]
+    unet_call = [r["unet"] / max(1, r["unet_calls"]) for r in runs]
+    stages = {k: float(np.median([r[k] for r in runs])) for k in STAGES}
+    return {
+        "steps": n_steps,
+        "latency_s": summarize(totals),
+        "per_step_s": summarize(per_step),
+        "unet_call_s": summarize(unet_call),
+        "unet_calls_per_image": runs[0]["unet_calls"],
+        "stages_s": stages,
+        "codec_s": codec,
+        "load_s": load_s,
+        "warmup_s": warm_s,
+        "output_mean": runs[-1]["output_mean"],
+        "model": {k: describe.get(k) for k in ("precision", "provider", "native_size")},
+    }

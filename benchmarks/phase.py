@@ -1,0 +1,59 @@
+"""One measurement in its own process: ``python -m benchmarks.phase IN.json OUT.json``.
+
+Each configuration (our pipeline on one provider, one diffusers variant, the matmul probe) runs
+in a fresh interpreter so that (a) its peak RSS is its own (``ru_maxrss``), (b) torch and ONNX
+Runtime never share the cores' thread pools, and (c) GBs of weights are returned to the OS
+before the next configuration loads. The parent samples GPU memory with nvidia-smi.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    kind = spec["kind"]
+    args = spec["args"]
+    if kind == "ours":
+        from .inprocess import bench_ours
+
+        return {"runs": bench_ours(Path(args.pop("folder")), log=_log, **args)}
+    if kind == "diffusers":
+        from .baseline import bench_diffusers
+
+        return {"runs": bench_diffusers(Path(args.pop("pipeline")), log=_log, **args)}
+    if kind == "probe":
+        from .probe import probe
+
+        return probe(**args)
+    raise ValueError(f"unknown phase kind {kind!r}")
+
+
+def main(argv: list[str]) -> int:
+    src, dst = Path(argv[0]), Path(argv[1])
+    spec = json.loads(src.read_text())
+    t0 = time.perf_counter()
+    try:
+        result = run(spec)
+        result["ok"] = True
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which notes and goes on
+        traceback.print_exc()
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    result["phase_s"] = time.perf_counter() - t0
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    dst.write_text(json.dumps(result, default=float))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
