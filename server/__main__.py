@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-batch-size", type=int, default=int(_env("MAX_BATCH_SIZE", 4)),
       help="rows (images) per model call (env MAX_BATCH_SIZE)")
     a("--max-wait-ms", type=float, default=float(_env("MAX_WAIT_MS", 10)),
-      help="how long a new batch waits for company (env MAX_WAIT_MS)")
+      help="how long a new single-pass batch waits for company; diffusion models never wait, "
+           "late rows join at the next step (env MAX_WAIT_MS)")
     a("--max-queue", type=int, default=int(_env("MAX_QUEUE", 64)),
       help="queued rows per model before 429 (env MAX_QUEUE)")
     a("--request-timeout", type=float, default=float(_env("REQUEST_TIMEOUT", 600)),

@@ -2,7 +2,8 @@
 model that drives the model.
 
 - Single-pass models: dynamic batching. The worker waits for a first row, gathers compatible rows
-  for up to ``max_wait_ms`` (at most ``max_batch_size``), runs them in one call.
+  for up to ``max_wait_ms`` (at most ``max_batch_size``), runs them in one call. (Diffusion
+  models do not wait: late rows join at the next step boundary.)
 - Diffusion models: step-level continuous batching. The running batch advances one denoising step
   per UNet call; between steps finished rows leave (batched VAE decode) and queued compatible rows
   join (batched text/VAE encode), each row with its own scheduler state, timestep and guidance.
@@ -310,7 +311,9 @@ class ModelWorker:
         while True:
             capacity = self.max_batch_size - len(active)
             if capacity > 0:
-                new = self._take(capacity, key, self.max_wait_s if not active else 0.0)
+                # No gathering wait here: a row that arrives a moment later joins at the next
+                # step boundary anyway, so waiting would only add latency to a lone request.
+                new = self._take(capacity, key, 0.0)
                 if new:
                     try:
                         model.prepare([it.row for it in new])

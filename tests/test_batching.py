@@ -284,3 +284,16 @@ async def test_stop_refuses_new_work_and_fails_queued():
         await queued_job.future
     with pytest.raises(ShuttingDown):
         w.submit([make_row(seed=3)], timeout_s=10)
+
+
+async def test_lone_diffusion_request_does_not_wait_for_company():
+    # max_wait_ms applies to single-pass batches only: a huge value must not delay a lone
+    # diffusion request (latecomers join at the next step boundary instead).
+    model = FakeDiffusion(step_delay=0.0)
+    w = worker_for(model, max_wait_ms=20_000)
+    try:
+        job = w.submit([make_row(seed=1, steps=2)], timeout_s=10)
+        (img,) = await asyncio.wait_for(job.future, 5)
+        assert img[0, 0, 0] == 1
+    finally:
+        w.stop(5)
