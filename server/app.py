@@ -44,7 +44,8 @@ class RateLimiter:
                 429,
                 f"Rate limit reached: {self.per_minute} requests per minute for this API key. "
                 "Retry after the number of seconds in the Retry-After header.",
-                type="rate_limit_exceeded", code="rate_limit_exceeded",
+                type="rate_limit_exceeded",
+                code="rate_limit_exceeded",
                 headers={"Retry-After": str(retry)},
             )
         hits.append(now)
@@ -131,13 +132,21 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
         if reg is None:
             reg = await loop.run_in_executor(
                 None,
-                lambda: load_registry(config.models_dir, provider=config.provider,
-                                      threads=config.threads, default_model=config.default_model),
+                lambda: load_registry(
+                    config.models_dir,
+                    provider=config.provider,
+                    threads=config.threads,
+                    default_model=config.default_model,
+                ),
             )
         store = FileStore(config.files_dir, config.file_ttl_s)
-        batcher = Batcher(reg.models, max_batch_size=config.max_batch_size,
-                          max_wait_ms=config.max_wait_ms, max_queue=config.max_queue,
-                          metrics=metrics)
+        batcher = Batcher(
+            reg.models,
+            max_batch_size=config.max_batch_size,
+            max_wait_ms=config.max_wait_ms,
+            max_queue=config.max_queue,
+            metrics=metrics,
+        )
         app[REGISTRY] = reg
         app[STORE] = store
         app[BATCHER] = batcher

@@ -163,7 +163,9 @@ class ModelWorker:
     # ------------------------------------------------------------------ submit side (event loop)
     def submit(self, rows: list[Row], *, timeout_s: float) -> Job:
         loop = asyncio.get_running_loop()
-        job = Job(rows=rows, deadline=time.monotonic() + timeout_s, loop=loop, future=loop.create_future())
+        job = Job(
+            rows=rows, deadline=time.monotonic() + timeout_s, loop=loop, future=loop.create_future()
+        )
         with self._cond:
             if self._stopping:
                 raise ShuttingDown()
@@ -345,7 +347,9 @@ class ModelWorker:
                 try:
                     images = model.finish([it.row for it in done])
                     if len(images) != len(done):
-                        raise RuntimeError(f"model returned {len(images)} images for {len(done)} rows")
+                        raise RuntimeError(
+                            f"model returned {len(images)} images for {len(done)} rows"
+                        )
                     for item, image in zip(done, images, strict=True):
                         self._deliver(item, image)
                     if self.metrics is not None:
@@ -379,11 +383,21 @@ class ModelWorker:
 class Batcher:
     """One ModelWorker per model name."""
 
-    def __init__(self, models: dict[str, InpaintModel], *, max_batch_size: int, max_wait_ms: float,
-                 max_queue: int, metrics=None) -> None:
+    def __init__(
+        self,
+        models: dict[str, InpaintModel],
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue: int,
+        metrics=None,
+    ) -> None:
         self.workers = {
             name: ModelWorker(
-                m, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                m,
+                max_batch_size=max_batch_size,
+                max_wait_ms=max_wait_ms,
+                max_queue=max_queue,
                 metrics=metrics,
             )
             for name, m in models.items()

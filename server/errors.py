@@ -51,7 +51,9 @@ def invalid(message: str, param: str | None, code: str | None = None) -> APIErro
     return APIError(400, message, code=code, param=param)
 
 
-def server_error(message: str = "The server had an error while processing your request.") -> APIError:
+def server_error(
+    message: str = "The server had an error while processing your request.",
+) -> APIError:
     return APIError(500, message, type="server_error", code="server_error")
 
 

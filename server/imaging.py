@@ -27,18 +27,24 @@ Image.init()  # register every plugin now, so Image.open(formats=...) finds them
 # Parsers allowed to look at uploads: the served formats plus common ones we recognise only to say
 # "unsupported" precisely. Exotic plugins (EPS, FITS, ...) never see client bytes.
 # (MPO files come out of the JPEG parser.)
-_IDENTIFY = tuple(f for f in ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "ICO", "AVIF")
-                  if f in Image.OPEN)
+_IDENTIFY = tuple(
+    f for f in ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "ICO", "AVIF") if f in Image.OPEN
+)
 _FORMAT_ALIASES = {"mpo": "jpeg", "jpg": "jpeg"}  # MPO = multi-picture JPEG (many phone cameras)
 # Magic bytes of formats Pillow cannot open here, so the client is told "unsupported", not "corrupt".
 _FTYP_BRANDS = {b"heic": "heic", b"heix": "heic", b"mif1": "heif", b"avif": "avif", b"avis": "avif"}
 # EXIF orientation -> Pillow transpose that shows the image as a viewer does (as ImageOps.exif_transpose).
-_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-           6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-           8: Image.Transpose.ROTATE_90}
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 ALPHA_EDIT_BELOW = 128  # alpha < 128 counts as "transparent" (the midpoint of an antialiased edge)
-LUMA_EDIT_ABOVE = 127   # luminance > 127 counts as "white" in a black/white mask
+LUMA_EDIT_ABOVE = 127  # luminance > 127 counts as "white" in a black/white mask
 
 
 class ImageError(ValueError):
@@ -52,9 +58,9 @@ class ImageError(ValueError):
 @dataclass(frozen=True)
 class ImageInfo:
     format: str  # "png" | "jpeg" | "webp" | other Pillow format name, lowercased
-    width: int   # after EXIF orientation
+    width: int  # after EXIF orientation
     height: int
-    mode: str    # Pillow mode as stored ("RGB", "P", "I;16", ...)
+    mode: str  # Pillow mode as stored ("RGB", "P", "I;16", ...)
     frames: int  # frame count the header declares (1 for still images)
 
 
@@ -84,10 +90,14 @@ def _open(data: bytes, extra: tuple[str, ...] = ()) -> tuple[Image.Image, str]:
     except Exception as e:  # noqa: BLE001 - any parser failure on client bytes is the client's
         kind = _sniff(data)
         if kind:
-            raise ImageError(f"{kind.upper()} images are not supported. Convert the image to PNG, "
-                             "JPEG or WebP.", "unsupported_file_mimetype") from e
-        raise ImageError("The image could not be read: it is not a valid PNG, JPEG or WebP file "
-                         "(or it is corrupt). Upload a valid image file.") from e
+            raise ImageError(
+                f"{kind.upper()} images are not supported. Convert the image to PNG, JPEG or WebP.",
+                "unsupported_file_mimetype",
+            ) from e
+        raise ImageError(
+            "The image could not be read: it is not a valid PNG, JPEG or WebP file "
+            "(or it is corrupt). Upload a valid image file."
+        ) from e
     fmt = (im.format or "unknown").lower()
     return im, _FORMAT_ALIASES.get(fmt, fmt)
 
@@ -141,8 +151,9 @@ def _to_rgba(im: Image.Image) -> np.ndarray:
     return np.array(im.convert("RGBA"), dtype=np.uint8)
 
 
-def decode(data: bytes, *, max_pixels: int,
-           allowed_formats: tuple[str, ...] = ("png", "jpeg", "webp")) -> tuple[np.ndarray, bool]:
+def decode(
+    data: bytes, *, max_pixels: int, allowed_formats: tuple[str, ...] = ("png", "jpeg", "webp")
+) -> tuple[np.ndarray, bool]:
     """Upload bytes -> (uint8 HxWx4 RGBA as a viewer shows it, has_transparency = any alpha < 255).
 
     Order of checks: readable header (invalid_image_file) -> format detected from the bytes is in
@@ -154,22 +165,29 @@ def decode(data: bytes, *, max_pixels: int,
     im, fmt = _open(data, tuple(f.upper() for f in allowed))
     with im:
         if fmt not in allowed:
-            raise ImageError(f"Unsupported image format {fmt!r}. Upload one of: "
-                             f"{', '.join(allowed)}.", "unsupported_file_mimetype")
+            raise ImageError(
+                f"Unsupported image format {fmt!r}. Upload one of: {', '.join(allowed)}.",
+                "unsupported_file_mimetype",
+            )
         w, h = im.size
         if w <= 0 or h <= 0:
             raise ImageError("The image has no pixels. Upload a valid image file.")
         if w * h > max_pixels:
-            raise ImageError(f"The image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} "
-                             "pixels. Downscale it and retry.", "image_too_large")
+            raise ImageError(
+                f"The image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} "
+                "pixels. Downscale it and retry.",
+                "image_too_large",
+            )
         orientation = _orientation(im)  # read before load() so probe() and decode() agree
         try:
             im.seek(0)
             im.load()
             rgba = _to_rgba(im)
         except Exception as e:  # noqa: BLE001 - truncated/corrupt pixel data
-            raise ImageError(f"The {fmt} image is truncated or corrupt and could not be decoded. "
-                             "Re-export it and upload again.") from e
+            raise ImageError(
+                f"The {fmt} image is truncated or corrupt and could not be decoded. "
+                "Re-export it and upload again."
+            ) from e
     if orientation != 1:
         rgba = np.array(Image.fromarray(rgba, "RGBA").transpose(_ORIENT[orientation]))
     return rgba, bool((rgba[..., 3] < 255).any())
@@ -230,14 +248,18 @@ def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     if (w, h) == (width, height):
         return m
     if width <= w and height <= h:
-        return (cv2.resize(m, (width, height), interpolation=cv2.INTER_AREA) > 1e-4).astype(np.float32)
-    return (cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5).astype(np.float32)
+        return (cv2.resize(m, (width, height), interpolation=cv2.INTER_AREA) > 1e-4).astype(
+            np.float32
+        )
+    return (cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5).astype(
+        np.float32
+    )
 
 
 @dataclass(frozen=True)
 class WorkRegion:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the image; x1/y1 exclusive
-    work_width: int   # size the model runs at: multiples of `multiple`, longer side <= max_work_side
+    work_width: int  # size the model runs at: multiples of `multiple`, longer side <= max_work_side
     work_height: int
 
 
@@ -256,8 +278,15 @@ def _grow(lo: int, hi: int, target: int, limit: int) -> tuple[int, int]:
     return lo, lo + target
 
 
-def plan_work_region(mask: np.ndarray, *, native_side: int, max_work_side: int, multiple: int = 8,
-                     context: float = 0.25, min_context_px: int = 32) -> WorkRegion:
+def plan_work_region(
+    mask: np.ndarray,
+    *,
+    native_side: int,
+    max_work_side: int,
+    multiple: int = 8,
+    context: float = 0.25,
+    min_context_px: int = 32,
+) -> WorkRegion:
     """Which part of the image the model sees, and at what size (the crop rule).
 
     ``mask``: float32 HxW, edit where > 0.5. Let W x H be the image size and
@@ -297,7 +326,9 @@ def plan_work_region(mask: np.ndarray, *, native_side: int, max_work_side: int, 
         x0, x1 = _grow(x0, x1, -(-(x1 - x0) // multiple) * multiple, W)
         y0, y1 = _grow(y0, y1, -(-(y1 - y0) // multiple) * multiple, H)
         bw, bh = x1 - x0, y1 - y0
-        return WorkRegion((x0, y0, x1, y1), _round_to(bw, multiple, cap), _round_to(bh, multiple, cap))
+        return WorkRegion(
+            (x0, y0, x1, y1), _round_to(bw, multiple, cap), _round_to(bh, multiple, cap)
+        )
     bw, bh = x1 - x0, y1 - y0
     scale = cap / max(bw, bh)
     ww = cap if bw >= bh else _round_to(bw * scale, multiple, cap)
@@ -305,8 +336,9 @@ def plan_work_region(mask: np.ndarray, *, native_side: int, max_work_side: int, 
     return WorkRegion((x0, y0, x1, y1), ww, wh)
 
 
-def composite(original: np.ndarray, generated: np.ndarray, mask: np.ndarray,
-              feather_px: int = 3) -> np.ndarray:
+def composite(
+    original: np.ndarray, generated: np.ndarray, mask: np.ndarray, feather_px: int = 3
+) -> np.ndarray:
     """Paste ``generated`` into ``original`` inside the edit region, feathering only the seam.
 
     original, generated: uint8 HxWxC (same shape); mask: float32 HxW, edit where > 0.5.
@@ -316,8 +348,10 @@ def composite(original: np.ndarray, generated: np.ndarray, mask: np.ndarray,
     pixels are exactly ``generated``. Returns uint8 HxWxC.
     """
     if original.shape != generated.shape or original.shape[:2] != mask.shape[:2]:
-        raise ValueError(f"composite: shapes differ: original {original.shape}, "
-                         f"generated {generated.shape}, mask {mask.shape}")
+        raise ValueError(
+            f"composite: shapes differ: original {original.shape}, "
+            f"generated {generated.shape}, mask {mask.shape}"
+        )
     edit = (mask > 0.5).astype(np.uint8)
     dist = cv2.distanceTransform(edit, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     w = np.minimum(dist / float(max(feather_px, 0) + 1), 1.0).astype(np.float32)[..., None]
@@ -356,8 +390,13 @@ def encode(img: np.ndarray, fmt: str, *, compression: int = 100) -> bytes:
     return buf.tobytes()
 
 
-def apply_background(rgb: np.ndarray, input_alpha: np.ndarray | None, edit_mask: np.ndarray,
-                     background: str, output_format: str) -> np.ndarray:
+def apply_background(
+    rgb: np.ndarray,
+    input_alpha: np.ndarray | None,
+    edit_mask: np.ndarray,
+    background: str,
+    output_format: str,
+) -> np.ndarray:
     """Final pixels for the requested background: uint8 HxWx4 RGBA or HxWx3 RGB.
 
     rgb: uint8 HxWx3 (composited result); input_alpha: uint8 HxW alpha of the input image, or None

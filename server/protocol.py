@@ -73,7 +73,9 @@ def _int(fields: dict[str, str], name: str, lo: int, hi: int, default: int | Non
         )
     if value > hi:
         raise ProtocolError(
-            f"{value} is greater than the maximum of {hi} - '{name}'.", name, "integer_above_max_value"
+            f"{value} is greater than the maximum of {hi} - '{name}'.",
+            name,
+            "integer_above_max_value",
         )
     return value
 

@@ -45,16 +45,20 @@ async def _timed(awaitable, seconds: float):
         raise _read_timeout(seconds) from None
     except ConnectionError:  # the client hung up mid-upload: nobody reads this answer
         log.info("client disconnected while sending the request body")
-        raise APIError(400, "The connection was closed before the request body was complete.",
-                       code="client_disconnected") from None
+        raise APIError(
+            400,
+            "The connection was closed before the request body was complete.",
+            code="client_disconnected",
+        ) from None
     except HttpProcessingError as exc:  # aiohttp's multipart parser: bad part headers
         raise invalid(f"Malformed multipart body: {str(exc.message)[:200]}.", None) from None
     except (ValueError, AssertionError, LookupError) as exc:  # ... and other malformed bodies
         raise invalid(f"Malformed request body: {str(exc)[:200]}.", None) from None
 
 
-async def _read_part(part: BodyPartReader, limit: int, too_big: APIError, budget: list[int],
-                     timeout_s: float) -> bytes:
+async def _read_part(
+    part: BodyPartReader, limit: int, too_big: APIError, budget: list[int], timeout_s: float
+) -> bytes:
     chunks, size = [], 0
     while True:
         chunk = await _timed(part.read_chunk(64 * 1024), timeout_s)
@@ -63,14 +67,20 @@ async def _read_part(part: BodyPartReader, limit: int, too_big: APIError, budget
         size += len(chunk)
         budget[0] -= len(chunk)
         if budget[0] < 0:
-            raise APIError(413, "Request body too large. Send smaller images.",
-                           code="image_too_large", param="image")
+            raise APIError(
+                413,
+                "Request body too large. Send smaller images.",
+                code="image_too_large",
+                param="image",
+            )
         if size > limit:
             raise too_big
         chunks.append(chunk)
 
 
-async def read_multipart(request: web.Request) -> tuple[dict[str, str], list[Upload], Upload | None]:
+async def read_multipart(
+    request: web.Request,
+) -> tuple[dict[str, str], list[Upload], Upload | None]:
     """Text fields (last value wins), image uploads in order, the mask upload."""
     limits = request.app[CONFIG].limits
     fields: dict[str, str] = {}
@@ -96,20 +106,21 @@ async def read_multipart(request: web.Request) -> tuple[dict[str, str], list[Upl
             param = "mask" if name == "mask" else "image"
             too_big = invalid(
                 f"'{param}' is larger than {limits.max_image_bytes // (1024 * 1024)} MB; "
-                "send a smaller file.", param, "image_too_large",
+                "send a smaller file.",
+                param,
+                "image_too_large",
             )
-            data = await _read_part(part, limits.max_image_bytes, too_big, budget,
-                                   limits.read_timeout_s)
+            data = await _read_part(
+                part, limits.max_image_bytes, too_big, budget, limits.read_timeout_s
+            )
             if name == "mask":
                 mask = Upload("mask", data)
             elif name in ("image", "image[]"):
                 images.append(Upload(name, data))
             # other file fields are ignored, like unknown text fields
             continue
-        too_big = invalid(f"Field '{name[:40]}' is too long.", name[:40],
-                          "string_above_max_length")
-        raw = await _read_part(part, limits.max_field_bytes, too_big, budget,
-                               limits.read_timeout_s)
+        too_big = invalid(f"Field '{name[:40]}' is too long.", name[:40], "string_above_max_length")
+        raw = await _read_part(part, limits.max_field_bytes, too_big, budget, limits.read_timeout_s)
         try:
             fields[name] = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -120,7 +131,7 @@ async def read_multipart(request: web.Request) -> tuple[dict[str, str], list[Upl
 def _data_url(value, param: str) -> bytes:
     url = value.get("image_url") if isinstance(value, dict) else value
     if not isinstance(url, str) or not url.startswith("data:") or "," not in url:
-        raise invalid(f"'{param}' must be {{\"image_url\": \"data:image/png;base64,...\"}}.", param)
+        raise invalid(f'\'{param}\' must be {{"image_url": "data:image/png;base64,..."}}.', param)
     try:
         return base64.b64decode(url.split(",", 1)[1], validate=True)
     except (binascii.Error, ValueError):
@@ -148,12 +159,19 @@ async def read_json(request: web.Request) -> tuple[dict[str, str], list[Upload],
         raise invalid("The JSON body must be an object.", None)
     listed = body.get("images") or []
     if not isinstance(listed, list):
-        raise invalid("'images' must be a list of {\"image_url\": \"data:...\"} objects.", "images")
+        raise invalid('\'images\' must be a list of {"image_url": "data:..."} objects.', "images")
     images = [Upload("image", _data_url(v, "images")) for v in listed]
     mask = Upload("mask", _data_url(body["mask"], "mask")) if body.get("mask") else None
     fields = {
-        k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v).lower() if isinstance(v, bool) else str(v))
-        for k, v in body.items() if k not in ("images", "mask") and v is not None
+        k: (
+            json.dumps(v)
+            if isinstance(v, (dict, list))
+            else str(v).lower()
+            if isinstance(v, bool)
+            else str(v)
+        )
+        for k, v in body.items()
+        if k not in ("images", "mask") and v is not None
     }
     return fields, images, mask
 
@@ -167,20 +185,31 @@ def _base_url(request: web.Request) -> str:
 async def images_edits(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if state.draining:
-        raise APIError(503, "The server is shutting down; retry on another instance.",
-                       type="server_error", code="shutting_down")
+        raise APIError(
+            503,
+            "The server is shutting down; retry on another instance.",
+            type="server_error",
+            code="shutting_down",
+        )
     limits = request.app[CONFIG].limits
     if request.content_length is not None and request.content_length > limits.max_body_bytes:
-        raise APIError(413, f"Request body too large: over {limits.max_body_bytes} bytes.",
-                       code="image_too_large", param="image")
+        raise APIError(
+            413,
+            f"Request body too large: over {limits.max_body_bytes} bytes.",
+            code="image_too_large",
+            param="image",
+        )
     ctype = request.content_type
     if ctype == "multipart/form-data":
         fields, images, mask = await read_multipart(request)
     elif ctype == "application/json":
         fields, images, mask = await read_json(request)
     else:
-        raise invalid("Send the request as multipart/form-data (or application/json with data "
-                      "URLs); got Content-Type " + repr(ctype[:60]) + ".", None)
+        raise invalid(
+            "Send the request as multipart/form-data (or application/json with data "
+            "URLs); got Content-Type " + repr(ctype[:60]) + ".",
+            None,
+        )
     try:
         edit = parse_edit_fields(fields, limits.max_prompt_chars)
     except ProtocolError as err:
@@ -215,17 +244,16 @@ async def images_edits(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request, service, prepared, gone) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     started = False
     try:
         async for event in service.stream(prepared, gone):
             if not started:
                 await response.prepare(request)
                 started = True
-            await response.write(
-                f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
-            )
+            await response.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
     except APIError as err:
         if not started:
             raise
@@ -243,8 +271,15 @@ async def list_models(request: web.Request) -> web.Response:
     cards = []
     for name, model in registry.models.items():
         meta = model.describe()
-        cards.append(ModelCard(id=name, created=created, owned_by="local",
-                               default=(name == registry.default), **meta))
+        cards.append(
+            ModelCard(
+                id=name,
+                created=created,
+                owned_by="local",
+                default=(name == registry.default),
+                **meta,
+            )
+        )
     body = ModelList(data=cards).model_dump()
     body["unavailable"] = [{"id": f.name, "reason": f.reason} for f in registry.failures]
     return web.json_response(body)
@@ -255,8 +290,9 @@ async def get_model(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     name = request.match_info["name"]
     if name not in registry.models:
-        raise APIError(404, f"The model '{name}' does not exist.", code="model_not_found",
-                       param="model")
+        raise APIError(
+            404, f"The model '{name}' does not exist.", code="model_not_found", param="model"
+        )
     model = registry.models[name]
     card = ModelCard(id=name, created=request.app[STATE].started, **model.describe())
     return web.json_response(card.model_dump())
@@ -266,11 +302,15 @@ async def get_model(request: web.Request) -> web.Response:
 async def get_file(request: web.Request) -> web.StreamResponse:
     found = request.app[STORE].get(request.match_info["name"])
     if found is None:
-        raise APIError(404, "No such image file: it never existed or has expired (60 minutes).",
-                       code="file_not_found")
+        raise APIError(
+            404,
+            "No such image file: it never existed or has expired (60 minutes).",
+            code="file_not_found",
+        )
     path, content_type = found
-    return web.FileResponse(path, headers={"Content-Type": content_type,
-                                           "Cache-Control": "private, max-age=3600"})
+    return web.FileResponse(
+        path, headers={"Content-Type": content_type, "Cache-Control": "private, max-age=3600"}
+    )
 
 
 @routes.get("/health")
@@ -284,15 +324,22 @@ async def ready(request: web.Request) -> web.Response:
     registry = request.app.get(REGISTRY)
     if state.draining or registry is None or not state.ready:
         return web.json_response({"status": "not ready"}, status=503)
-    return web.json_response({"status": "ready", "models": registry.names(),
-                              "default_model": registry.default,
-                              "unavailable": [f.name for f in registry.failures]})
+    return web.json_response(
+        {
+            "status": "ready",
+            "models": registry.names(),
+            "default_model": registry.default,
+            "unavailable": [f.name for f in registry.failures],
+        }
+    )
 
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS].render(),
-                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return web.Response(
+        body=request.app[METRICS].render(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
 
 
 @routes.get("/openapi.json")

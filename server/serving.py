@@ -34,8 +34,14 @@ log = logging.getLogger("server.serving")
 MASK_FORMATS = ("png", "jpeg", "webp", "bmp", "gif", "tiff")
 #: OpenAI quality values -> the step preset a model is asked for.
 QUALITY_PRESETS = {
-    "low": "low", "medium": "medium", "high": "high", "auto": "medium", "standard": "medium",
-    "hd": "high", "xhigh": "high", "max": "high",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "auto": "medium",
+    "standard": "medium",
+    "hd": "high",
+    "xhigh": "high",
+    "max": "high",
 }
 
 
@@ -84,7 +90,9 @@ def _image_error(err: imaging.ImageError, param: str) -> APIError:
     return invalid(f"Invalid '{param}': {err}", param, getattr(err, "code", "invalid_image_file"))
 
 
-def output_size(request: EditRequest, model: InpaintModel, width: int, height: int) -> tuple[int, int]:
+def output_size(
+    request: EditRequest, model: InpaintModel, width: int, height: int
+) -> tuple[int, int]:
     """(width, height) of the output. 'auto' keeps the input's size, scaled down (aspect kept,
     sides multiples of 8) only if it exceeds the model's max side."""
     lim = model.limits
@@ -106,8 +114,14 @@ def output_size(request: EditRequest, model: InpaintModel, width: int, height: i
 
 
 class EditService:
-    def __init__(self, config: ServerConfig, registry: ModelRegistry, batcher: Batcher,
-                 store: FileStore, metrics=None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        registry: ModelRegistry,
+        batcher: Batcher,
+        store: FileStore,
+        metrics=None,
+    ) -> None:
         self.config = config
         self.registry = registry
         self.batcher = batcher
@@ -126,7 +140,9 @@ class EditService:
             ) from None
 
     # ------------------------------------------------------------------ 1. prepare
-    def prepare(self, request: EditRequest, images: list[Upload], mask: Upload | None) -> PreparedEdit:
+    def prepare(
+        self, request: EditRequest, images: list[Upload], mask: Upload | None
+    ) -> PreparedEdit:
         """Blocking: decode, validate, crop. Raises APIError for anything the client must fix."""
         limits = self.config.limits
         model = self.model(request.model)
@@ -135,7 +151,8 @@ class EditService:
         if len(images) > limits.max_images:
             raise invalid(
                 f"Too many images: {len(images)}; at most {limits.max_images} are accepted.",
-                "image", "invalid_value",
+                "image",
+                "invalid_value",
             )
         if model.kind == "diffusion":
             self._check_extensions(request, model)
@@ -152,11 +169,15 @@ class EditService:
             if info.format not in ("png", "jpeg", "webp"):
                 raise invalid(
                     f"Invalid 'image': unsupported format '{info.format}'. Use PNG, JPEG or WebP.",
-                    "image", "unsupported_file_mimetype",
+                    "image",
+                    "unsupported_file_mimetype",
                 )
         if extra:
-            log.info("model %s edits the first of %d images; the others are ignored",
-                     model.name, len(images))
+            log.info(
+                "model %s edits the first of %d images; the others are ignored",
+                model.name,
+                len(images),
+            )
         height, width = rgba.shape[:2]
         edit = self._edit_mask(rgba, mask, width, height)
         out_w, out_h = output_size(request, model, width, height)
@@ -164,30 +185,44 @@ class EditService:
             raise invalid(
                 f"n x size is {request.n} x {out_w}x{out_h} pixels, over this server's limit of "
                 f"{limits.max_request_pixels} pixels per request. Lower n or size.",
-                "n", "image_too_large",
+                "n",
+                "image_too_large",
             )
         if (out_w, out_h) != (width, height):
             rgba = imaging.resize_image(rgba, out_w, out_h)
             edit = imaging.resize_mask(edit, out_w, out_h)
             if not edit.any():
-                raise invalid("The edit region vanished when resized to the requested size; "
-                              "use a larger mask region or a larger size.", "mask", "invalid_mask")
+                raise invalid(
+                    "The edit region vanished when resized to the requested size; "
+                    "use a larger mask region or a larger size.",
+                    "mask",
+                    "invalid_mask",
+                )
         lim = model.limits
         region = imaging.plan_work_region(
-            edit, native_side=lim.native_side, max_work_side=lim.max_work_side, multiple=lim.multiple
+            edit,
+            native_side=lim.native_side,
+            max_work_side=lim.max_work_side,
+            multiple=lim.multiple,
         )
         x0, y0, x1, y1 = region.box
-        work_rgb = imaging.resize_image(np.ascontiguousarray(rgba[y0:y1, x0:x1, :3]),
-                                        region.work_width, region.work_height)
+        work_rgb = imaging.resize_image(
+            np.ascontiguousarray(rgba[y0:y1, x0:x1, :3]), region.work_width, region.work_height
+        )
         work_mask = imaging.resize_mask(edit[y0:y1, x0:x1], region.work_width, region.work_height)
         quality = QUALITY_PRESETS.get(request.quality, "medium")
         steps = request.steps or model.default_steps(quality)
         seed = request.seed if request.seed is not None else random.randrange(2**31)
         rows = [
             Row(
-                image=work_rgb, mask=work_mask, prompt=request.prompt, seed=seed + i,
-                negative_prompt=request.negative_prompt, steps=steps,
-                guidance_scale=request.guidance_scale, strength=request.strength,
+                image=work_rgb,
+                mask=work_mask,
+                prompt=request.prompt,
+                seed=seed + i,
+                negative_prompt=request.negative_prompt,
+                steps=steps,
+                guidance_scale=request.guidance_scale,
+                strength=request.strength,
                 scheduler=request.scheduler,
                 partial_images=request.partial_images if request.stream else 0,
             )
@@ -219,12 +254,15 @@ class EditService:
             param = first if first in ("steps", "guidance_scale", "strength", "scheduler") else None
             raise invalid(f"{message}.", param) from None
 
-    def _edit_mask(self, rgba: np.ndarray, mask: Upload | None, width: int, height: int) -> np.ndarray:
+    def _edit_mask(
+        self, rgba: np.ndarray, mask: Upload | None, width: int, height: int
+    ) -> np.ndarray:
         """float32 HxW {0,1} edit region from the mask rules of the contract."""
         if mask is not None:
             try:
                 mask_rgba, mask_transparent = imaging.decode(
-                    mask.data, max_pixels=self.config.limits.max_image_pixels,
+                    mask.data,
+                    max_pixels=self.config.limits.max_image_pixels,
                     allowed_formats=MASK_FORMATS,
                 )
             except imaging.ImageError as err:
@@ -234,7 +272,8 @@ class EditService:
                 raise invalid(
                     f"Invalid 'mask': it is {mw}x{mh} but the image is {width}x{height}; "
                     "the mask must have the same width and height as the (first) image.",
-                    "mask", "invalid_mask",
+                    "mask",
+                    "invalid_mask",
                 )
             edit = imaging.edit_mask_from_mask_image(mask_rgba, mask_transparent)
         else:
@@ -245,23 +284,35 @@ class EditService:
             raise invalid(
                 "The edit region is empty: no pixel of the mask is fully transparent (alpha 0) "
                 "or white. Make the area to edit transparent, or white in a black/white mask.",
-                "mask", "invalid_mask",
+                "mask",
+                "invalid_mask",
             )
         return edit
 
     # ------------------------------------------------------------------ 2. run
-    async def generate(self, prepared: PreparedEdit, cancelled: Callable[[], bool] | None = None,
-                       poll_s: float = 0.25) -> list[np.ndarray]:
+    async def generate(
+        self,
+        prepared: PreparedEdit,
+        cancelled: Callable[[], bool] | None = None,
+        poll_s: float = 0.25,
+    ) -> list[np.ndarray]:
         """Queue the rows, wait for the images (uint8 HxWx3 at work size)."""
         worker = self.batcher.worker(prepared.model.name)
         try:
             job = worker.submit(prepared.rows, timeout_s=self.config.request_timeout_s)
         except QueueFull as full:
-            raise overloaded(full.retry_after_s, "The server is overloaded: its queue is full. "
-                             "Retry after the number of seconds in the Retry-After header.") from None
+            raise overloaded(
+                full.retry_after_s,
+                "The server is overloaded: its queue is full. "
+                "Retry after the number of seconds in the Retry-After header.",
+            ) from None
         except ShuttingDown:
-            raise APIError(503, "The server is shutting down; retry on another instance.",
-                           type="server_error", code="shutting_down") from None
+            raise APIError(
+                503,
+                "The server is shutting down; retry on another instance.",
+                type="server_error",
+                code="shutting_down",
+            ) from None
         try:
             while True:
                 left = job.deadline - time.monotonic()
@@ -282,8 +333,12 @@ class EditService:
                 "deadline. Retry with fewer images (n), a smaller size or fewer steps."
             ) from None
         except ShuttingDown:
-            raise APIError(503, "The server is shutting down; retry on another instance.",
-                           type="server_error", code="shutting_down") from None
+            raise APIError(
+                503,
+                "The server is shutting down; retry on another instance.",
+                type="server_error",
+                code="shutting_down",
+            ) from None
         except asyncio.CancelledError:
             job.cancelled.set()  # the client went away: its rows leave at the next step
             raise
@@ -320,11 +375,15 @@ class EditService:
         cells = (work[0] // 8) * (work[1] // 8)  # one token per 8x8 pixel cell (a latent pixel)
         out = cells * req.n
         return Usage(
-            input_tokens=text + cells, output_tokens=out, total_tokens=text + cells + out,
+            input_tokens=text + cells,
+            output_tokens=out,
+            total_tokens=text + cells + out,
             input_tokens_details=InputTokensDetails(text_tokens=text, image_tokens=cells),
         )
 
-    async def finish(self, prepared: PreparedEdit, images: list[np.ndarray], base_url: str) -> EditResult:
+    async def finish(
+        self, prepared: PreparedEdit, images: list[np.ndarray], base_url: str
+    ) -> EditResult:
         loop = asyncio.get_running_loop()
 
         def work() -> tuple[list[ImageData], str]:
@@ -338,9 +397,13 @@ class EditService:
 
         data, background = await loop.run_in_executor(None, work)
         return EditResult(
-            created=int(time.time()), data=data, background=background,
-            output_format=prepared.request.output_format, quality=prepared.quality,
-            size=prepared.size, usage=self.usage(prepared),
+            created=int(time.time()),
+            data=data,
+            background=background,
+            output_format=prepared.request.output_format,
+            quality=prepared.quality,
+            size=prepared.size,
+            usage=self.usage(prepared),
         )
 
     # ------------------------------------------------------------------ streaming
@@ -351,13 +414,17 @@ class EditService:
         loop = asyncio.get_running_loop()
         previews: asyncio.Queue = asyncio.Queue()
         for row in prepared.rows:
+
             def on_preview(index: int, image: np.ndarray, _row=row) -> None:
                 loop.call_soon_threadsafe(previews.put_nowait, (index, image))
+
             row.on_preview = on_preview
         req = prepared.request
         common = {
-            "background": "opaque", "output_format": req.output_format,
-            "quality": prepared.quality, "size": prepared.size,
+            "background": "opaque",
+            "output_format": req.output_format,
+            "quality": prepared.quality,
+            "size": prepared.size,
         }
         task = asyncio.ensure_future(self.generate(prepared, cancelled))
         try:
@@ -372,9 +439,11 @@ class EditService:
                     None, lambda im=image: self.encode(prepared, self.compose(prepared, im))
                 )
                 yield {
-                    "type": "image_edit.partial_image", "partial_image_index": index,
+                    "type": "image_edit.partial_image",
+                    "partial_image_index": index,
                     "b64_json": base64.b64encode(encoded).decode("ascii"),
-                    "created_at": int(time.time()), **common,
+                    "created_at": int(time.time()),
+                    **common,
                 }
             images = task.result()
         finally:
@@ -384,9 +453,14 @@ class EditService:
         for img in images:
             composed = await loop.run_in_executor(None, self.compose, prepared, img)
             encoded = await loop.run_in_executor(None, self.encode, prepared, composed)
-            background = "transparent" if composed.ndim == 3 and composed.shape[2] == 4 else "opaque"
+            background = (
+                "transparent" if composed.ndim == 3 and composed.shape[2] == 4 else "opaque"
+            )
             yield {
                 "type": "image_edit.completed",
                 "b64_json": base64.b64encode(encoded).decode("ascii"),
-                "created_at": int(time.time()), **common, "background": background, "usage": usage,
+                "created_at": int(time.time()),
+                **common,
+                "background": background,
+                "usage": usage,
             }

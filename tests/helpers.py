@@ -117,8 +117,12 @@ def exif_rotated_jpeg(arr: np.ndarray, orientation: int = 6) -> bytes:
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return (struct.pack(">I", len(payload)) + kind + payload
-            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    )
 
 
 def huge_png_header(width: int = 60000, height: int = 60000) -> bytes:
@@ -126,7 +130,9 @@ def huge_png_header(width: int = 60000, height: int = 60000) -> bytes:
     shape): the server must refuse it from the header, without decoding."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    )
 
 
 def decode_image(data: bytes) -> tuple[np.ndarray, str]:
@@ -157,10 +163,17 @@ class Multipart:
         self.parts.append(f'Content-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + data)
         return self
 
-    def file(self, name: str, data: bytes, filename: str = "image.png",
-             content_type: str = "application/octet-stream") -> Multipart:
-        head = (f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                f"Content-Type: {content_type}\r\n\r\n")
+    def file(
+        self,
+        name: str,
+        data: bytes,
+        filename: str = "image.png",
+        content_type: str = "application/octet-stream",
+    ) -> Multipart:
+        head = (
+            f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        )
         self.parts.append(head.encode() + data)
         return self
 
@@ -220,8 +233,15 @@ async def post_edit(client, mp: Multipart, auth: bool = True):
     return await client.post(EDITS, data=mp.body, headers=mp.headers(auth))
 
 
-def assert_error(status: int, body: dict, expected_status: int, *, type: str = "invalid_request_error",
-                 code: str | None, param: str | None) -> None:
+def assert_error(
+    status: int,
+    body: dict,
+    expected_status: int,
+    *,
+    type: str = "invalid_request_error",
+    code: str | None,
+    param: str | None,
+) -> None:
     """The exact OpenAI error shape: the four keys, their values, a non-empty message."""
     assert status == expected_status, body
     assert set(body) == {"error"}, body
@@ -256,8 +276,13 @@ class FakeModel:
 
     kind = "single_pass"
 
-    def __init__(self, name: str = "fake", delay: float = 0.0, error: Exception | None = None,
-                 fill: tuple[int, int, int] = (0, 255, 0)) -> None:
+    def __init__(
+        self,
+        name: str = "fake",
+        delay: float = 0.0,
+        error: Exception | None = None,
+        fill: tuple[int, int, int] = (0, 255, 0),
+    ) -> None:
         self.name = name
         self.delay = delay
         self.error = error

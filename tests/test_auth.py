@@ -86,8 +86,9 @@ def test_cli_keys_from_flags_env_and_file(tmp_path, monkeypatch):
     f = tmp_path / "k"
     f.write_text("sk-file\n")
     monkeypatch.setenv("API_KEYS", "sk-env1, sk-env2")
-    cfg, generated = config_from_args(build_parser().parse_args(
-        ["--api-key", "sk-flag", "--api-keys-file", str(f)]))
+    cfg, generated = config_from_args(
+        build_parser().parse_args(["--api-key", "sk-flag", "--api-keys-file", str(f)])
+    )
     assert not generated
     assert set(cfg.api_keys) == {"sk-flag", "sk-env1", "sk-env2", "sk-file"}
 
@@ -104,8 +105,21 @@ def test_cli_no_auth(monkeypatch):
 
 
 def test_cli_limits(monkeypatch):
-    cfg, _ = _config(["--api-key", "k", "--max-body-mb", "1", "--max-image-pixels", "100",
-                      "--rate-limit", "7", "--request-timeout", "3"], monkeypatch)
+    cfg, _ = _config(
+        [
+            "--api-key",
+            "k",
+            "--max-body-mb",
+            "1",
+            "--max-image-pixels",
+            "100",
+            "--rate-limit",
+            "7",
+            "--request-timeout",
+            "3",
+        ],
+        monkeypatch,
+    )
     assert cfg.limits.max_body_bytes == 1024 * 1024
     assert cfg.limits.max_image_pixels == 100
     assert cfg.rate_limit_per_minute == 7 and cfg.request_timeout_s == 3

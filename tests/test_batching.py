@@ -22,8 +22,13 @@ from server.models.base import ModelLimits, Row
 
 
 def make_row(seed=0, size=8, steps=3) -> Row:
-    return Row(image=np.zeros((size, size, 3), np.uint8), mask=np.ones((size, size), np.float32),
-               prompt="p", seed=seed, steps=steps)
+    return Row(
+        image=np.zeros((size, size, 3), np.uint8),
+        mask=np.ones((size, size), np.float32),
+        prompt="p",
+        seed=seed,
+        steps=steps,
+    )
 
 
 class FakeJob:
@@ -37,6 +42,7 @@ def queued(rows):
 
 
 # ---------------------------------------------------------------- collate (pure)
+
 
 def test_collate_takes_fifo_prefix_of_compatible_rows():
     items = queued([make_row(size=8), make_row(size=8), make_row(size=16), make_row(size=8)])
@@ -55,6 +61,7 @@ def test_collate_respects_capacity_and_existing_key():
 
 
 # ---------------------------------------------------------------- fake models
+
 
 class FakeSinglePass:
     kind = "single_pass"
@@ -130,6 +137,7 @@ def worker_for(model, **kw):
 
 # ---------------------------------------------------------------- single-pass
 
+
 async def test_single_pass_concurrent_requests_share_calls():
     model = FakeSinglePass(delay=0.05)
     w = worker_for(model, max_wait_ms=50)
@@ -157,6 +165,7 @@ async def test_single_pass_failure_fails_its_batch_and_worker_survives():
 
 
 # ---------------------------------------------------------------- step-level batching
+
 
 async def test_diffusion_rows_share_unet_calls_and_join_mid_flight():
     model = FakeDiffusion(step_delay=0.03)

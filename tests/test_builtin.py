@@ -101,8 +101,10 @@ def test_large_region_bounded_cost(model):
 
 
 def test_run_rows_and_metadata(model):
-    rows = [Row(image=scene(32, 24), mask=_mask(24, 32, (8, 8, 16, 16)), prompt="p", seed=i)
-            for i in range(3)]
+    rows = [
+        Row(image=scene(32, 24), mask=_mask(24, 32, (8, 8, 16, 16)), prompt="p", seed=i)
+        for i in range(3)
+    ]
     outs = model.run(rows)
     assert len(outs) == 3 and all(o.shape == (24, 32, 3) for o in outs)
     assert model.name == NAME == "opencv-telea-inpaint"

@@ -33,8 +33,20 @@ def test_env_and_flags(monkeypatch):
 
 
 def test_limit_flags_reach_the_config():
-    args = ["--max-images", "3", "--max-prompt-chars", "100", "--max-parts", "9",
-            "--max-field-kb", "2", "--read-timeout", "5", "--max-request-pixels", "1000"]
+    args = [
+        "--max-images",
+        "3",
+        "--max-prompt-chars",
+        "100",
+        "--max-parts",
+        "9",
+        "--max-field-kb",
+        "2",
+        "--read-timeout",
+        "5",
+        "--max-request-pixels",
+        "1000",
+    ]
     config, _ = config_from_args(build_parser().parse_args(args))
     lim = config.limits
     assert (lim.max_images, lim.max_prompt_chars, lim.max_parts) == (3, 100, 9)

@@ -66,10 +66,26 @@ def server(tmp_path_factory):
     models.mkdir()
     log = tmp / "server.log"
     port = _free_port()
-    cmd = [sys.executable, "-m", "server", "--port", str(port), "--api-key", KEY,
-           "--models-dir", str(models), "--shutdown-grace", "2", "--log-level", "WARNING"]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("API_KEYS", "API_KEYS_FILE", "NO_AUTH", "MODELS_DIR", "DEFAULT_MODEL")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "--port",
+        str(port),
+        "--api-key",
+        KEY,
+        "--models-dir",
+        str(models),
+        "--shutdown-grace",
+        "2",
+        "--log-level",
+        "WARNING",
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("API_KEYS", "API_KEYS_FILE", "NO_AUTH", "MODELS_DIR", "DEFAULT_MODEL")
+    }
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -103,8 +119,11 @@ def img() -> np.ndarray:
 @pytest.fixture(scope="module")
 def files(img):
     """(image file tuple, mask file tuple) as the SDK takes them."""
-    return ("photo.png", png(img), "image/png"), ("mask.png", png(alpha_mask(W, H, BOX)),
-                                                  "image/png")
+    return ("photo.png", png(img), "image/png"), (
+        "mask.png",
+        png(alpha_mask(W, H, BOX)),
+        "image/png",
+    )
 
 
 def check_pixels(out: np.ndarray, original: np.ndarray) -> None:
@@ -133,8 +152,9 @@ def test_edit_file_object_and_list_of_images(client, files, img, tmp_path):
     path.write_bytes(files[0][1])
     other = png(scene(W, H)[:, ::-1].copy())
     with open(path, "rb") as f:
-        r = client.images.edit(image=[f, ("other.png", other, "image/png")], mask=files[1],
-                               prompt="remove it")
+        r = client.images.edit(
+            image=[f, ("other.png", other, "image/png")], mask=files[1], prompt="remove it"
+        )
     check_pixels(b64_image({"b64_json": r.data[0].b64_json}), img)
 
 
@@ -169,8 +189,9 @@ def test_output_formats(client, files, fmt, pil):
     image, mask = files
     sizes = []
     for q in (5, 95):
-        r = client.images.edit(image=image, mask=mask, prompt="x", output_format=fmt,
-                               output_compression=q)
+        r = client.images.edit(
+            image=image, mask=mask, prompt="x", output_format=fmt, output_compression=q
+        )
         assert r.output_format == fmt
         raw = base64.b64decode(r.data[0].b64_json)
         out, got = decode_image(raw)
@@ -182,8 +203,9 @@ def test_output_formats(client, files, fmt, pil):
 def test_background_transparent(client, files, img):
     rgba = np.dstack([img, np.full((H, W), 255, np.uint8)])
     rgba[:6, :6, 3] = 0
-    r = client.images.edit(image=("t.png", png(rgba), "image/png"), mask=files[1], prompt="x",
-                           background="transparent")
+    r = client.images.edit(
+        image=("t.png", png(rgba), "image/png"), mask=files[1], prompt="x", background="transparent"
+    )
     assert r.background == "transparent"
     out = b64_image({"b64_json": r.data[0].b64_json})
     assert out.shape == (H, W, 4) and (out[:6, :6, 3] == 0).all()
@@ -244,11 +266,9 @@ def test_bad_requests(client, files, img):
     wrong = ("m.png", png(alpha_mask(W * 2, H, BOX)), "image/png")
     e = _bad_request(lambda: client.images.edit(image=image, mask=wrong, prompt="x"))
     assert (e.param, e.code) == ("mask", "invalid_mask")
-    e = _bad_request(lambda: client.images.edit(image=("x.png", b"nope", "image/png"),
-                                                prompt="x"))
+    e = _bad_request(lambda: client.images.edit(image=("x.png", b"nope", "image/png"), prompt="x"))
     assert (e.param, e.code) == ("image", "invalid_image_file")
-    e = _bad_request(lambda: client.images.edit(image=("x.gif", gif(img), "image/gif"),
-                                                prompt="x"))
+    e = _bad_request(lambda: client.images.edit(image=("x.gif", gif(img), "image/gif"), prompt="x"))
     assert (e.param, e.code) == ("image", "unsupported_file_mimetype")
 
 
@@ -270,7 +290,9 @@ def test_server_survives_and_health(server):
 
 
 def test_server_package_never_imports_torch():
-    code = ("import sys, server.app, server.__main__, server.serving, server.models.registry\n"
-            "bad = [m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules]\n"
-            "assert not bad, bad")
+    code = (
+        "import sys, server.app, server.__main__, server.serving, server.models.registry\n"
+        "bad = [m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules]\n"
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

@@ -70,10 +70,27 @@ def server(tiny_model_fp32, tmp_path_factory):
     (models / "broken" / "manifest.json").write_text("{not json")
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", str(port), "--api-key", KEY,
-         "--models-dir", str(models), "--provider", "cpu", "--max-batch-size", "8",
-         "--max-wait-ms", "150"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--port",
+            str(port),
+            "--api-key",
+            KEY,
+            "--models-dir",
+            str(models),
+            "--provider",
+            "cpu",
+            "--max-batch-size",
+            "8",
+            "--max-wait-ms",
+            "150",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -126,9 +143,12 @@ def test_models_lists_exported_default_and_broken(client):
 def test_edit_keeps_unmasked_pixels_and_changes_masked(client):
     h, w, box = 64, 96, (24, 16, 72, 48)
     img = scene(h, w)
-    r = client.images.edit(image=("a.png", png(img), "image/png"),
-                           mask=("m.png", png(alpha_mask(h, w, box)), "image/png"),
-                           prompt="a red ball", extra_body={"seed": 3, "steps": 4})
+    r = client.images.edit(
+        image=("a.png", png(img), "image/png"),
+        mask=("m.png", png(alpha_mask(h, w, box)), "image/png"),
+        prompt="a red ball",
+        extra_body={"seed": 3, "steps": 4},
+    )
     out = decode(r.data[0].b64_json)
     assert out.shape == (h, w, 3)
     region = edit_region(h, w, box)
@@ -140,8 +160,11 @@ def test_edit_keeps_unmasked_pixels_and_changes_masked(client):
 
 def test_same_seed_same_image_and_n_uses_consecutive_seeds(client):
     h, w, box = 64, 64, (16, 16, 48, 48)
-    args = dict(image=("a.png", png(scene(h, w)), "image/png"),
-                mask=("m.png", png(alpha_mask(h, w, box)), "image/png"), prompt="stone wall")
+    args = dict(
+        image=("a.png", png(scene(h, w)), "image/png"),
+        mask=("m.png", png(alpha_mask(h, w, box)), "image/png"),
+        prompt="stone wall",
+    )
     a = decode(client.images.edit(**args, extra_body={"seed": 11, "steps": 3}).data[0].b64_json)
     b = decode(client.images.edit(**args, extra_body={"seed": 11, "steps": 3}).data[0].b64_json)
     c = decode(client.images.edit(**args, extra_body={"seed": 12, "steps": 3}).data[0].b64_json)
@@ -160,9 +183,13 @@ def test_same_seed_same_image_and_n_uses_consecutive_seeds(client):
 def test_explicit_sizes(client, size):
     w, h = map(int, size.split("x"))
     img = scene(96, 96)
-    r = client.images.edit(image=("a.png", png(img), "image/png"),
-                           mask=("m.png", png(alpha_mask(96, 96, (30, 30, 60, 60))), "image/png"),
-                           prompt="x", size=size, extra_body={"steps": 2, "seed": 1})
+    r = client.images.edit(
+        image=("a.png", png(img), "image/png"),
+        mask=("m.png", png(alpha_mask(96, 96, (30, 30, 60, 60))), "image/png"),
+        prompt="x",
+        size=size,
+        extra_body={"steps": 2, "seed": 1},
+    )
     assert decode(r.data[0].b64_json).shape == (h, w, 3)
 
 
@@ -171,9 +198,12 @@ def test_large_image_small_mask_uses_crop_rule(client):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     box = (600, 300, 640, 340)
-    r = client.images.edit(image=("a.png", png(img), "image/png"),
-                           mask=("m.png", png(alpha_mask(h, w, box)), "image/png"),
-                           prompt="x", extra_body={"steps": 2, "seed": 1})
+    r = client.images.edit(
+        image=("a.png", png(img), "image/png"),
+        mask=("m.png", png(alpha_mask(h, w, box)), "image/png"),
+        prompt="x",
+        extra_body={"steps": 2, "seed": 1},
+    )
     out = decode(r.data[0].b64_json)
     region = edit_region(h, w, box)
     assert out.shape == (h, w, 3)
@@ -184,10 +214,14 @@ def test_large_image_small_mask_uses_crop_rule(client):
 
 def test_stream_partial_images_then_completed(client):
     h, w, box = 64, 64, (16, 16, 48, 48)
-    stream = client.images.edit(image=("a.png", png(scene(h, w)), "image/png"),
-                                mask=("m.png", png(alpha_mask(h, w, box)), "image/png"),
-                                prompt="x", stream=True, partial_images=2,
-                                extra_body={"steps": 6, "seed": 2})
+    stream = client.images.edit(
+        image=("a.png", png(scene(h, w)), "image/png"),
+        mask=("m.png", png(alpha_mask(h, w, box)), "image/png"),
+        prompt="x",
+        stream=True,
+        partial_images=2,
+        extra_body={"steps": 6, "seed": 2},
+    )
     events = list(stream)
     types = [e.type for e in events]
     assert types == ["image_edit.partial_image"] * 2 + ["image_edit.completed"]
@@ -206,15 +240,26 @@ def test_extension_validation_errors(client):
         client.images.edit(**args, extra_body={"steps": 0})
     assert info.value.body["param"] == "steps"
     for name in ("ddim", "euler_a", "dpmpp_2m_karras"):
-        r = client.images.edit(**args, extra_body={"scheduler": name, "steps": 2, "seed": 1,
-                                                   "guidance_scale": 3.0, "strength": 0.9})
+        r = client.images.edit(
+            **args,
+            extra_body={
+                "scheduler": name,
+                "steps": 2,
+                "seed": 1,
+                "guidance_scale": 3.0,
+                "strength": 0.9,
+            },
+        )
         assert decode(r.data[0].b64_json).shape == (64, 64, 3)
 
 
 def test_concurrent_requests_share_unet_calls_and_stay_deterministic(client, server):
     h, w, box = 64, 64, (16, 16, 48, 48)
-    args = dict(image=("a.png", png(scene(h, w)), "image/png"),
-                mask=("m.png", png(alpha_mask(h, w, box)), "image/png"), prompt="brick")
+    args = dict(
+        image=("a.png", png(scene(h, w)), "image/png"),
+        mask=("m.png", png(alpha_mask(h, w, box)), "image/png"),
+        prompt="brick",
+    )
     sum_before = metric(server, "inpaint_batch_rows_sum")
     solo = decode(client.images.edit(**args, extra_body={"seed": 40, "steps": 8}).data[0].b64_json)
     per_request = metric(server, "inpaint_batch_rows_sum") - sum_before  # PNDM: steps + 1
@@ -247,16 +292,29 @@ def test_client_disconnect_stops_the_work(server):
     boundary = "b0undary"
     parts = []
     for k, v in {"prompt": "x", "steps": "150", "n": "10", "seed": "5"}.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
-                 "Content-Type: image/png\r\n\r\n".encode() + png(scene(h, w)) + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        )
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode()
+        + png(scene(h, w))
+        + b"\r\n"
+    )
     parts.append(f"--{boundary}--\r\n".encode())
     body = b"".join(parts)
     before = metric(server, "inpaint_denoising_steps_total")
     port = int(server.rsplit(":", 1)[1])
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", "/v1/images/edits", body=body, headers={
-        "Authorization": f"Bearer {KEY}", "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    conn.request(
+        "POST",
+        "/v1/images/edits",
+        body=body,
+        headers={
+            "Authorization": f"Bearer {KEY}",
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+        },
+    )
     time.sleep(1.0)
     conn.close()  # the client goes away mid-denoising
     time.sleep(1.5)

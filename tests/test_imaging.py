@@ -43,8 +43,12 @@ def _smooth_rgb(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return (struct.pack(">I", len(payload)) + kind + payload
-            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    )
 
 
 def _err(data: bytes, code: str, **kw) -> ImageError:
@@ -56,6 +60,7 @@ def _err(data: bytes, code: str, **kw) -> ImageError:
 
 
 # --- decode: formats and round trips -------------------------------------------------------------
+
 
 def test_png_round_trip_exact_rgb_and_rgba():
     rgb = _smooth_rgb()
@@ -78,8 +83,11 @@ def test_jpeg_and_webp_round_trip_close():
         out, transp = decode(data, max_pixels=BIG)
         assert out.shape == (48, 64, 4) and not transp
         assert np.abs(out[..., :3].astype(int) - rgb).mean() < 4, fmt
-    data = _bytes(Image.fromarray(np.dstack([rgb, np.full((48, 64), 7, np.uint8)]), "RGBA"),
-                  "WEBP", lossless=True)
+    data = _bytes(
+        Image.fromarray(np.dstack([rgb, np.full((48, 64), 7, np.uint8)]), "RGBA"),
+        "WEBP",
+        lossless=True,
+    )
     out, transp = decode(data, max_pixels=BIG)
     assert transp and (out[..., 3] == 7).all()
 
@@ -106,8 +114,9 @@ def test_other_formats_unsupported(fmt):
 def test_extra_formats_when_allowed():
     rgb = _smooth_rgb(8, 8)
     for fmt in ("BMP", "TGA"):
-        out, _ = decode(_bytes(Image.fromarray(rgb), fmt), max_pixels=BIG,
-                        allowed_formats=("png", fmt.lower()))
+        out, _ = decode(
+            _bytes(Image.fromarray(rgb), fmt), max_pixels=BIG, allowed_formats=("png", fmt.lower())
+        )
         np.testing.assert_array_equal(out[..., :3], rgb)
 
 
@@ -116,8 +125,10 @@ def test_heic_and_pdf_by_magic_are_unsupported():
     _err(b"%PDF-1.7\n" + b"x" * 64, "unsupported_file_mimetype")
 
 
-@pytest.mark.parametrize("data", [b"", b"\x00", np.random.default_rng(1).bytes(4096),
-                                  b"\x89PNG\r\n\x1a\n" + b"\x00" * 40])
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x00", np.random.default_rng(1).bytes(4096), b"\x89PNG\r\n\x1a\n" + b"\x00" * 40],
+)
 def test_garbage_is_invalid(data):
     _err(data, "invalid_image_file")
     with pytest.raises(ImageError) as ei:
@@ -138,8 +149,12 @@ def test_truncated_is_invalid(fmt):
 
 def test_png_header_bomb_rejected_fast_without_decoding():
     ihdr = struct.pack(">IIBBBBB", 65535, 65535, 8, 2, 0, 0, 0)
-    data = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + _png_chunk(b"IEND", b""))
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+        + _png_chunk(b"IEND", b"")
+    )
     info = probe(data)
     assert (info.width, info.height, info.format) == (65535, 65535, "png")
     t = time.perf_counter()
@@ -151,7 +166,7 @@ def test_png_header_bomb_rejected_fast_without_decoding():
 def test_jpeg_header_bomb_rejected_fast():
     data = bytearray(_bytes(Image.fromarray(_smooth_rgb(8, 8)), "JPEG"))
     sof = data.index(b"\xff\xc0")
-    data[sof + 5: sof + 9] = struct.pack(">HH", 60000, 60000)  # height, width
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)  # height, width
     t = time.perf_counter()
     _err(bytes(data), "image_too_large", max_pixels=16_777_216)
     assert time.perf_counter() - t < 0.5
@@ -170,10 +185,11 @@ def test_pillow_bomb_guard_reenabled_still_maps_to_image_too_large(monkeypatch):
 
 # --- EXIF orientation -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("orientation, corner", [(6, (0, -1)), (8, (-1, 0)), (3, (-1, -1))])
 def test_exif_orientation_applied(orientation, corner):
     stored = np.zeros((40, 80, 3), np.uint8)  # stored 80 wide x 40 high
-    stored[:10, :10] = (255, 0, 0)            # red marker at the stored top-left
+    stored[:10, :10] = (255, 0, 0)  # red marker at the stored top-left
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = _bytes(Image.fromarray(stored), "JPEG", quality=95, exif=exif.tobytes())
@@ -195,6 +211,7 @@ def test_broken_exif_is_ignored():
 
 
 # --- modes ----------------------------------------------------------------------------------------
+
 
 def test_16bit_png_gray_and_rgb():
     gray16 = (np.arange(64 * 64, dtype=np.uint32) * 16).astype(np.uint16).reshape(64, 64)
@@ -259,11 +276,12 @@ def test_animated_gives_first_frame(fmt):
 
 # --- masks ----------------------------------------------------------------------------------------
 
+
 def test_mask_alpha_rule_and_threshold():
     m = np.full((8, 8, 4), 255, np.uint8)
-    m[:4, :, 3] = 0     # fully transparent: edit
-    m[4, :, 3] = 127    # antialiased, more transparent than not: edit
-    m[5, :, 3] = 128    # more opaque: keep
+    m[:4, :, 3] = 0  # fully transparent: edit
+    m[4, :, 3] = 127  # antialiased, more transparent than not: edit
+    m[5, :, 3] = 128  # more opaque: keep
     got = edit_mask_from_mask_image(m, True)
     assert got.dtype == np.float32 and got.shape == (8, 8)
     assert (got[:5] == 1).all() and (got[5:] == 0).all()
@@ -296,6 +314,7 @@ def test_no_mask_rule_from_image_alpha():
 
 # --- resize ---------------------------------------------------------------------------------------
 
+
 def test_resize_image_and_mask():
     img = _smooth_rgb(64, 64)
     assert resize_image(img, 32, 16).shape == (16, 32, 3)
@@ -313,6 +332,7 @@ def test_resize_image_and_mask():
 
 
 # --- plan_work_region -----------------------------------------------------------------------------
+
 
 def _check_region(r, w, h, max_side, multiple=8):
     x0, y0, x1, y1 = r.box
@@ -360,7 +380,7 @@ def test_plan_big_mask_scales_down_and_wide_images():
     assert r.box[3] - r.box[1] == 512 and r.box[1] <= 300 - 32 and r.box[3] >= 300 + 33
     for h, w in ((1037, 3001), (3001, 1037), (999, 1500)):
         m = np.zeros((h, w), np.float32)
-        m[h // 3: h // 2, w // 4: w // 2] = 1
+        m[h // 3 : h // 2, w // 4 : w // 2] = 1
         _check_region(plan_work_region(m, native_side=512, max_work_side=1000), w, h, 1000)
     # empty mask: whole image, scaled
     r = plan_work_region(np.zeros((2048, 1024), np.float32), native_side=512, max_work_side=1024)
@@ -368,6 +388,7 @@ def test_plan_big_mask_scales_down_and_wide_images():
 
 
 # --- composite ------------------------------------------------------------------------------------
+
 
 def test_composite_exact_outside_generated_inside_blend_at_seam():
     rng = np.random.default_rng(4)
@@ -390,6 +411,7 @@ def test_composite_exact_outside_generated_inside_blend_at_seam():
 
 
 # --- encode ---------------------------------------------------------------------------------------
+
 
 def test_encode_png_lossless_and_rgba():
     rgb = _smooth_rgb()
@@ -417,6 +439,7 @@ def test_encode_quality_ordering_and_colors(fmt):
 
 # --- background -----------------------------------------------------------------------------------
 
+
 def test_apply_background_modes():
     rgb = _smooth_rgb(8, 8)
     alpha = np.full((8, 8), 255, np.uint8)
@@ -425,15 +448,22 @@ def test_apply_background_modes():
     edit[:2] = 1
     out = apply_background(rgb, alpha, edit, "transparent", "png")
     assert out.shape == (8, 8, 4) and (out[..., :3] == rgb).all()
-    assert (out[:2, :, 3] == 255).all() and (out[2:, :4, 3] == 0).all() and (out[2:, 4:, 3] == 255).all()
+    assert (
+        (out[:2, :, 3] == 255).all()
+        and (out[2:, :4, 3] == 0).all()
+        and (out[2:, 4:, 3] == 255).all()
+    )
     assert apply_background(rgb, None, edit, "transparent", "webp")[..., 3].min() == 255
     assert apply_background(rgb, alpha, edit, "opaque", "png").shape == (8, 8, 3)
     assert apply_background(rgb, alpha, edit, "auto", "webp").shape == (8, 8, 4)
     assert apply_background(rgb, alpha, edit, "auto", "jpeg").shape == (8, 8, 3)
     assert apply_background(rgb, None, edit, "auto", "png").shape == (8, 8, 3)
-    assert apply_background(rgb, np.full((8, 8), 255, np.uint8), edit, "auto", "png").shape == (8, 8, 3)
+    assert apply_background(rgb, np.full((8, 8), 255, np.uint8), edit, "auto", "png").shape == (
+        8,
+        8,
+        3,
+    )
     with pytest.raises(ValueError):
         apply_background(rgb, alpha, edit, "transparent", "jpeg")
     with pytest.raises(ValueError):
         apply_background(rgb, alpha, edit, "sparkly", "png")
-

@@ -41,17 +41,49 @@ def test_defaults():
 
 
 def test_empty_strings_mean_default():
-    r = parse(n="", size="", output_format="", output_compression=" ", quality="", stream="",
-              model="  ", seed="")
-    assert (r.n, r.size, r.output_format, r.output_compression, r.quality, r.stream, r.model,
-            r.seed) == (1, None, "png", 100, "auto", False, None, None)
+    r = parse(
+        n="",
+        size="",
+        output_format="",
+        output_compression=" ",
+        quality="",
+        stream="",
+        model="  ",
+        seed="",
+    )
+    assert (
+        r.n,
+        r.size,
+        r.output_format,
+        r.output_compression,
+        r.quality,
+        r.stream,
+        r.model,
+        r.seed,
+    ) == (1, None, "png", 100, "auto", False, None, None)
 
 
 def test_all_fields_set():
-    r = parse(model=" m1 ", n=10, size="1536x1024", response_format="url", output_format="webp",
-              output_compression=0, background="transparent", quality="HIGH", stream="true",
-              partial_images=3, user="u-1", input_fidelity="high", negative_prompt="blurry",
-              seed=42, steps=150, guidance_scale=7.5, strength=0.5, scheduler=" DDIM ")
+    r = parse(
+        model=" m1 ",
+        n=10,
+        size="1536x1024",
+        response_format="url",
+        output_format="webp",
+        output_compression=0,
+        background="transparent",
+        quality="HIGH",
+        stream="true",
+        partial_images=3,
+        user="u-1",
+        input_fidelity="high",
+        negative_prompt="blurry",
+        seed=42,
+        steps=150,
+        guidance_scale=7.5,
+        strength=0.5,
+        scheduler=" DDIM ",
+    )
     assert r.model == "m1"
     assert r.n == 10
     assert r.size == (1536, 1024)
@@ -192,9 +224,21 @@ def test_background_transparent_needs_png_or_webp():
 # ---------------------------------------------------------------- booleans
 
 
-@pytest.mark.parametrize("raw, value", [("true", True), ("True", True), ("1", True), ("yes", True),
-                                        ("on", True), ("false", False), ("FALSE", False),
-                                        ("0", False), ("no", False), ("off", False)])
+@pytest.mark.parametrize(
+    "raw, value",
+    [
+        ("true", True),
+        ("True", True),
+        ("1", True),
+        ("yes", True),
+        ("on", True),
+        ("false", False),
+        ("FALSE", False),
+        ("0", False),
+        ("no", False),
+        ("off", False),
+    ],
+)
 def test_bool(raw, value):
     assert parse(stream=raw).stream is value
 
@@ -207,21 +251,50 @@ def test_bool_garbage():
 # ---------------------------------------------------------------- size
 
 
-@pytest.mark.parametrize("raw, expected", [
-    (None, None), ("", None), ("auto", None), (" AUTO ", None),
-    ("256x256", (256, 256)), ("512x512", (512, 512)), ("1024x1024", (1024, 1024)),
-    ("1536x1024", (1536, 1024)), ("1024x1536", (1024, 1536)), ("16x8", (16, 8)),
-    ("1024X768", (1024, 768)), (" 64x64 ", (64, 64)),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (None, None),
+        ("", None),
+        ("auto", None),
+        (" AUTO ", None),
+        ("256x256", (256, 256)),
+        ("512x512", (512, 512)),
+        ("1024x1024", (1024, 1024)),
+        ("1536x1024", (1536, 1024)),
+        ("1024x1536", (1024, 1536)),
+        ("16x8", (16, 8)),
+        ("1024X768", (1024, 768)),
+        (" 64x64 ", (64, 64)),
+    ],
+)
 def test_size_ok(raw, expected):
     assert parse_size(raw) == expected
 
 
-@pytest.mark.parametrize("raw", [
-    "1000x1001", "250x170", "1024x1020", "1023x1024", "0x0", "0x512", "512x0",
-    "1024", "x512", "512x", "axb", "1024*1024", "-512x512", "512x-512", "512.0x512",
-    "1024x1024x3", "9999999x8", "big",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "1000x1001",
+        "250x170",
+        "1024x1020",
+        "1023x1024",
+        "0x0",
+        "0x512",
+        "512x0",
+        "1024",
+        "x512",
+        "512x",
+        "axb",
+        "1024*1024",
+        "-512x512",
+        "512x-512",
+        "512.0x512",
+        "1024x1024x3",
+        "9999999x8",
+        "big",
+    ],
+)
 def test_size_bad(raw):
     with pytest.raises(ProtocolError) as info:
         parse_size(raw)

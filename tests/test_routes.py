@@ -108,8 +108,17 @@ async def test_no_authorization_header(client, img_png):
     await expect_error(resp, 401, code=None, param=None)
 
 
-@pytest.mark.parametrize("header", ["Bearer sk-wrong", "Bearer sk-tes", "Bearer sk-test2",
-                                    "Basic c2stdGVzdA==", "Bearer ", "sk-test"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer sk-wrong",
+        "Bearer sk-tes",
+        "Bearer sk-test2",
+        "Basic c2stdGVzdA==",
+        "Bearer ",
+        "sk-test",
+    ],
+)
 async def test_wrong_key(client, header):
     resp = await client.get("/v1/models", headers={"Authorization": header})
     err = await expect_error(resp, 401, code="invalid_api_key", param=None)
@@ -186,8 +195,9 @@ async def test_gif_unsupported(client, img):
 
 async def test_gif_as_second_image_unsupported(client, img, img_png):
     mp = form({"prompt": "x"}, [("image[]", img_png), ("image[]", gif(img))])
-    await expect_error(await post_edit(client, mp), 400, code="unsupported_file_mimetype",
-                       param="image")
+    await expect_error(
+        await post_edit(client, mp), 400, code="unsupported_file_mimetype", param="image"
+    )
 
 
 async def test_format_from_bytes_not_content_type(client, img, mask_png):
@@ -226,7 +236,7 @@ async def test_body_over_limit_413_chunked(make_client):
     async def gen():
         body = mp.body
         for i in range(0, len(body), 4096):
-            yield body[i:i + 4096]
+            yield body[i : i + 4096]
 
     resp = await cl.post(EDITS, data=gen(), headers=mp.headers())
     await expect_error(resp, 413, code="image_too_large", param="image")
@@ -238,10 +248,13 @@ async def test_mask_size_mismatch(client, img_png):
     assert f"{W}x{H}" in err["message"]
 
 
-@pytest.mark.parametrize("mask", [
-    np.zeros((H, W), np.uint8),                              # all black, no alpha
-    np.dstack([np.zeros((H, W, 3), np.uint8), np.full((H, W), 255, np.uint8)]),  # opaque black
-])
+@pytest.mark.parametrize(
+    "mask",
+    [
+        np.zeros((H, W), np.uint8),  # all black, no alpha
+        np.dstack([np.zeros((H, W, 3), np.uint8), np.full((H, W), 255, np.uint8)]),  # opaque black
+    ],
+)
 async def test_empty_edit_region(client, img_png, mask):
     resp = await post_edit(client, edit_form(img_png, png(mask)))
     await expect_error(resp, 400, code="invalid_mask", param="mask")
@@ -252,23 +265,26 @@ async def test_undecodable_mask(client, img_png):
     await expect_error(resp, 400, code="invalid_image_file", param="mask")
 
 
-@pytest.mark.parametrize("field, value, code", [
-    ("n", 11, "integer_above_max_value"),
-    ("n", 0, "integer_below_min_value"),
-    ("n", "two", "invalid_value"),
-    ("size", "1000x1001", "invalid_value"),
-    ("size", "huge", "invalid_value"),
-    ("size", "8x8", None),                   # a multiple of 8 but below the model's minimum side
-    ("size", "8192x8192", None),             # above the model's maximum side
-    ("output_format", "gif", "invalid_value"),
-    ("response_format", "jpeg", "invalid_value"),
-    ("output_compression", 101, "integer_above_max_value"),
-    ("output_compression", -1, "integer_below_min_value"),
-    ("background", "green", "invalid_value"),
-    ("quality", "ultra", "invalid_value"),
-    ("partial_images", 4, "integer_above_max_value"),
-    ("stream", "maybe", "invalid_value"),
-])
+@pytest.mark.parametrize(
+    "field, value, code",
+    [
+        ("n", 11, "integer_above_max_value"),
+        ("n", 0, "integer_below_min_value"),
+        ("n", "two", "invalid_value"),
+        ("size", "1000x1001", "invalid_value"),
+        ("size", "huge", "invalid_value"),
+        ("size", "8x8", None),  # a multiple of 8 but below the model's minimum side
+        ("size", "8192x8192", None),  # above the model's maximum side
+        ("output_format", "gif", "invalid_value"),
+        ("response_format", "jpeg", "invalid_value"),
+        ("output_compression", 101, "integer_above_max_value"),
+        ("output_compression", -1, "integer_below_min_value"),
+        ("background", "green", "invalid_value"),
+        ("quality", "ultra", "invalid_value"),
+        ("partial_images", 4, "integer_above_max_value"),
+        ("stream", "maybe", "invalid_value"),
+    ],
+)
 async def test_field_out_of_range(client, img_png, mask_png, field, value, code):
     resp = await post_edit(client, edit_form(img_png, mask_png, **{field: value}))
     err = await expect_error(resp, 400, code=code, param=field)
@@ -276,8 +292,9 @@ async def test_field_out_of_range(client, img_png, mask_png, field, value, code)
 
 
 async def test_transparent_background_with_jpeg(client, img_png, mask_png):
-    resp = await post_edit(client, edit_form(img_png, mask_png, background="transparent",
-                                             output_format="jpeg"))
+    resp = await post_edit(
+        client, edit_form(img_png, mask_png, background="transparent", output_format="jpeg")
+    )
     await expect_error(resp, 400, code="invalid_value", param="background")
 
 
@@ -294,11 +311,14 @@ async def test_non_utf8_text_field(client, img_png):
     await expect_error(await post_edit(client, mp), 400, code=None, param="prompt")
 
 
-@pytest.mark.parametrize("ctype, body", [
-    ("text/plain", b"prompt=hello"),
-    ("application/x-www-form-urlencoded", b"prompt=hello&n=1"),
-    ("application/octet-stream", b"\x89PNG"),
-])
+@pytest.mark.parametrize(
+    "ctype, body",
+    [
+        ("text/plain", b"prompt=hello"),
+        ("application/x-www-form-urlencoded", b"prompt=hello&n=1"),
+        ("application/octet-stream", b"\x89PNG"),
+    ],
+)
 async def test_non_multipart_content_type(client, ctype, body):
     resp = await client.post(EDITS, data=body, headers={**AUTH, "Content-Type": ctype})
     err = await expect_error(resp, 400, code=None, param=None)
@@ -306,8 +326,9 @@ async def test_non_multipart_content_type(client, ctype, body):
 
 
 async def test_malformed_multipart(client):
-    resp = await client.post(EDITS, data=b"--nope\r\ngarbage",
-                             headers={**AUTH, "Content-Type": "multipart/form-data"})
+    resp = await client.post(
+        EDITS, data=b"--nope\r\ngarbage", headers={**AUTH, "Content-Type": "multipart/form-data"}
+    )
     assert resp.status == 400
     body = await resp.json()
     assert set(body["error"]) == {"message", "type", "param", "code"}
@@ -324,8 +345,9 @@ async def test_too_many_images(client, img_png):
 async def test_queue_full_max_queue_zero(make_client, img_png):
     cl = await make_client(max_queue=0)
     resp = await post_edit(cl, edit_form(img_png))
-    await expect_error(resp, 429, type="rate_limit_exceeded", code="rate_limit_exceeded",
-                       param=None)
+    await expect_error(
+        resp, 429, type="rate_limit_exceeded", code="rate_limit_exceeded", param=None
+    )
     assert int(resp.headers["Retry-After"]) >= 1
 
 
@@ -336,8 +358,9 @@ async def test_queue_full_behind_slow_model(make_client, img_png):
     await asyncio.get_running_loop().run_in_executor(None, slow.started.wait, 5)
     # the running row left the queue: 2 rows fit, a third does not
     resp = await post_edit(cl, edit_form(img_png, model="slow", n=3))
-    await expect_error(resp, 429, type="rate_limit_exceeded", code="rate_limit_exceeded",
-                       param=None)
+    await expect_error(
+        resp, 429, type="rate_limit_exceeded", code="rate_limit_exceeded", param=None
+    )
     assert int(resp.headers["Retry-After"]) >= 1
     assert (await first).status == 200
 
@@ -384,8 +407,9 @@ async def test_per_key_rate_limit(make_client):
     assert (await cl.get("/v1/models", headers=AUTH)).status == 200
     assert (await cl.get("/v1/models", headers=AUTH)).status == 200
     resp = await cl.get("/v1/models", headers=AUTH)
-    await expect_error(resp, 429, type="rate_limit_exceeded", code="rate_limit_exceeded",
-                       param=None)
+    await expect_error(
+        resp, 429, type="rate_limit_exceeded", code="rate_limit_exceeded", param=None
+    )
     assert 1 <= int(resp.headers["Retry-After"]) <= 61
     # per key: another key is not limited; probes are never limited
     assert (await cl.get("/v1/models", headers={"Authorization": "Bearer sk-other"})).status == 200
@@ -404,8 +428,15 @@ async def test_unknown_route_and_method_are_json(client):
 
 async def test_basic_edit_pixels_and_response_shape(client, img, img_png, mask_png):
     body = await edit_ok(client, edit_form(img_png, mask_png))
-    assert set(body) >= {"created", "data", "background", "output_format", "quality", "size",
-                         "usage"}
+    assert set(body) >= {
+        "created",
+        "data",
+        "background",
+        "output_format",
+        "quality",
+        "size",
+        "usage",
+    }
     assert abs(body["created"] - time.time()) < 60
     assert body["size"] == f"{W}x{H}" and body["output_format"] == "png"
     assert body["background"] == "opaque"
@@ -433,21 +464,30 @@ async def test_image_field_names(client, img, img_png, mask_png, name):
 @pytest.mark.parametrize("name", ["image", "image[]"])
 async def test_several_images_first_is_edited(client, img, img_png, mask_png, name):
     other = scene(W, H)[::-1].copy()  # different pixels, same size
-    body = await edit_ok(client, form({"prompt": "x"}, [(name, img_png), (name, png(other))],
-                                      mask_png))
+    body = await edit_ok(
+        client, form({"prompt": "x"}, [(name, img_png), (name, png(other))], mask_png)
+    )
     check_kept_and_edited(b64_image(body["data"][0]), img, BOX)
 
 
 async def test_part_order_is_free(client, img, img_png, mask_png):
-    body = await edit_ok(client, form({"prompt": "x", "n": 2}, [("image", img_png)], mask_png,
-                                      mask_first=True))
+    body = await edit_ok(
+        client, form({"prompt": "x", "n": 2}, [("image", img_png)], mask_png, mask_first=True)
+    )
     assert len(body["data"]) == 2
     check_kept_and_edited(b64_image(body["data"][1]), img, BOX)
 
 
 async def test_unknown_fields_ignored(client, img, img_png, mask_png):
-    mp = edit_form(img_png, mask_png, frobnicate="1", safety_identifier="abc", user="u-42",
-                   input_fidelity="high", quality="low")
+    mp = edit_form(
+        img_png,
+        mask_png,
+        frobnicate="1",
+        safety_identifier="abc",
+        user="u-42",
+        input_fidelity="high",
+        quality="low",
+    )
     mp.file("markup", b"whatever")  # unknown file part: ignored too
     body = await edit_ok(client, mp)
     check_kept_and_edited(b64_image(body["data"][0]), img, BOX)
@@ -516,7 +556,7 @@ async def test_openai_sizes(client, img_png, mask_png, size):
     out = b64_image(body["data"][0])
     assert body["size"] == size and out.shape == (h, w, 3)
     # the red square scaled with the image; its middle is edited, the far corners are kept
-    assert not_red(out[h * 5 // 12:h * 7 // 12, w * 5 // 12:w * 7 // 12])
+    assert not_red(out[h * 5 // 12 : h * 7 // 12, w * 5 // 12 : w * 7 // 12])
     assert out[2, 2, 2] > 150 and out[-3, -3, 2] > 150  # still the blue background
 
 
@@ -538,8 +578,9 @@ async def test_url_response_and_file_route(client, img, img_png, mask_png):
     assert (await client.get(path)).status == 200
     # webp and jpeg files are served with their types
     for fmt, ctype in (("jpeg", "image/jpeg"), ("webp", "image/webp")):
-        body = await edit_ok(client, edit_form(img_png, mask_png, response_format="url",
-                                               output_format=fmt))
+        body = await edit_ok(
+            client, edit_form(img_png, mask_png, response_format="url", output_format=fmt)
+        )
         url = body["data"][0]["url"]
         assert url.endswith("." + fmt)
         resp = await client.get("/" + url.split("/", 3)[3])
@@ -552,10 +593,21 @@ async def test_file_route_rejects_bad_names(client, img_png, mask_png):
     name = body["data"][0]["url"].rsplit("/", 1)[1]
     ident = name.split(".")[0]
     bad = [
-        f"{ident.upper()}.png", f"{ident}.jpeg", f"{ident}.PNG", f"{ident}.gif",
-        f"{ident[:-1]}.png", f"{ident}0.png", f"{ident}.png.png", f"{ident}",
-        "0" * 32 + ".png", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "..%2F..%2Fetc%2Fpasswd",
-        "%2E%2E%2F%2E%2E%2Fetc%2Fpasswd", "....%2F%2Fetc%2Fpasswd", ".%2e", "%00.png",
+        f"{ident.upper()}.png",
+        f"{ident}.jpeg",
+        f"{ident}.PNG",
+        f"{ident}.gif",
+        f"{ident[:-1]}.png",
+        f"{ident}0.png",
+        f"{ident}.png.png",
+        f"{ident}",
+        "0" * 32 + ".png",
+        "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
+        "....%2F%2Fetc%2Fpasswd",
+        ".%2e",
+        "%00.png",
         f"%2e{ident}.png",
     ]
     for b in bad:
@@ -572,9 +624,13 @@ async def test_file_route_rejects_bad_names(client, img_png, mask_png):
         await expect_error(resp, 404, code="not_found", param=None)
     assert (await client.get("/v1/images/files/" + name)).status == 200
     # the same, byte-exact on the wire (no client-side normalisation or re-encoding)
-    for target in ("/v1/images/files/../../etc/passwd", "/v1/images/files/%2e%2e%2fetc%2fpasswd",
-                   "/v1/images/files/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
-                   f"/v1/images/files/..%2f{name}", f"/v1/images/files/%2e%2e%2f{name}"):
+    for target in (
+        "/v1/images/files/../../etc/passwd",
+        "/v1/images/files/%2e%2e%2fetc%2fpasswd",
+        "/v1/images/files/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
+        f"/v1/images/files/..%2f{name}",
+        f"/v1/images/files/%2e%2e%2f{name}",
+    ):
         status, raw = await raw_get(client, target)
         assert status in (401, 404), (target, status)
         assert b"root:" not in raw and b"\x89PNG" not in raw
@@ -587,8 +643,10 @@ async def test_file_route_rejects_bad_names(client, img_png, mask_png):
 async def raw_get(client, target: str) -> tuple[int, bytes]:
     """GET ``target`` exactly as written (one HTTP/1.1 request on a fresh socket)."""
     reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-test\r\n"
-                 "Connection: close\r\n\r\n".encode())
+    writer.write(
+        f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-test\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
     await writer.drain()
     raw = await reader.read()
     writer.close()
@@ -603,8 +661,9 @@ async def test_output_formats_and_compression(client, img_png, mask_png):
     for fmt, pil in (("jpeg", "JPEG"), ("webp", "WEBP")):
         sizes = []
         for q in (10, 95):
-            body = await edit_ok(client, edit_form(png(noisy), m, output_format=fmt,
-                                                   output_compression=q))
+            body = await edit_ok(
+                client, edit_form(png(noisy), m, output_format=fmt, output_compression=q)
+            )
             assert body["output_format"] == fmt
             raw = base64.b64decode(body["data"][0]["b64_json"])
             out, got = decode_image(raw)
@@ -625,8 +684,9 @@ def _rgba_with_transparent_corner(img: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("fmt", ["png", "webp"])
 async def test_background_transparent_keeps_transparency(client, img, mask_png, fmt):
     rgba = _rgba_with_transparent_corner(img)
-    body = await edit_ok(client, edit_form(png(rgba), mask_png, background="transparent",
-                                           output_format=fmt))
+    body = await edit_ok(
+        client, edit_form(png(rgba), mask_png, background="transparent", output_format=fmt)
+    )
     assert body["background"] == "transparent"
     out = b64_image(body["data"][0])
     assert out.shape == (H, W, 4)
@@ -683,8 +743,14 @@ async def test_json_body_with_data_urls(client, img, img_png, mask_png):
     def url(b):
         return "data:image/png;base64," + base64.b64encode(b).decode()
 
-    payload = {"images": [{"image_url": url(img_png)}], "mask": {"image_url": url(mask_png)},
-               "prompt": "remove it", "n": 2, "stream": False, "size": "auto"}
+    payload = {
+        "images": [{"image_url": url(img_png)}],
+        "mask": {"image_url": url(mask_png)},
+        "prompt": "remove it",
+        "n": 2,
+        "stream": False,
+        "size": "auto",
+    }
     resp = await client.post(EDITS, json=payload, headers=AUTH)
     assert resp.status == 200, await resp.text()
     body = await resp.json()
@@ -695,11 +761,15 @@ async def test_json_body_with_data_urls(client, img, img_png, mask_png):
     await expect_error(resp, 400, code=None, param="image")
     resp = await client.post(EDITS, json={"images": [{"image_url": url(img_png)}]}, headers=AUTH)
     await expect_error(resp, 400, code=None, param="prompt")
-    resp = await client.post(EDITS, json={"images": [{"image_url": "data:image/png;base64,@@"}],
-                                          "prompt": "x"}, headers=AUTH)
+    resp = await client.post(
+        EDITS,
+        json={"images": [{"image_url": "data:image/png;base64,@@"}], "prompt": "x"},
+        headers=AUTH,
+    )
     await expect_error(resp, 400, code="invalid_image_file", param="images")
-    resp = await client.post(EDITS, data=b"{not json", headers={**AUTH,
-                                                                "Content-Type": "application/json"})
+    resp = await client.post(
+        EDITS, data=b"{not json", headers={**AUTH, "Content-Type": "application/json"}
+    )
     await expect_error(resp, 400, code=None, param=None)
 
 
@@ -750,8 +820,9 @@ async def test_metrics_after_request(client, img_png, mask_png):
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain")
     text = await resp.text()
-    assert re.search(r'^inpaint_requests_total\{route="/v1/images/edits",status="200"\} 1\.0$',
-                     text, re.M), text
+    assert re.search(
+        r'^inpaint_requests_total\{route="/v1/images/edits",status="200"\} 1\.0$', text, re.M
+    ), text
     assert "# TYPE inpaint_requests_total counter" in text
     assert "inpaint_request_latency_seconds_bucket" in text
     assert f'inpaint_images_total{{model="{BUILTIN}"}} 1.0' in text
@@ -776,7 +847,9 @@ async def test_openapi_document(client):
     for field in EditRequest.model_fields:
         assert field in props, field
     assert set(op["requestBody"]["content"]["multipart/form-data"]["schema"]["required"]) == {
-        "image", "prompt"}
+        "image",
+        "prompt",
+    }
     schema = doc["components"]["schemas"]["ImageResponse"]
     assert "created" in schema["properties"] and "data" in schema["properties"]
     item = schema["properties"]["data"]["items"]["properties"]

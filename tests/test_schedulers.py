@@ -92,10 +92,6 @@ REF = {
 SHAPE = (1, 4, 8, 8)
 
 
-
-
-
-
 def fake_unet(x: np.ndarray, t) -> np.ndarray:
     """Deterministic smooth stand-in for the UNet; float32 in, float32 out."""
     t = np.float32(float(t))

@@ -56,10 +56,6 @@ FP16_MAX_TOL = 0.1  # fp16 export vs fp32 export (random weights amplify fp16 ro
 FP16_MEAN_TOL = 1e-2
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def pipe(tiny_pipeline_dir):
     p = StableDiffusionInpaintPipeline.from_pretrained(tiny_pipeline_dir, torch_dtype=torch.float32)

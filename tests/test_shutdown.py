@@ -38,10 +38,14 @@ def _multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, 
     boundary = "----testboundary7"
     out = io.BytesIO()
     for k, v in fields.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
+        out.write(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        )
     for k, data in files.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{k}.png"\r\n'
-                  f"Content-Type: image/png\r\n\r\n".encode())
+        out.write(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{k}.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n".encode()
+        )
         out.write(data + b"\r\n")
     out.write(f"--{boundary}--\r\n".encode())
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
@@ -51,9 +55,22 @@ def test_sigterm_finishes_in_flight_edit_and_exits_zero(tmp_path):
     port = _free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", str(port), "--no-auth",
-         "--models-dir", str(tmp_path), "--shutdown-grace", "20"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--port",
+            str(port),
+            "--no-auth",
+            "--models-dir",
+            str(tmp_path),
+            "--shutdown-grace",
+            "20",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.time() + 30
@@ -74,8 +91,12 @@ def test_sigterm_finishes_in_flight_edit_and_exits_zero(tmp_path):
         result: dict = {}
 
         def call():
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/images/edits", data=body,
-                                         headers={"Content-Type": ctype}, method="POST")
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/images/edits",
+                data=body,
+                headers={"Content-Type": ctype},
+                method="POST",
+            )
             try:
                 with urllib.request.urlopen(req, timeout=60) as resp:
                     result["status"] = resp.status

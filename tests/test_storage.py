@@ -46,13 +46,30 @@ def test_rejects_unknown_extension(store):
         store.put(b"x", "../png")
 
 
-@pytest.mark.parametrize("name", [
-    "../etc/passwd", "../../etc/passwd", "/etc/passwd", "..", ".", "",
-    "0" * 31 + ".png", "0" * 33 + ".png", "G" * 32 + ".png", "A" * 32 + ".png",
-    "0" * 32 + ".gif", "0" * 32 + ".PNG", "0" * 32, "0" * 32 + ".png/..",
-    "0" * 32 + ".png\n", "0" * 32 + ".png\x00", "../" + "0" * 32 + ".png",
-    "0" * 32 + ".png.png", "." + "0" * 32 + ".png.part",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../etc/passwd",
+        "../../etc/passwd",
+        "/etc/passwd",
+        "..",
+        ".",
+        "",
+        "0" * 31 + ".png",
+        "0" * 33 + ".png",
+        "G" * 32 + ".png",
+        "A" * 32 + ".png",
+        "0" * 32 + ".gif",
+        "0" * 32 + ".PNG",
+        "0" * 32,
+        "0" * 32 + ".png/..",
+        "0" * 32 + ".png\n",
+        "0" * 32 + ".png\x00",
+        "../" + "0" * 32 + ".png",
+        "0" * 32 + ".png.png",
+        "." + "0" * 32 + ".png.part",
+    ],
+)
 def test_bad_names_are_none(store, name):
     assert store.get(name) is None
 

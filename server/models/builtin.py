@@ -134,9 +134,9 @@ class BuiltinInpaintModel:
         texture = _texture(image, edit)
         region = edit > 0
         out = image.copy()
-        out[region] = np.clip(structure[region].astype(np.float32) + texture[region], 0, 255).astype(
-            np.uint8
-        )
+        out[region] = np.clip(
+            structure[region].astype(np.float32) + texture[region], 0, 255
+        ).astype(np.uint8)
         return out
 
     def close(self) -> None:

@@ -79,7 +79,9 @@ def load_registry(
         try:
             from .sd_inpaint import SDInpaintModel  # onnxruntime loads only when needed
 
-            model = SDInpaintModel.from_folder(folder, name=name, provider=provider, threads=threads)
+            model = SDInpaintModel.from_folder(
+                folder, name=name, provider=provider, threads=threads
+            )
         except Exception as exc:  # noqa: BLE001 - one broken folder must not stop the others
             reason = f"{type(exc).__name__}: {exc}"
             log.error("model %s (%s) failed to load: %s", name, folder, reason)

@@ -463,7 +463,8 @@ class SDInpaintModel:
         alone instead of returning a garbage image.
         """
         return [
-            to_uint8(x) if np.isfinite(x).all()
+            to_uint8(x)
+            if np.isfinite(x).all()
             else FloatingPointError("the model produced non-finite values for this image")
             for x in self.finish_float(rows)
         ]
