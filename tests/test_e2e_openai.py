@@ -4,14 +4,10 @@
 from __future__ import annotations
 
 import base64
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import openai
@@ -31,31 +27,10 @@ from .helpers import (
     png,
     scene,
 )
+from .server_process import ROOT, ServerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 W, H = 64, 48
 BOX = default_box(W, H)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(base: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(base + "/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"server not ready after {timeout} s:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -64,44 +39,26 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     models = tmp / "models"
     models.mkdir()
-    log = tmp / "server.log"
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "--port",
-        str(port),
-        "--api-key",
-        KEY,
-        "--models-dir",
-        str(models),
-        "--shutdown-grace",
-        "2",
-        "--log-level",
-        "WARNING",
-    ]
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("API_KEYS", "API_KEYS_FILE", "NO_AUTH", "MODELS_DIR", "DEFAULT_MODEL")
-    }
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
+    srv = ServerProcess(
+        [
+            "--api-key",
+            KEY,
+            "--models-dir",
+            str(models),
+            "--shutdown-grace",
+            "2",
+            "--log-level",
+            "WARNING",
+        ],
+        tmp / "server.log",
+    )
     try:
-        _wait_ready(base, proc, log)
-        yield base
+        yield srv.wait_ready(60)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        code = srv.stop(10)
     # a clean shutdown on SIGTERM, and nothing secret in the log
-    assert proc.returncode == 0, log.read_text()
-    assert KEY not in log.read_text()
+    assert code == 0, srv.log.read_text()
+    assert KEY not in srv.log.read_text()
 
 
 @pytest.fixture(scope="module")

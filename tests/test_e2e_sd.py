@@ -8,27 +8,18 @@ import base64
 import io
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import openai
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.server_process import ServerProcess
+
 KEY = "sk-test-sd"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png(arr: np.ndarray) -> bytes:
@@ -68,14 +59,8 @@ def server(tiny_model_fp32, tmp_path_factory):
     shutil.copytree(tiny_model_fp32, models / "tiny-sd")
     (models / "broken").mkdir()
     (models / "broken" / "manifest.json").write_text("{not json")
-    port = _free_port()
-    proc = subprocess.Popen(
+    srv = ServerProcess(
         [
-            sys.executable,
-            "-m",
-            "server",
-            "--port",
-            str(port),
             "--api-key",
             KEY,
             "--models-dir",
@@ -87,30 +72,12 @@ def server(tiny_model_fp32, tmp_path_factory):
             "--max-wait-ms",
             "150",
         ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        tmp_path_factory.mktemp("logs") / "server.log",
     )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(base + "/ready", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail("server exited:\n" + proc.stdout.read())
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("server not ready")
-    yield base
-    proc.terminate()
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        yield srv.wait_ready(90)
+    finally:
+        srv.stop(30)
 
 
 @pytest.fixture

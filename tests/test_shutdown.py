@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import io
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from server.config import ServerConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.server_process import ServerProcess
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -52,36 +39,14 @@ def _multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, 
 
 
 def test_sigterm_finishes_in_flight_edit_and_exits_zero(tmp_path):
-    port = _free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "--port",
-            str(port),
-            "--no-auth",
-            "--models-dir",
-            str(tmp_path),
-            "--shutdown-grace",
-            "20",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    srv = ServerProcess(
+        ["--no-auth", "--models-dir", str(tmp_path), "--shutdown-grace", "20"],
+        tmp_path / "server.log",
     )
+    port = srv.port
+    proc = srv.proc
     try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("server did not become ready")
+        srv.wait_ready(30)
         # A slow edit: a large region of a large image keeps the built-in model busy ~1 s.
         rng = np.random.default_rng(0)
         image = rng.integers(0, 255, (2048, 2048, 3), dtype=np.uint8)
