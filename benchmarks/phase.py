@@ -1,7 +1,8 @@
 """One measurement in its own process: ``python -m benchmarks.phase IN.json OUT.json``.
 
 Each configuration (our pipeline on one provider, one diffusers variant, the matmul probe) runs
-in a fresh interpreter so that (a) its peak RSS is its own (``ru_maxrss``), (b) torch and ONNX
+in a fresh interpreter so that (a) its peak RSS is its own (``VmHWM``; not ``ru_maxrss``, which
+Linux carries across exec from the parent that spawned it), (b) torch and ONNX
 Runtime never share the cores' thread pools, and (c) GBs of weights are returned to the OS
 before the next configuration loads. The parent samples GPU memory with nvidia-smi.
 """
@@ -9,12 +10,15 @@ before the next configuration loads. The parent samples GPU memory with nvidia-s
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from .memory import vm_hwm_mb
 
 
 def _log(msg: str) -> None:
@@ -50,7 +54,10 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     result["phase_s"] = time.perf_counter() - t0
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    hwm = vm_hwm_mb(os.getpid())
+    result["peak_rss_mb"] = (
+        hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     dst.write_text(json.dumps(result, default=float))
     return 0 if result["ok"] else 1
 

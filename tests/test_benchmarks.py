@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +245,24 @@ def test_presets_match_the_issue():
     for p in PRESETS.values():
         assert p.concurrency == (1, 4, 8, 16) and 1 in p.batch_sizes
         assert any(b > 1 for b in p.batch_sizes)
+
+
+def test_phase_peak_memory_is_the_phase_own_not_inherited():
+    # Linux keeps ru_maxrss across exec, so a child of a big parent would report the parent's
+    # peak; VmHWM (what phases record) is per address space.
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    ballast = np.ones((300, 1024, 1024), np.uint8)  # ~300 MB resident in this process
+    code = "import os; from benchmarks.memory import vm_hwm_mb; print(vm_hwm_mb(os.getpid()))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert float(out.stdout) < 200
+    assert ballast.sum() > 0
