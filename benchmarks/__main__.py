@@ -462,7 +462,7 @@ class Runner:
         self.notes.append(
             "bf16 autocast: this CPU has no native bf16 (no AVX512-BF16/AMX), torch emulates it "
             f"(bf16 matmul probe {peak.get('torch_bf16_gflops') or 0:.1f} GFLOP/s vs fp32 "
-            f"{peak.get('torch_fp32_gflops') or 0:.1f}); measured anyway, as a user would get it"
+            f"{peak.get('torch_fp32_gflops') or 0:.1f}); measured as a user would get it when one image fits the time budget"
         )
         fp32 = {
             (r["width"], r["height"], r["steps"]): r["latency_s"]["median"]
