@@ -67,6 +67,15 @@ def overloaded(retry_after_s: int, message: str) -> APIError:
     )
 
 
+def shutting_down() -> APIError:
+    return APIError(
+        503,
+        "The server is shutting down; retry on another instance.",
+        type="server_error",
+        code="shutting_down",
+    )
+
+
 def timeout_error(message: str, status: int = 504) -> APIError:
     return APIError(status, message, type="timeout", code="timeout")
 

@@ -12,7 +12,7 @@ import time
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .errors import APIError, invalid
+from .errors import APIError, invalid, shutting_down
 from .keys import CONFIG, METRICS, REGISTRY, SERVICE, STATE, STORE
 from .openapi import openapi_document
 from .protocol import ModelCard, ModelList, ProtocolError, parse_edit_fields
@@ -185,12 +185,7 @@ def _base_url(request: web.Request) -> str:
 async def images_edits(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if state.draining:
-        raise APIError(
-            503,
-            "The server is shutting down; retry on another instance.",
-            type="server_error",
-            code="shutting_down",
-        )
+        raise shutting_down()
     limits = request.app[CONFIG].limits
     if request.content_length is not None and request.content_length > limits.max_body_bytes:
         raise APIError(

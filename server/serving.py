@@ -23,7 +23,7 @@ import numpy as np
 from . import imaging
 from .batching import Batcher, DeadlineExceeded, QueueFull, ShuttingDown
 from .config import ServerConfig
-from .errors import APIError, invalid, overloaded, timeout_error
+from .errors import APIError, invalid, overloaded, shutting_down, timeout_error
 from .models.base import InpaintModel, Row
 from .models.registry import ModelNotFound, ModelRegistry
 from .protocol import EditRequest, ImageData, InputTokensDetails, Usage
@@ -307,12 +307,7 @@ class EditService:
                 "Retry after the number of seconds in the Retry-After header.",
             ) from None
         except ShuttingDown:
-            raise APIError(
-                503,
-                "The server is shutting down; retry on another instance.",
-                type="server_error",
-                code="shutting_down",
-            ) from None
+            raise shutting_down() from None
         try:
             while True:
                 left = job.deadline - time.monotonic()
@@ -333,12 +328,7 @@ class EditService:
                 "deadline. Retry with fewer images (n), a smaller size or fewer steps."
             ) from None
         except ShuttingDown:
-            raise APIError(
-                503,
-                "The server is shutting down; retry on another instance.",
-                type="server_error",
-                code="shutting_down",
-            ) from None
+            raise shutting_down() from None
         except asyncio.CancelledError:
             job.cancelled.set()  # the client went away: its rows leave at the next step
             raise
@@ -359,6 +349,12 @@ class EditService:
     def encode(self, prepared: PreparedEdit, image: np.ndarray) -> bytes:
         req = prepared.request
         return imaging.encode(image, req.output_format, compression=req.output_compression)
+
+    def render(self, prepared: PreparedEdit, generated: np.ndarray) -> tuple[bytes, str]:
+        """Blocking: compose + encode one work-size image -> (file bytes, background)."""
+        composed = self.compose(prepared, generated)
+        transparent = composed.ndim == 3 and composed.shape[2] == 4
+        return self.encode(prepared, composed), "transparent" if transparent else "opaque"
 
     def to_data(self, prepared: PreparedEdit, encoded: bytes, base_url: str) -> ImageData:
         if prepared.request.response_format == "url":
@@ -389,10 +385,8 @@ class EditService:
         def work() -> tuple[list[ImageData], str]:
             data, background = [], "opaque"
             for img in images:
-                composed = self.compose(prepared, img)
-                if composed.ndim == 3 and composed.shape[2] == 4:
-                    background = "transparent"
-                data.append(self.to_data(prepared, self.encode(prepared, composed), base_url))
+                encoded, background = self.render(prepared, img)
+                data.append(self.to_data(prepared, encoded, base_url))
             return data, background
 
         data, background = await loop.run_in_executor(None, work)
@@ -435,9 +429,7 @@ class EditService:
                     getter.cancel()
                     continue
                 index, image = getter.result()
-                encoded = await loop.run_in_executor(
-                    None, lambda im=image: self.encode(prepared, self.compose(prepared, im))
-                )
+                encoded, _ = await loop.run_in_executor(None, self.render, prepared, image)
                 yield {
                     "type": "image_edit.partial_image",
                     "partial_image_index": index,
@@ -451,11 +443,7 @@ class EditService:
                 task.cancel()
         usage = self.usage(prepared).model_dump()
         for img in images:
-            composed = await loop.run_in_executor(None, self.compose, prepared, img)
-            encoded = await loop.run_in_executor(None, self.encode, prepared, composed)
-            background = (
-                "transparent" if composed.ndim == 3 and composed.shape[2] == 4 else "opaque"
-            )
+            encoded, background = await loop.run_in_executor(None, self.render, prepared, img)
             yield {
                 "type": "image_edit.completed",
                 "b64_json": base64.b64encode(encoded).decode("ascii"),
