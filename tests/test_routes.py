@@ -410,7 +410,7 @@ async def test_per_key_rate_limit(make_client):
     await expect_error(
         resp, 429, type="rate_limit_exceeded", code="rate_limit_exceeded", param=None
     )
-    assert 1 <= int(resp.headers["Retry-After"]) <= 61
+    assert int(resp.headers["Retry-After"]) in range(1, 62)
     # per key: another key is not limited; probes are never limited
     assert (await cl.get("/v1/models", headers={"Authorization": "Bearer sk-other"})).status == 200
     assert (await cl.get("/health")).status == 200
