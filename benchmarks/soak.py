@@ -26,7 +26,6 @@ import os
 import random
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,15 +38,11 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from .loadgen import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 EXPECTED = {200, 400, 401, 413, 429, 504}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def png(arr: np.ndarray) -> bytes:

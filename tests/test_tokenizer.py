@@ -7,14 +7,13 @@ full 49408-token vocabulary, not a toy one.
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from export import tiny as export_tiny
 from server.models.tokenizer import CLIPTokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -41,46 +40,12 @@ STRINGS = [
 ]
 
 
-def _bpe_file() -> Path | None:
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
-    return path if path.exists() else None
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs], strict=True))
-
-
 def write_clip_vocab(folder: Path, pad_token: str = "<|endoftext|>") -> Path:
-    """vocab.json + merges.txt + tokenizer_config.json of OpenAI's CLIP (49408 tokens)."""
-    bpe = _bpe_file()
-    if bpe is None:
-        pytest.skip("open_clip's bpe_simple_vocab_16e6.txt.gz is not installed")
-    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
-    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
-    vocab = list(_bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab]
-    vocab += ["".join(m) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
-    (folder / "merges.txt").write_text(
-        "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8"
-    )
+    """vocab.json + merges.txt (the exporter's builder) + tokenizer_config.json of OpenAI's CLIP."""
+    try:
+        export_tiny.write_clip_vocab(folder)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
     config = {
         "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>",

@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,16 +25,11 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from ..server_process import free_port
 from .client import LOOPBACK, send
 from .corpus import EDITS, MP_TYPE, Case, build_corpus, enc, file_part, multipart, part, scene
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def start_server(
