@@ -24,6 +24,8 @@ from server.models.providers import (
     select_provider,
     trt_shape_string,
 )
+from server.models.providers import onnxruntime as ort_eps
+from server.models.providers.base import _model_folder
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -55,19 +57,19 @@ def ort_reference(unet_path):
 
 
 def test_select_auto_is_cpu_without_cuda(monkeypatch):
-    monkeypatch.setattr(prov, "ort_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(ort_eps, "ort_providers", lambda: ["CPUExecutionProvider"])
     p = select_provider("auto", threads=2)
     assert isinstance(p, CPUProvider) and p.name == "cpu" and p.threads == 2
 
 
 def test_select_auto_is_cuda_when_available(monkeypatch):
     monkeypatch.setattr(
-        prov, "ort_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        ort_eps, "ort_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
     assert select_provider("auto").name == "cuda"
     # TensorRT available too: auto still picks CUDA (TensorRT engine builds are opt-in)
     monkeypatch.setattr(
-        prov,
+        ort_eps,
         "ort_providers",
         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
     )
@@ -77,7 +79,7 @@ def test_select_auto_is_cuda_when_available(monkeypatch):
 
 @pytest.mark.parametrize("name,hint", [("cuda", ".[gpu]"), ("tensorrt", ".[tensorrt]")])
 def test_missing_gpu_provider_says_what_to_install(monkeypatch, name, hint):
-    monkeypatch.setattr(prov, "ort_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(ort_eps, "ort_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(ProviderUnavailable, match=r"pip install") as err:
         select_provider(name)
     assert hint in str(err.value)
@@ -87,6 +89,15 @@ def test_missing_openvino_says_what_to_install(monkeypatch):
     monkeypatch.setattr(OpenVINOProvider, "available", classmethod(lambda cls: False))
     with pytest.raises(ProviderUnavailable, match=r"\.\[openvino\]"):
         select_provider("openvino")
+
+
+def test_openvino_precision_from_name_or_argument_only(monkeypatch):
+    """The precision comes from "openvino:<precision>" or the keyword; never the environment."""
+    monkeypatch.setattr(OpenVINOProvider, "available", classmethod(lambda cls: True))
+    monkeypatch.setenv("INPAINT_OPENVINO_PRECISION", "bf16")
+    assert select_provider("openvino").precision == "f32"
+    assert select_provider("openvino", openvino_precision="f16").precision == "f16"
+    assert select_provider("openvino:bf16", openvino_precision="f16").precision == "bf16"
 
 
 def test_unknown_provider_and_bad_options():
@@ -158,7 +169,7 @@ def test_tensorrt_options(tmp_path):
     assert trt_shape_string(spec.profiles, "max") == "sample:8x9x96x96,timestep:8"
     p = TensorRTProvider()
     model_file = tmp_path / "unet" / "model.onnx"
-    folder = prov._model_folder(model_file, spec)
+    folder = _model_folder(model_file, spec)
     assert folder == tmp_path
     names = [x[0] if isinstance(x, tuple) else x for x in p.provider_list(folder, spec)]
     assert names == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -1,4 +1,4 @@
-"""Parity of server/models/schedulers.py (numpy) with diffusers' schedulers (torch).
+"""Parity of server/models/schedulers/ (numpy) with diffusers' schedulers (torch).
 
 Every test runs the same denoising loop on both sides with a deterministic fake "UNet"
 (a smooth function of sample and timestep), the same initial noise and, for ancestral

@@ -1,0 +1,72 @@
+"""The provider interface: ``ExecutionProvider``, the ``Session`` protocol, ``ProviderUnavailable``
+and the helpers the providers share (the lazily imported onnxruntime, the model folder).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from server.models.manifest import ComponentSpec
+
+
+class ProviderUnavailable(RuntimeError):
+    """The requested execution provider is not available in this installation."""
+
+
+class Session(Protocol):
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]: ...
+
+    def to_device(self, array: np.ndarray) -> Any: ...
+
+
+def _ort():
+    import onnxruntime as ort
+
+    return ort
+
+
+def ort_providers() -> list[str]:
+    """Execution providers compiled into the installed onnxruntime."""
+    return list(_ort().get_available_providers())
+
+
+def _model_folder(path: Path, spec: ComponentSpec | None) -> Path:
+    """The model folder holding ``path`` (spec.file is relative to it, e.g. "unet/model.onnx")."""
+    path = Path(path)
+    if spec is not None:
+        parts = Path(spec.file).parts
+        if len(parts) >= 1 and path.parts[-len(parts) :] == parts:
+            return path.parents[len(parts) - 1]
+    return path.parent.parent
+
+
+class ExecutionProvider(ABC):
+    """Loads ONNX components into sessions. Subclasses: one per provider."""
+
+    name: str = ""
+    #: what to install when unavailable
+    install_hint: str = ""
+
+    @classmethod
+    @abstractmethod
+    def available(cls) -> bool: ...
+
+    @abstractmethod
+    def load(self, path: Path, spec: ComponentSpec | None = None) -> Session: ...
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def check(self) -> None:
+        if not self.available():
+            raise ProviderUnavailable(
+                f"execution provider {self.name!r} is not available in this installation "
+                f"(onnxruntime providers: {', '.join(ort_providers())}); {self.install_hint}"
+            )

@@ -1,0 +1,34 @@
+"""The alpha-bar family base: schedulers indexed by integer training timestep."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import _ONE, Scheduler, _f32, _per_row
+
+
+class _AlphaBarScheduler(Scheduler):
+    """Schedulers indexed directly by integer training timestep (DDIM, PNDM)."""
+
+    def _final_alpha_cumprod(self) -> np.float32:
+        return _ONE if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
+
+    def _x0(self, model_output: np.ndarray, t: int, sample: np.ndarray) -> np.ndarray:
+        a = self.alphas_cumprod[t]
+        b = _ONE - a
+        pt = self.config["prediction_type"]
+        if pt == "epsilon":
+            return (sample - np.sqrt(b) * model_output) / np.sqrt(a)
+        if pt == "v_prediction":
+            return np.sqrt(a) * sample - np.sqrt(b) * model_output
+        return model_output
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, timestep: Any) -> np.ndarray:
+        original, noise = _f32(original), _f32(noise)
+        idx = np.asarray(timestep).reshape(-1).astype(np.int64)
+        a = self.alphas_cumprod[idx]
+        sa = _per_row(np.sqrt(a), original.ndim)
+        sb = _per_row(np.sqrt(_ONE - a), original.ndim)
+        return (sa * original + sb * noise).astype(np.float32)

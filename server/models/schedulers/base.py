@@ -1,0 +1,256 @@
+"""The scheduler base class, its data types and the float32 helpers every family shares.
+
+``Scheduler`` is stateful, one instance per image row; see the package docstring.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+F32 = np.float32
+_ONE = F32(1.0)
+_ZERO = F32(0.0)
+
+
+class NoiseSource(Protocol):
+    def randn(self, shape: tuple[int, ...]) -> np.ndarray:
+        """float32 standard normal samples of ``shape``."""
+        ...
+
+
+class NumpyNoise:
+    """Default NoiseSource: ``np.random.Generator(np.random.PCG64(seed))``."""
+
+    def __init__(self, seed: int):
+        self._gen = np.random.Generator(np.random.PCG64(seed))
+
+    def randn(self, shape: tuple[int, ...]) -> np.ndarray:
+        return self._gen.standard_normal(tuple(shape), dtype=np.float32)
+
+
+@dataclass
+class StepOutput:
+    prev_sample: np.ndarray  # float32, same shape as sample
+    pred_original_sample: np.ndarray  # float32 x0 estimate (for streaming previews)
+
+
+class SchedulerConfigError(ValueError):
+    """The scheduler config / name cannot be used; the message says what to change."""
+
+
+# --------------------------------------------------------------------------- numeric helpers
+
+
+def _f32(x: Any) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)
+
+
+def _torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
+    """``torch.linspace(start, end, steps, dtype=torch.float32)`` on CPU, bit for bit.
+
+    torch computes step = (end - start) / (steps - 1) in float32, then start + step * i for the
+    first half and end - step * (steps - 1 - i) for the second, each as one fused multiply-add.
+    """
+    s, e = F32(start), F32(end)
+    if steps == 1:
+        return np.array([s], dtype=np.float32)
+    step = F32((e - s) / F32(steps - 1))
+    i = np.arange(steps, dtype=np.float64)
+    lo = np.float64(s) + np.float64(step) * i
+    hi = np.float64(e) - np.float64(step) * (steps - 1 - i)
+    return np.where(i < steps // 2, lo, hi).astype(np.float32)
+
+
+def _cumprod_f32(x: np.ndarray) -> np.ndarray:
+    """``torch.cumprod`` of a float32 CPU tensor: accumulates in float64, rounds each output."""
+    return np.cumprod(x.astype(np.float64)).astype(np.float32)
+
+
+def _betas_for_alpha_bar(n: int, max_beta: float = 0.999) -> np.ndarray:
+    def abar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [min(1 - abar((i + 1) / n) / abar(i / n), max_beta) for i in range(n)]
+    return np.asarray(betas, dtype=np.float32)
+
+
+def _rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    alphas = _ONE - betas
+    abar_sqrt = np.sqrt(_cumprod_f32(alphas))
+    a0, at = abar_sqrt[0], abar_sqrt[-1]
+    abar_sqrt = abar_sqrt - at
+    abar_sqrt = abar_sqrt * F32(a0 / (a0 - at))
+    abar = abar_sqrt * abar_sqrt
+    alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
+    return (_ONE - alphas).astype(np.float32)
+
+
+def _sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """Continuous training timestep whose sigma is ``sigma`` (log-linear interpolation)."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low_idx = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high_idx = low_idx + 1
+    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+    w = np.clip((low - log_sigma) / (low - high), 0, 1)
+    t = (1 - w) * low_idx + w * high_idx
+    return t.reshape(np.shape(sigma))
+
+
+def _karras_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0) -> np.ndarray:
+    ramp = np.linspace(0, 1, n)
+    max_inv, min_inv = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return (max_inv + ramp * (min_inv - max_inv)) ** rho
+
+
+def _threshold(x: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
+    """Dynamic thresholding (Imagen) of an x0 estimate, per batch item."""
+    b = x.shape[0]
+    flat = x.reshape(b, -1)
+    s = np.quantile(np.abs(flat), ratio, axis=1).astype(np.float32)
+    s = np.clip(s, 1, max_value).astype(np.float32)[:, None]
+    return (np.clip(flat, -s, s) / s).reshape(x.shape).astype(np.float32)
+
+
+def _as_int(t: Any) -> int:
+    return int(np.asarray(t).reshape(-1)[0])
+
+
+def _per_row(values: np.ndarray, ndim: int) -> np.ndarray:
+    """Flattened per-row coefficients shaped to broadcast over (batch, ...) of ``ndim`` dims."""
+    v = np.asarray(values, dtype=np.float32).reshape(-1)
+    return v.reshape((-1,) + (1,) * (ndim - 1))
+
+
+# --------------------------------------------------------------------------- base class
+
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "linspace",
+    "steps_offset": 0,
+}
+
+
+class Scheduler:
+    """Base class; one instance per image row (stateful). See the package docstring."""
+
+    diffusers_class: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    order: int = 1
+    needs_noise: bool = False
+    timesteps: np.ndarray
+
+    def __init__(self, **config: Any):
+        cfg = dict(self.defaults)
+        unknown = set(config) - set(cfg)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown config keys {sorted(unknown)}")
+        cfg.update(config)
+        self.config = cfg
+        self._check_config()
+        self.betas = self._make_betas()
+        self.alphas = (_ONE - self.betas).astype(np.float32)
+        self.alphas_cumprod = _cumprod_f32(self.alphas)
+        self.num_inference_steps: int | None = None
+        self._begin_index: int | None = None
+        self._step_index: int | None = None
+
+    # -- config ------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **overrides: Any) -> Scheduler:
+        """Like diffusers' ``cls.from_config(config, **overrides)``: keys this class does not
+        take are ignored; keys listed in ``_use_default_values`` fall back to this class's
+        defaults; ``overrides`` win."""
+        use_default = set(config.get("_use_default_values", []) or [])
+        init: dict[str, Any] = {}
+        for key in cls.defaults:
+            if key in overrides:
+                init[key] = overrides[key]
+            elif key in config and key not in use_default:
+                init[key] = config[key]
+        return cls(**init)
+
+    def _check_config(self) -> None:
+        c = self.config
+        if c["prediction_type"] not in self._prediction_types:
+            raise SchedulerConfigError(
+                f"{self.diffusers_class} does not support prediction_type="
+                f"{c['prediction_type']!r}; use one of {list(self._prediction_types)}"
+            )
+        if c["timestep_spacing"] not in ("linspace", "leading", "trailing"):
+            raise SchedulerConfigError(
+                f"timestep_spacing={c['timestep_spacing']!r} is not supported; use 'linspace', "
+                "'leading' or 'trailing'"
+            )
+
+    _prediction_types: ClassVar[tuple[str, ...]] = ("epsilon", "v_prediction", "sample")
+
+    def _make_betas(self) -> np.ndarray:
+        c = self.config
+        n = int(c["num_train_timesteps"])
+        if c["trained_betas"] is not None:
+            betas = np.asarray(c["trained_betas"], dtype=np.float32)
+        elif c["beta_schedule"] == "linear":
+            betas = _torch_linspace_f32(c["beta_start"], c["beta_end"], n)
+        elif c["beta_schedule"] == "scaled_linear":
+            b = _torch_linspace_f32(c["beta_start"] ** 0.5, c["beta_end"] ** 0.5, n)
+            betas = b * b
+        elif c["beta_schedule"] == "squaredcos_cap_v2":
+            betas = _betas_for_alpha_bar(n)
+        else:
+            raise SchedulerConfigError(
+                f"beta_schedule={c['beta_schedule']!r} is not supported; use 'linear', "
+                "'scaled_linear' or 'squaredcos_cap_v2'"
+            )
+        if c.get("rescale_betas_zero_snr"):
+            betas = _rescale_zero_terminal_snr(betas)
+        return betas.astype(np.float32)
+
+    # -- API ---------------------------------------------------------------------------
+    @property
+    def init_noise_sigma(self) -> float:
+        return 1.0
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        raise NotImplementedError
+
+    def set_begin_index(self, begin_index: int) -> None:
+        self._begin_index = int(begin_index)
+
+    def scale_model_input(self, sample: np.ndarray, timestep: Any) -> np.ndarray:
+        return _f32(sample)
+
+    def step(
+        self,
+        model_output: np.ndarray,
+        timestep: Any,
+        sample: np.ndarray,
+        noise: NoiseSource | None = None,
+    ) -> StepOutput:
+        raise NotImplementedError
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, timestep: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- helpers -----------------------------------------------------------------------
+    def _require_timesteps(self) -> None:
+        if self.num_inference_steps is None:
+            raise RuntimeError("call set_timesteps() before stepping")
+
+    def _check_steps(self, n: int) -> int:
+        n = int(n)
+        if n < 1 or n > int(self.config["num_train_timesteps"]):
+            raise ValueError(
+                f"num_inference_steps must be between 1 and "
+                f"{self.config['num_train_timesteps']}, got {n}"
+            )
+        return n
