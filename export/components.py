@@ -1,9 +1,10 @@
 """The four ONNX components: I/O specs (the contract in docs/CONVENTIONS.md), PyTorch wrappers
 that give each graph exactly that signature, and random sample inputs.
 
-All tensors are NCHW. Images are float32 in [-1, 1]; latents are float32 (batch, 4, h, w) with
-h = H / vae_scale_factor. ``timestep`` is float32 (batch,): one value per row, so a batcher can
-run rows that sit at different denoising steps in one UNet call.
+All tensors are NCHW. Images are float32 in [-1, 1]; latents are float32
+(batch, latent_channels, h, w) with h = H / vae_scale_factor. ``timestep`` is float32 (batch,):
+one value per row, so a batcher can run rows that sit at different denoising steps in one UNet
+call. Every size and token id comes from the exported pipeline's own configs via ``Dims``.
 """
 
 from __future__ import annotations
@@ -17,17 +18,116 @@ from torch import nn
 from server.models.manifest import TensorSpec
 
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
-TEXT_LEN = 77
+#: transformers' ``model_max_length`` when a tokenizer config sets none (int(1e30)); anything
+#: this large means "unset", not a length.
+UNSET_LENGTH = 10**18
 
 
 @dataclass(frozen=True)
 class Dims:
-    """Sizes that fix every component's shapes: text hidden size and latent channels."""
+    """What the exported pipeline's configs say about its graphs: every shape, id range and
+    special token the exporter needs. Build it with ``Dims.from_pipeline``; nothing in export/
+    assumes CLIP's or SD 1.5's values.
 
-    hidden: int
-    latent_channels: int = 4
-    unet_in_channels: int = 9
-    scale: int = 8  # vae_scale_factor
+    Text: prompts are ``text_len`` int64 ids in [0, ``vocab_size``), laid out as
+    [bos] tokens eos pad..., encoded to float32 (text_len, hidden). Latents: ``latent_channels``
+    channels at 1/``scale`` of the image side; the UNet's native latent side is ``sample_size``.
+    """
+
+    text_len: int  # tokenizer.model_max_length: diffusers pads/truncates every prompt to it
+    hidden: int  # text_encoder hidden_size (= the UNet's cross-attention dim)
+    vocab_size: int  # text_encoder embedding rows
+    bos_id: int | None  # None: the tokenizer adds no begin-of-sequence token
+    eos_id: int
+    pad_id: int
+    latent_channels: int
+    unet_in_channels: int  # 2 * latent_channels + 1 for inpainting
+    scale: int  # vae_scale_factor: image pixels per latent pixel
+    sample_size: int  # UNet config sample_size (latent pixels)
+    num_train_timesteps: int  # scheduler: timesteps are in [0, num_train_timesteps)
+
+    @property
+    def native(self) -> int:
+        """Native image side in pixels (512 for SD 1.5)."""
+        return self.sample_size * self.scale
+
+    @classmethod
+    def from_pipeline(cls, pipe) -> Dims:
+        """Read a StableDiffusionInpaintPipeline's tokenizer and component configs.
+
+        Special ids come from the tokenizer (text-encoder configs often carry stale ones: SD 1.5's
+        says bos 0 / eos 2). Raises ValueError, saying what to fix, when a setting is missing or
+        the components disagree with each other.
+        """
+        tok, text = pipe.tokenizer, pipe.text_encoder.config
+        unet, vae = pipe.unet.config, pipe.vae.config
+        dims = cls(
+            text_len=_text_len(tok, text),
+            hidden=int(text.hidden_size),
+            vocab_size=int(text.vocab_size),
+            bos_id=tok.bos_token_id,
+            eos_id=_required_id(tok, "eos_token"),
+            # diffusers pads every prompt to text_len, so a pipeline that runs has a pad token
+            pad_id=_required_id(tok, "pad_token"),
+            latent_channels=int(vae.latent_channels),
+            unet_in_channels=int(unet.in_channels),
+            scale=int(pipe.vae_scale_factor),
+            sample_size=int(unet.sample_size),
+            num_train_timesteps=int(pipe.scheduler.config.num_train_timesteps),
+        )
+        dims.check(pipe)
+        return dims
+
+    def check(self, pipe) -> None:
+        """Raise ValueError when the pipeline cannot be exported to the ONNX contract."""
+        lat, unet = self.latent_channels, pipe.unet.config
+        if self.unet_in_channels != 2 * lat + 1 or unet.out_channels != lat:
+            raise ValueError(
+                f"UNet has {self.unet_in_channels} input / {unet.out_channels} output channels; "
+                f"an inpainting model ({2 * lat + 1} = latents {lat} + mask 1 + masked-image "
+                f"latents {lat} in, {lat} out) is required"
+            )
+        cross = unet.cross_attention_dim
+        if isinstance(cross, int) and cross != self.hidden:
+            raise ValueError(
+                f"text encoder hidden size {self.hidden} != UNet cross_attention_dim {cross}"
+            )
+        specials = {"bos": self.bos_id, "eos": self.eos_id, "pad": self.pad_id}
+        for name, i in specials.items():
+            if i is not None and not 0 <= i < self.vocab_size:
+                raise ValueError(
+                    f"tokenizer {name} id {i} is outside the text encoder's vocabulary "
+                    f"(vocab_size {self.vocab_size})"
+                )
+        if getattr(pipe.text_encoder.config, "use_attention_mask", False):
+            # diffusers then feeds the tokenizer's attention mask, which the graph contract
+            # (input_ids only) cannot carry; exporting would silently change the embeddings
+            raise ValueError("text encoders with use_attention_mask=True are not supported")
+
+
+def _text_len(tokenizer, text_config) -> int:
+    """Prompt length in tokens: the tokenizer's model_max_length, as diffusers pads to it."""
+    n = tokenizer.model_max_length
+    positions = getattr(text_config, "max_position_embeddings", None)
+    if n is None or n >= UNSET_LENGTH:
+        raise ValueError(
+            "the tokenizer has no model_max_length, so diffusers cannot pad prompts; set "
+            f"model_max_length in tokenizer/tokenizer_config.json (the text encoder has "
+            f"{positions} positions)"
+        )
+    if positions is not None and n > positions:
+        raise ValueError(
+            f"tokenizer model_max_length {n} exceeds the text encoder's "
+            f"max_position_embeddings {positions}"
+        )
+    return int(n)
+
+
+def _required_id(tokenizer, name: str) -> int:
+    i = getattr(tokenizer, f"{name}_id")
+    if i is None:
+        raise ValueError(f"the tokenizer defines no {name}; set it in tokenizer_config.json")
+    return int(i)
 
 
 def io_specs(component: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -38,10 +138,11 @@ def io_specs(component: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec
     f32 = "float32"
     lat = ["batch", d.latent_channels, "latent_height", "latent_width"]
     img = ["batch", 3, "height", "width"]
+    embeddings = ["batch", d.text_len, d.hidden]
     if component == "text_encoder":
         return (
-            [TensorSpec(name="input_ids", dtype="int64", shape=["batch", TEXT_LEN])],
-            [TensorSpec(name="last_hidden_state", dtype=f32, shape=["batch", TEXT_LEN, d.hidden])],
+            [TensorSpec(name="input_ids", dtype="int64", shape=["batch", d.text_len])],
+            [TensorSpec(name="last_hidden_state", dtype=f32, shape=embeddings)],
         )
     if component == "unet":
         return (
@@ -52,9 +153,7 @@ def io_specs(component: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec
                     shape=["batch", d.unet_in_channels, "latent_height", "latent_width"],
                 ),
                 TensorSpec(name="timestep", dtype=f32, shape=["batch"]),
-                TensorSpec(
-                    name="encoder_hidden_states", dtype=f32, shape=["batch", TEXT_LEN, d.hidden]
-                ),
+                TensorSpec(name="encoder_hidden_states", dtype=f32, shape=embeddings),
             ],
             [TensorSpec(name="out_sample", dtype=f32, shape=lat)],
         )
@@ -75,7 +174,7 @@ def io_specs(component: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec
 
 
 class TextEncoder(nn.Module):
-    """input_ids int64 (B, 77) -> last_hidden_state float32 (B, 77, hidden)."""
+    """input_ids int64 (B, text_len) -> last_hidden_state float32 (B, text_len, hidden)."""
 
     def __init__(self, text_encoder):
         super().__init__()
@@ -86,10 +185,11 @@ class TextEncoder(nn.Module):
 
 
 class UNet(nn.Module):
-    """sample (B, 9, h, w), timestep float32 (B,), encoder_hidden_states (B, 77, hidden)
-    -> out_sample (B, 4, h, w): the predicted noise (epsilon) or v, per the scheduler config.
+    """sample (B, 2C + 1, h, w), timestep float32 (B,), encoder_hidden_states
+    (B, text_len, hidden) -> out_sample (B, C, h, w), C = latent channels (4 for SD): the
+    predicted noise (epsilon) or v, per the scheduler config.
 
-    The 9 input channels are [noisy latents (4), mask at latent size (1), masked-image latents (4)],
+    The input channels are [noisy latents (C), mask at latent size (1), masked-image latents (C)],
     as StableDiffusionInpaintPipeline concatenates them.
     """
 
@@ -144,7 +244,8 @@ def forward_upsample_sizes(unet):
 
 
 class VaeEncoder(nn.Module):
-    """sample (B, 3, H, W) in [-1, 1] -> latent_mean, latent_std (B, 4, H/8, W/8), unscaled.
+    """sample (B, 3, H, W) in [-1, 1] -> latent_mean, latent_std (B, C, H/s, W/s), unscaled
+    (C latent channels, s = vae_scale_factor).
 
     std = exp(0.5 * clamp(logvar, -30, 20)), as diffusers' DiagonalGaussianDistribution. Callers
     sample ``mean + std * noise`` (or take the mean) and multiply by ``latent_scaling_factor``.
@@ -160,8 +261,8 @@ class VaeEncoder(nn.Module):
 
 
 class VaeDecoder(nn.Module):
-    """latent_sample (B, 4, h, w), already divided by the scaling factor -> sample (B, 3, 8h, 8w),
-    roughly [-1, 1] (not clamped)."""
+    """latent_sample (B, C, h, w), already divided by the scaling factor -> sample
+    (B, 3, s*h, s*w), roughly [-1, 1] (not clamped); s = vae_scale_factor."""
 
     def __init__(self, vae):
         super().__init__()
@@ -185,28 +286,48 @@ def wrap(component: str, pipe) -> nn.Module:
 def sample_inputs(
     component: str, d: Dims, batch: int, height: int, width: int, seed: int
 ) -> dict[str, torch.Tensor]:
-    """Random inputs by graph input name. ``height``/``width`` in pixels (multiples of 8).
+    """Random inputs by graph input name. ``height``/``width`` in pixels (multiples of d.scale).
 
-    Ranges mimic real use: token ids include BOS/EOS, timesteps spread over [0, 999] (distinct
-    per row), images uniform in [-1, 1], latents ~ N(0, 1) (decoder: already unscaled by /0.18215,
-    so N(0, 1) / 0.18215 would be realistic, but N(0, 1) keeps random-weight outputs moderate).
+    Ranges mimic real use: token ids as ``sample_token_ids``, timesteps spread over
+    [0, num_train_timesteps) (distinct per row), images uniform in [-1, 1], latents ~ N(0, 1)
+    (decoder: real inputs are N(0, 1) / scaling_factor, but N(0, 1) keeps random-weight outputs
+    moderate).
     """
     g = torch.Generator().manual_seed(seed)
     h, w = height // d.scale, width // d.scale
     if component == "text_encoder":
-        ids = torch.randint(0, 49406, (batch, TEXT_LEN), generator=g)
-        ids[:, 0] = 49406
-        ids[:, -1] = 49407
-        return {"input_ids": ids}
+        return {"input_ids": sample_token_ids(d, batch, g)}
     if component == "unet":
-        t = torch.linspace(1, 981, batch) + torch.randint(0, 10, (batch,), generator=g)
+        top = 0.98 * d.num_train_timesteps  # + up to 9 below stays under num_train_timesteps
+        t = torch.linspace(1, top, batch) + torch.randint(0, 10, (batch,), generator=g)
         return {
             "sample": torch.randn(batch, d.unet_in_channels, h, w, generator=g),
             "timestep": t.float(),
-            "encoder_hidden_states": torch.randn(batch, TEXT_LEN, d.hidden, generator=g),
+            "encoder_hidden_states": torch.randn(batch, d.text_len, d.hidden, generator=g),
         }
     if component == "vae_encoder":
         return {"sample": torch.rand(batch, 3, height, width, generator=g) * 2 - 1}
     if component == "vae_decoder":
         return {"latent_sample": torch.randn(batch, d.latent_channels, h, w, generator=g)}
     raise KeyError(component)
+
+
+def sample_token_ids(d: Dims, batch: int, g: torch.Generator) -> torch.Tensor:
+    """int64 (batch, d.text_len) laid out as the tokenizer pads prompts: [bos], random ordinary
+    ids (in [0, d.vocab_size), never a special id), eos, then pad up to text_len. Row 0 fills
+    every position (a truncated prompt, eos last); the other rows end at random lengths, so
+    padding is exercised too."""
+    specials = sorted({i for i in (d.bos_id, d.eos_id, d.pad_id) if i is not None})
+    ids = torch.randint(0, d.vocab_size - len(specials), (batch, d.text_len), generator=g)
+    for special in specials:  # ascending: maps [0, vocab - k) onto the non-special ids
+        ids += (ids >= special).long()
+    first = 0
+    if d.bos_id is not None:
+        ids[:, 0] = d.bos_id
+        first = 1
+    ends = torch.randint(first, d.text_len, (batch,), generator=g)
+    ends[0] = d.text_len - 1
+    for row, end in enumerate(ends.tolist()):
+        ids[row, end] = d.eos_id
+        ids[row, end + 1 :] = d.pad_id
+    return ids

@@ -29,6 +29,8 @@ from server.models.manifest import (
     Verification,
 )
 
+from .tokenizer_files import save_tokenizer
+
 if TYPE_CHECKING:
     from .components import Dims
 
@@ -174,9 +176,11 @@ def _read_existing(out: Path) -> Manifest | None:
 
 
 def _load_pipeline(opts: Options, tmp: Path, log: Clock):
+    """(pipeline in fp32, Source, Dims read from the pipeline's own configs)."""
     import torch
     from diffusers import StableDiffusionInpaintPipeline
 
+    from .components import Dims
     from .tiny import PRESETS
 
     torch.set_num_threads(opts.threads)  # shared machines: stay within the asked-for cores
@@ -203,12 +207,12 @@ def _load_pipeline(opts: Options, tmp: Path, log: Clock):
     )
     if any(p.dtype != torch.float32 for p in pipe.unet.parameters()):
         pipe.to(torch.float32)  # reference and exported graphs are fp32 (fp16 conversion is ours)
-    if pipe.unet.config.in_channels != 9:
-        raise ExportError(
-            f"{where}: UNet has {pipe.unet.config.in_channels} input channels; an inpainting "
-            "model (9 = latents 4 + mask 1 + masked-image latents 4) is required"
-        )
-    return pipe, source
+    try:
+        dims = Dims.from_pipeline(pipe)
+    except ValueError as exc:
+        raise ExportError(f"{where}: {exc}") from exc
+    log(f"pipeline dims: {dims}")
+    return pipe, source, dims
 
 
 def _export(opts: Options, log: Clock) -> Manifest:
@@ -216,7 +220,7 @@ def _export(opts: Options, log: Clock) -> Manifest:
     import torch
 
     from . import optimize
-    from .components import Dims, io_specs
+    from .components import io_specs
     from .onnx_export import export_component
     from .verify import verify_component
 
@@ -228,15 +232,7 @@ def _export(opts: Options, log: Clock) -> Manifest:
     fp16 = opts.precision == "fp16"
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.work.") as tmp_s:
         tmp = Path(tmp_s)
-        pipe, source = _load_pipeline(opts, tmp, log)
-        vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        native = int(pipe.unet.config.sample_size) * vae_scale
-        dims = Dims(
-            hidden=pipe.text_encoder.config.hidden_size,
-            latent_channels=pipe.vae.config.latent_channels,
-            unet_in_channels=pipe.unet.config.in_channels,
-            scale=vae_scale,
-        )
+        pipe, source, dims = _load_pipeline(opts, tmp, log)
         specs: dict[str, ComponentSpec] = {}
         checks: list[Verification] = []
         notes: list[str] = []
@@ -252,7 +248,7 @@ def _export(opts: Options, log: Clock) -> Manifest:
             if opts.preset == "tiny" and key in _TINY_FP32:
                 model = onnx.load_from_string(_TINY_FP32[key])
             else:
-                model = export_component(comp, pipe, dims, opts.opset, native)
+                model = export_component(comp, pipe, dims, opts.opset)
                 if opts.preset == "tiny":
                     _TINY_FP32[key] = model.SerializeToString()
             optimize.save(model, fp32_path)
@@ -279,13 +275,12 @@ def _export(opts: Options, log: Clock) -> Manifest:
             if opts.verify:
                 log(f"{comp}: verifying {verify_graph} graph vs PyTorch (CPU EP)")
                 v = verify_component(
-                    comp, plain, pipe, dims, opts.precision, native, opts.tolerance,
-                    graph=verify_graph,
-                )  # fmt: skip
+                    comp, plain, pipe, dims, opts.precision, opts.tolerance, graph=verify_graph
+                )
                 checks.append(v)
                 log(f"{comp}: {_describe(v)}")
             if verify_graph == "pre-fusion":
-                requires, note = _check_fused(comp, final, pipe, dims, opts, native, checks, log)
+                requires, note = _check_fused(comp, final, pipe, dims, opts, checks, log)
                 if note:
                     notes.append(note)
             inputs, outputs = io_specs(comp, dims)
@@ -294,12 +289,13 @@ def _export(opts: Options, log: Clock) -> Manifest:
                 inputs=inputs,
                 outputs=outputs,
                 precision=opts.precision,
-                profiles=_profiles(comp, dims, native),
+                profiles=_profiles(comp, dims),
                 optimization=optimization,
                 requires_provider=requires,
             )
             shutil.rmtree(work, ignore_errors=True)
-        _write_tokenizer_and_scheduler(pipe, partial)
+        tokenizer_files = save_tokenizer(pipe.tokenizer, partial)
+        pipe.scheduler.save_config(partial / "scheduler")  # scheduler_config.json (_class_name)
     for comp, spec in specs.items():
         spec.sha256 = {
             str(p.relative_to(partial)): sha256(p) for p in sorted((partial / comp).iterdir())
@@ -311,20 +307,15 @@ def _export(opts: Options, log: Clock) -> Manifest:
         precision=opts.precision,
         target=opts.target,
         opset=opts.opset,
-        native_resolution=native,
-        vae_scale_factor=vae_scale,
+        native_resolution=dims.native,
+        vae_scale_factor=dims.scale,
         latent_scaling_factor=float(pipe.vae.config.scaling_factor),
         latent_channels=dims.latent_channels,
         unet_in_channels=dims.unet_in_channels,
-        text_max_length=int(pipe.tokenizer.model_max_length),
+        text_max_length=dims.text_len,
         text_hidden_size=dims.hidden,
         scheduler=json.loads((partial / "scheduler" / "scheduler_config.json").read_text()),
-        tokenizer={
-            "tokenizer_json": "tokenizer/tokenizer.json",
-            "vocab": "tokenizer/vocab.json",
-            "merges": "tokenizer/merges.txt",
-            "config": "tokenizer/tokenizer_config.json",
-        },
+        tokenizer=tokenizer_files,
         components=specs,
         source=source,
         versions=versions(),
@@ -347,25 +338,18 @@ def _export(opts: Options, log: Clock) -> Manifest:
 
 def _reverify(opts: Options, existing: Manifest, log: Clock) -> Manifest:
     """Same graphs, different verification settings: verify the existing files again."""
-    from .components import Dims
     from .verify import verify_component
 
     checks: list[Verification] = []
     if opts.verify:
         with tempfile.TemporaryDirectory(dir=opts.out.parent, prefix=".reverify.") as tmp:
-            pipe, _ = _load_pipeline(opts, Path(tmp), log)
-            dims = Dims(
-                hidden=existing.text_hidden_size,
-                latent_channels=existing.latent_channels,
-                unet_in_channels=existing.unet_in_channels,
-                scale=existing.vae_scale_factor,
-            )
+            pipe, _, dims = _load_pipeline(opts, Path(tmp), log)
+            _check_same_dims(dims, existing)
             for comp, spec in existing.components.items():
                 log(f"{comp}: verifying existing graph vs PyTorch (CPU EP)")
                 v = verify_component(
-                    comp, opts.out / spec.file, pipe, dims, existing.precision,
-                    existing.native_resolution, opts.tolerance,
-                )  # fmt: skip
+                    comp, opts.out / spec.file, pipe, dims, existing.precision, opts.tolerance
+                )
                 checks.append(v)
                 log(f"{comp}: {_describe(v)}")
     failed = [v for v in checks if not v.passed]
@@ -382,7 +366,27 @@ def _reverify(opts: Options, existing: Manifest, log: Clock) -> Manifest:
     return manifest
 
 
-def _check_fused(comp, final, pipe, dims, opts, native, checks, log):
+def _check_same_dims(dims: Dims, existing: Manifest) -> None:
+    """The source pipeline must still have the shapes the existing graphs were exported with."""
+    now = {
+        "text_max_length": dims.text_len,
+        "text_hidden_size": dims.hidden,
+        "latent_channels": dims.latent_channels,
+        "unet_in_channels": dims.unet_in_channels,
+        "vae_scale_factor": dims.scale,
+        "native_resolution": dims.native,
+    }
+    changed = [
+        f"{k} {getattr(existing, k)} -> {v}" for k, v in now.items() if getattr(existing, k) != v
+    ]
+    if changed:
+        raise ExportError(
+            f"the source pipeline changed since {existing.name} was exported "
+            f"({', '.join(changed)}); pass --force to export it again"
+        )
+
+
+def _check_fused(comp, final, pipe, dims, opts, checks, log):
     """Verify a fused (CUDA-target) graph where an EP can run it; else say it is unverified.
 
     Returns (requires_provider, note or None).
@@ -406,9 +410,7 @@ def _check_fused(comp, final, pipe, dims, opts, native, checks, log):
         why = "--no-verify" if not opts.verify else "no CUDA EP on the exporting machine"
         return requires, f"{comp}: fused graph unverified ({why}); pre-fusion graph verified"
     log(f"{comp}: verifying fused graph ({provider})")
-    v = verify_component(
-        comp, final, pipe, dims, opts.precision, native, opts.tolerance, provider=provider
-    )
+    v = verify_component(comp, final, pipe, dims, opts.precision, opts.tolerance, provider=provider)
     checks.append(v)
     log(f"{comp}: {_describe(v)}")
     return requires, None
@@ -423,11 +425,12 @@ def _move_graph(src: Path, dst: Path) -> None:
         shutil.move(data_file(src), data_file(dst))
 
 
-def _profiles(comp: str, dims: Dims, native: int) -> dict[str, dict[str, list[int]]]:
+def _profiles(comp: str, dims: Dims) -> dict[str, dict[str, list[int]]]:
     """TensorRT min/opt/max shapes: batch 1..8 (opt 2 for the CFG pair in text/UNet calls,
     1 for the VAE), sides 256..1024 px (opt native, bounds widened to include native)."""
     from .components import io_specs
 
+    native = dims.native
     lo, hi = min(256, native), max(1024, native)
     opt_batch = 2 if comp in ("text_encoder", "unet") else 1
     values = {
@@ -444,21 +447,6 @@ def _profiles(comp: str, dims: Dims, native: int) -> dict[str, dict[str, list[in
             k: [v[d] if isinstance(d, str) else d for d in spec.shape] for k, v in values.items()
         }
     return out
-
-
-def _write_tokenizer_and_scheduler(pipe, folder: Path) -> None:
-    """tokenizer/: save_pretrained output (tokenizer.json + tokenizer_config.json) plus the
-    classic vocab.json / merges.txt extracted from tokenizer.json's BPE model, for plain BPE
-    readers. scheduler/scheduler_config.json: diffusers' save_config (has "_class_name")."""
-    tok_dir = folder / "tokenizer"
-    pipe.tokenizer.save_pretrained(tok_dir)
-    bpe = json.loads((tok_dir / "tokenizer.json").read_text())["model"]
-    if not (tok_dir / "vocab.json").exists():
-        (tok_dir / "vocab.json").write_text(json.dumps(bpe["vocab"], ensure_ascii=False))
-    if not (tok_dir / "merges.txt").exists():
-        merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
-        (tok_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    pipe.scheduler.save_config(folder / "scheduler")
 
 
 def _describe(v: Verification) -> str:

@@ -21,7 +21,7 @@ from torch.export import Dim
 from .components import Dims, forward_upsample_sizes, io_specs, sample_inputs, wrap
 
 
-def _dynamic_shapes(component: str) -> dict:
+def _dynamic_shapes(component: str, dims: Dims) -> dict:
     # diffusers' Upsample2D branches on batch >= 64 (.contiguous() for a CUDA kernel); a bound
     # below 64 keeps that branch statically false. ONNX itself does not enforce these bounds.
     batch = Dim("batch", min=1, max=63)
@@ -36,8 +36,8 @@ def _dynamic_shapes(component: str) -> dict:
             "encoder_hidden_states": {0: batch},
         }
     if component == "vae_encoder":
-        # pixel sides are multiples of the VAE scale factor (8)
-        return {"sample": {0: batch, 2: 8 * lh, 3: 8 * lw}}
+        # pixel sides are multiples of the VAE scale factor
+        return {"sample": {0: batch, 2: dims.scale * lh, 3: dims.scale * lw}}
     if component == "vae_decoder":
         return {"latent_sample": {0: batch, 2: lh, 3: lw}}
     raise KeyError(component)
@@ -59,15 +59,16 @@ def _rename_dims(model: onnx.ModelProto, component: str, dims: Dims) -> None:
                 assert not dim.dim_param and dim.dim_value == want, (value.name, dim, want)
 
 
-def export_component(component: str, pipe, dims: Dims, opset: int, native: int) -> onnx.ModelProto:
+def export_component(component: str, pipe, dims: Dims, opset: int) -> onnx.ModelProto:
     """Export ``component`` of ``pipe`` to an in-memory ModelProto (weights included).
 
-    Example inputs: batch 2 at a non-square size just under the native resolution, so no size
+    Example inputs: batch 2 at a non-square size about half the native resolution, so no size
     is special-cased (1 or equal sides would be).
     """
     module = wrap(component, pipe)
-    side = max(16, native // 2)
-    args = sample_inputs(component, dims, batch=2, height=side, width=side + 8 * 2, seed=0)
+    side = max(2, dims.sample_size // 2)  # latent pixels
+    height, width = side * dims.scale, (side + 2) * dims.scale
+    args = sample_inputs(component, dims, batch=2, height=height, width=width, seed=0)
     names = [s.name for s in io_specs(component, dims)[1]]
     t0 = time.perf_counter()
     guard = forward_upsample_sizes(pipe.unet) if component == "unet" else contextlib.nullcontext()
@@ -77,7 +78,7 @@ def export_component(component: str, pipe, dims: Dims, opset: int, native: int) 
             kwargs=args,
             dynamo=True,
             opset_version=opset,
-            dynamic_shapes=_dynamic_shapes(component),
+            dynamic_shapes=_dynamic_shapes(component, dims),
             output_names=names,
             optimize=True,
             verify=False,

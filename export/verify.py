@@ -89,16 +89,17 @@ def verify_component(
     pipe,
     dims: Dims,
     precision: str,
-    native: int,
     rtol: float | None = None,
     provider: str = "CPUExecutionProvider",
     graph: str = "final",
 ) -> Verification:
-    """Batch 2 (two different timesteps for the UNet) at about half the native size, with a
-    width whose latent side is odd, so the forwarded UNet upsample sizes are exercised."""
-    side = max(32, native // 2)
+    """Batch 2 (two different timesteps for the UNet) at about half the native size, with
+    latent sides that differ by one (one of them odd), so the forwarded UNet upsample sizes are
+    exercised."""
+    side = max(4, dims.sample_size // 2)  # latent pixels
+    height, width = side * dims.scale, (side + 1) * dims.scale
     max_diff, mean_diff, peak, shapes = compare(
-        component, session(path, provider), pipe, dims, batch=2, height=side, width=side + 8
+        component, session(path, provider), pipe, dims, batch=2, height=height, width=width
     )
     tol = tolerance_for(precision, peak, rtol)
     return Verification(

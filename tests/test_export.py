@@ -64,6 +64,7 @@ def test_manifest(models, precision):
     assert m.scheduler["_class_name"] == "PNDMScheduler"
     assert m.scheduler["skip_prk_steps"] is True and m.scheduler["steps_offset"] == 1
     assert (folder / "scheduler" / "scheduler_config.json").is_file()
+    assert set(m.tokenizer) == {"tokenizer_json", "vocab", "merges", "config"}
     assert all((folder / rel).is_file() for rel in m.tokenizer.values())
     assert {"torch", "diffusers", "transformers", "onnxruntime"} <= set(m.versions)
     assert m.export_args["precision"] == precision and m.export_args["verify"] is True
@@ -117,6 +118,78 @@ def test_fp16_weights(tiny_model_fp16):
         assert n16 > 0.9 * (n16 + n32), (comp, n16, n32)
 
 
+def test_dims_come_from_the_pipeline(tiny_pipe):
+    from export.components import Dims
+
+    d = Dims.from_pipeline(tiny_pipe)
+    # the tiny preset is CLIP-shaped: these are read from its configs, not assumed
+    assert (d.text_len, d.hidden, d.vocab_size) == (77, 32, 49408)
+    assert (d.bos_id, d.eos_id, d.pad_id) == (49406, 49407, 49407)
+    assert (d.latent_channels, d.unet_in_channels, d.scale, d.sample_size) == (4, 9, 8, 8)
+    assert d.native == 64 and d.num_train_timesteps == 1000
+
+
+def _fake_pipe(**changes):
+    """A stand-in with just the configs Dims.from_pipeline reads (small-vocab text encoder)."""
+    from types import SimpleNamespace as NS
+
+    parts = {
+        "tokenizer": dict(model_max_length=32, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        "text": dict(hidden_size=48, vocab_size=300, max_position_embeddings=32),
+        "unet": dict(in_channels=9, out_channels=4, sample_size=16, cross_attention_dim=48),
+        "vae": dict(latent_channels=4),
+    }
+    for key, value in changes.items():
+        part, field = key.split("__")
+        parts[part][field] = value
+    return NS(
+        tokenizer=NS(**parts["tokenizer"]),
+        text_encoder=NS(config=NS(**parts["text"])),
+        unet=NS(config=NS(**parts["unet"])),
+        vae=NS(config=NS(**parts["vae"])),
+        vae_scale_factor=4,
+        scheduler=NS(config=NS(num_train_timesteps=1000)),
+    )
+
+
+@pytest.mark.parametrize(
+    "changes,needle",
+    [
+        ({"tokenizer__model_max_length": int(1e30)}, "no model_max_length"),
+        ({"tokenizer__model_max_length": 77}, "max_position_embeddings 32"),
+        ({"tokenizer__eos_token_id": 49407}, "eos id 49407 is outside"),
+        ({"tokenizer__pad_token_id": None}, "no pad_token"),
+        ({"unet__in_channels": 4}, "inpainting model"),
+        ({"unet__cross_attention_dim": 768}, "cross_attention_dim 768"),
+        ({"text__use_attention_mask": True}, "use_attention_mask"),
+    ],
+)
+def test_dims_reject_pipelines_the_contract_cannot_hold(changes, needle):
+    from export.components import Dims
+
+    assert Dims.from_pipeline(_fake_pipe()).text_len == 32  # the baseline is fine
+    with pytest.raises(ValueError, match=needle):
+        Dims.from_pipeline(_fake_pipe(**changes))
+
+
+@pytest.mark.parametrize("bos", [1, None])
+def test_sample_token_ids_follow_the_tokenizer(bos):
+    import torch
+
+    from export.components import Dims, sample_inputs
+
+    d = Dims.from_pipeline(_fake_pipe(tokenizer__bos_token_id=bos))
+    ids = sample_inputs("text_encoder", d, batch=6, height=64, width=64, seed=0)["input_ids"]
+    assert ids.dtype == torch.int64 and ids.shape == (6, 32)
+    assert int(ids.min()) >= 0 and int(ids.max()) < d.vocab_size
+    first = 0 if bos is None else 1
+    assert bos is None or (ids[:, 0] == bos).all()
+    assert ids[0, -1] == d.eos_id  # row 0 fills every position, like a truncated prompt
+    for row in ids.tolist():
+        end = row.index(d.eos_id, first)  # eos, then only padding
+        assert row[end + 1 :] == [d.pad_id] * (31 - end)
+
+
 # batch 3 at a non-square 64x96 px; batch 1 at 72x88 px = latent 9x11, odd sides, so the UNet's
 # up path must upsample to the skip sizes (not a plain 2x)
 CASES = [(3, 64, 96), (1, 72, 88)]
@@ -130,7 +203,7 @@ def test_matches_pytorch_on_fresh_inputs(models, tiny_pipe, precision, component
 
     m = Manifest.read(models[precision])
     sess = session(models[precision] / m.components[component].file, threads=1)
-    dims = Dims(hidden=m.text_hidden_size)
+    dims = Dims.from_pipeline(tiny_pipe)
     for seed, (batch, h, w) in enumerate(CASES, start=100):
         if component == "unet":
             t = sample_inputs("unet", dims, batch, h, w, seed)["timestep"]
