@@ -1,5 +1,6 @@
 """The batcher without a server: pure collate, dynamic and step-level batching, deadlines,
-cancellation, backpressure, fairness and failure isolation, with fake models."""
+cancellation, backpressure, fairness and failure isolation, the loop chosen from the model's
+interface, and running-row accounting (no leaks on any exit path), with fake models."""
 
 from __future__ import annotations
 
@@ -11,14 +12,19 @@ import numpy as np
 import pytest
 
 from server.batching import (
+    BadModelOutput,
+    Batcher,
     DeadlineExceeded,
-    ModelWorker,
     QueuedRow,
     QueueFull,
     ShuttingDown,
+    SinglePassWorker,
+    StepLevelWorker,
     collate,
+    make_worker,
 )
-from server.models.base import ModelLimits, Row
+from server.metrics import Metrics
+from server.models.base import Row
 
 
 def make_row(seed=0, size=8, steps=3) -> Row:
@@ -64,14 +70,15 @@ def test_collate_respects_capacity_and_existing_key():
 
 
 class FakeSinglePass:
-    kind = "single_pass"
-    name = "fake-single"
-    limits = ModelLimits()
+    """No ``kind`` attribute: the loop is chosen from the interface (no ``step``: single-pass)."""
 
-    def __init__(self, delay=0.05, fail_on_seed=None):
+    name = "fake-single"
+
+    def __init__(self, delay=0.05, fail_on_seed=None, nan_seed=None):
         self.delay = delay
         self.calls: list[list[int]] = []
         self.fail_on_seed = fail_on_seed
+        self.nan_seed = nan_seed
 
     def batch_key(self, row):
         return ()
@@ -81,29 +88,47 @@ class FakeSinglePass:
         self.calls.append([r.seed for r in rows])
         if self.fail_on_seed is not None and any(r.seed == self.fail_on_seed for r in rows):
             raise RuntimeError("boom")
-        return [np.full_like(r.image, r.seed % 256) for r in rows]
+        return [
+            np.full(r.image.shape, np.nan, np.float32)
+            if r.seed == self.nan_seed
+            else np.full_like(r.image, r.seed % 256)
+            for r in rows
+        ]
 
 
 class FakeDiffusion:
     """Each row needs row.steps steps; step() records which rows shared the call."""
 
-    kind = "diffusion"
     name = "fake-diffusion"
-    limits = ModelLimits()
 
-    def __init__(self, step_delay=0.02, nan_seed=None, fail_step_seed=None):
+    def __init__(
+        self,
+        step_delay=0.02,
+        nan_seed=None,
+        fail_step_seed=None,
+        fail_prepare_seed=None,
+        done_error_seed=None,
+        key_error_seed=None,
+    ):
         self.step_delay = step_delay
         self.calls: list[list[int]] = []
         self.prepared: list[list[int]] = []
         self.nan_seed = nan_seed
         self.fail_step_seed = fail_step_seed
+        self.fail_prepare_seed = fail_prepare_seed
+        self.done_error_seed = done_error_seed  # is_done raises: an error outside any model call
+        self.key_error_seed = key_error_seed  # batch_key raises while the row is queued
         self.lock = threading.Lock()
 
     def batch_key(self, row):
+        if row.seed == self.key_error_seed:
+            raise RuntimeError("no key for this row")
         return (row.image.shape,)
 
     def prepare(self, rows):
         self.prepared.append([r.seed for r in rows])
+        if any(r.seed == self.fail_prepare_seed for r in rows):
+            raise RuntimeError("prepare failed")
         for r in rows:
             r.state = {"left": r.steps}
 
@@ -117,6 +142,8 @@ class FakeDiffusion:
             r.state["left"] -= 1
 
     def is_done(self, row):
+        if row.seed == self.done_error_seed:
+            raise RuntimeError("is_done failed")
         return row.state["left"] <= 0
 
     def finish(self, rows):
@@ -132,7 +159,7 @@ class FakeDiffusion:
 def worker_for(model, **kw):
     opts = dict(max_batch_size=8, max_wait_ms=30, max_queue=64)
     opts.update(kw)
-    return ModelWorker(model, **opts)
+    return make_worker(model, **opts)
 
 
 # ---------------------------------------------------------------- single-pass
@@ -304,5 +331,176 @@ async def test_lone_diffusion_request_does_not_wait_for_company():
         job = w.submit([make_row(seed=1, steps=2)], timeout_s=10)
         (img,) = await asyncio.wait_for(job.future, 5)
         assert img[0, 0, 0] == 1
+    finally:
+        w.stop(5)
+
+
+# ---------------------------------------------------------------- loop chosen from the interface
+
+
+async def test_loop_class_is_chosen_from_the_model_interface():
+    single, diffusion = FakeSinglePass(delay=0.0), FakeDiffusion(step_delay=0.0)
+    assert not hasattr(single, "kind") and not hasattr(diffusion, "kind")
+    batcher = Batcher({"s": single, "d": diffusion}, max_batch_size=4, max_wait_ms=0, max_queue=8)
+    try:
+        assert type(batcher.worker("s")) is SinglePassWorker
+        assert type(batcher.worker("d")) is StepLevelWorker
+        (a,) = await batcher.worker("s").submit([make_row(seed=3)], timeout_s=10).future
+        (b,) = await batcher.worker("d").submit([make_row(seed=4, steps=2)], timeout_s=10).future
+        assert a[0, 0, 0] == 3 and b[0, 0, 0] == 4
+        assert single.calls == [[3]] and diffusion.calls == [[4], [4]]
+    finally:
+        batcher.stop(5)
+
+
+async def test_a_kind_string_does_not_pick_the_loop():
+    class SaysDiffusion(FakeSinglePass):
+        kind = "diffusion"  # a stale label: no prepare/step/is_done/finish, so single-pass
+
+    w = worker_for(SaysDiffusion(delay=0.0), max_wait_ms=0)
+    try:
+        assert type(w) is SinglePassWorker
+        assert (await w.submit([make_row(seed=2)], timeout_s=10).future)[0][0, 0, 0] == 2
+    finally:
+        w.stop(5)
+
+
+# ---------------------------------------------------------------- accounting (no leaks)
+
+
+def depth(metrics: Metrics, model) -> float | None:
+    return metrics.registry.get_sample_value("inpaint_queue_depth", {"model": model.name})
+
+
+async def wait_depth(metrics: Metrics, model, want: float = 0, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while depth(metrics, model) != want and time.monotonic() < end:
+        await asyncio.sleep(0.01)
+    assert depth(metrics, model) == want
+
+
+async def refill_full_queue(w, metrics: Metrics, model, max_queue: int) -> None:
+    """The queue takes ``max_queue`` rows again, serves them all, and the gauge returns to 0."""
+    job = w.submit([make_row(seed=100 + i, steps=1) for i in range(max_queue)], timeout_s=10)
+    images = await asyncio.wait_for(job.future, 10)
+    assert [int(im[0, 0, 0]) for im in images] == [100 + i for i in range(max_queue)]
+    await wait_depth(metrics, model, 0)
+
+
+async def test_single_pass_accounting_settles_every_exit_path():
+    metrics = Metrics()
+    model = FakeSinglePass(delay=0.05, fail_on_seed=7, nan_seed=9)
+    w = worker_for(model, max_batch_size=1, max_wait_ms=0, max_queue=8, metrics=metrics)
+    try:
+        ok = w.submit([make_row(seed=1)], timeout_s=10)
+        failed = w.submit([make_row(seed=7)], timeout_s=10)
+        bad = w.submit([make_row(seed=9)], timeout_s=10)
+        half_bad = w.submit([make_row(seed=4), make_row(seed=9)], timeout_s=10)
+        cancelled = w.submit([make_row(seed=2)], timeout_s=10)
+        cancelled.cancelled.set()  # still queued behind the others: dropped when reached
+        expired = w.submit([make_row(seed=3)], timeout_s=0.01)  # expires while queued
+        assert depth(metrics, model) >= 6
+        assert (await ok.future)[0][0, 0, 0] == 1
+        with pytest.raises(RuntimeError, match="boom"):
+            await failed.future
+        with pytest.raises(BadModelOutput):
+            await bad.future
+        with pytest.raises(BadModelOutput):
+            await half_bad.future
+        with pytest.raises(DeadlineExceeded):
+            await asyncio.wait_for(expired.future, 5)
+        await wait_depth(metrics, model, 0)
+        assert not cancelled.future.done()  # dropped unanswered: its caller stopped waiting
+        assert [2] not in model.calls and [3] not in model.calls
+        errors = metrics.registry.get_sample_value(
+            "inpaint_model_errors_total", {"model": model.name}
+        )
+        assert errors == 3  # one failed call + two bad rows
+        await refill_full_queue(w, metrics, model, 8)
+    finally:
+        w.stop(5)
+
+
+async def test_step_level_accounting_settles_every_exit_path():
+    metrics = Metrics()
+    model = FakeDiffusion(step_delay=0.01, nan_seed=9)
+    w = worker_for(model, max_batch_size=8, max_wait_ms=0, max_queue=8, metrics=metrics)
+    try:
+        ok = w.submit([make_row(seed=1, steps=3)], timeout_s=10)
+        bad = w.submit([make_row(seed=9, steps=2)], timeout_s=10)
+        half_bad = w.submit([make_row(seed=2, steps=2), make_row(seed=9, steps=4)], timeout_s=10)
+        cancelled = w.submit([make_row(seed=5, steps=1000)], timeout_s=30)
+        expired = w.submit([make_row(seed=6, steps=1000)], timeout_s=0.2)
+        assert (await ok.future)[0][0, 0, 0] == 1
+        with pytest.raises(ValueError):
+            await bad.future
+        with pytest.raises(ValueError):
+            await half_bad.future
+        cancelled.cancelled.set()  # running: dropped at the next step boundary
+        with pytest.raises(DeadlineExceeded):
+            await asyncio.wait_for(expired.future, 5)
+        await wait_depth(metrics, model, 0)
+        assert not cancelled.future.done()
+        await refill_full_queue(w, metrics, model, 8)
+    finally:
+        w.stop(5)
+
+    # failing model calls (prepare, step), each alone so the rows they fail are known
+    metrics = Metrics()
+    model = FakeDiffusion(step_delay=0.0, fail_step_seed=4, fail_prepare_seed=3)
+    w = worker_for(model, max_batch_size=8, max_wait_ms=0, max_queue=8, metrics=metrics)
+    try:
+        with pytest.raises(RuntimeError, match="step failed"):
+            await w.submit([make_row(seed=4, steps=2)], timeout_s=10).future
+        await wait_depth(metrics, model, 0)
+        with pytest.raises(RuntimeError, match="prepare failed"):
+            await w.submit([make_row(seed=3, steps=2)], timeout_s=10).future
+        await wait_depth(metrics, model, 0)
+        await refill_full_queue(w, metrics, model, 8)
+    finally:
+        w.stop(5)
+
+
+async def test_loop_error_fails_the_rows_it_held_and_worker_survives():
+    # is_done raising is outside every model-call guard: the loop itself fails. The rows it held
+    # must be failed and uncounted, not left running forever.
+    metrics = Metrics()
+    model = FakeDiffusion(step_delay=0.0, done_error_seed=3)
+    w = worker_for(model, max_wait_ms=0, max_queue=4, metrics=metrics)
+    try:
+        job = w.submit([make_row(seed=3, steps=2)], timeout_s=10)
+        with pytest.raises(RuntimeError, match="is_done failed"):
+            await asyncio.wait_for(job.future, 5)
+        await wait_depth(metrics, model, 0)
+        await refill_full_queue(w, metrics, model, 4)
+    finally:
+        w.stop(5)
+
+
+async def test_stop_clears_the_gauge():
+    metrics = Metrics()
+    model = FakeDiffusion(step_delay=0.02)
+    w = worker_for(model, max_batch_size=1, max_wait_ms=0, metrics=metrics)
+    running = w.submit([make_row(seed=1, steps=3)], timeout_s=10)
+    await asyncio.sleep(0.03)
+    queued_job = w.submit([make_row(seed=2, steps=3)], timeout_s=10)
+    await asyncio.get_running_loop().run_in_executor(None, w.stop, 5)
+    assert (await running.future)[0][0, 0, 0] == 1
+    with pytest.raises(ShuttingDown):
+        await queued_job.future
+    assert depth(metrics, model) == 0
+
+
+async def test_a_row_the_model_cannot_key_fails_alone_and_the_queue_moves_on():
+    metrics = Metrics()
+    model = FakeDiffusion(step_delay=0.0, key_error_seed=5)
+    w = worker_for(model, max_wait_ms=0, max_queue=8, metrics=metrics)
+    try:
+        bad = w.submit([make_row(seed=5, steps=1), make_row(seed=6, steps=1)], timeout_s=10)
+        good = w.submit([make_row(seed=7, steps=1)], timeout_s=10)
+        with pytest.raises(RuntimeError, match="no key"):
+            await asyncio.wait_for(bad.future, 5)
+        assert (await asyncio.wait_for(good.future, 5))[0][0, 0, 0] == 7
+        await wait_depth(metrics, model, 0)
     finally:
         w.stop(5)

@@ -6,10 +6,11 @@ Conventions (the same everywhere in the server):
 - a *row* is one output image: a request with ``n=3`` becomes three rows with seeds
   ``seed, seed + 1, seed + 2``.
 
-Two kinds of model exist:
+Every model declares its ``capabilities`` once (``capabilities.py``). Two shapes exist:
 - ``SinglePassModel``: one call turns a batch of rows into images (the built-in OpenCV model).
-- ``DiffusionModel``: work is split into ``prepare`` / ``step`` / ``finish`` so that the batcher
-  can advance many rows one denoising step at a time and let new rows join between steps.
+- ``DiffusionModel``: work is split into ``prepare`` / ``step`` / ``finish`` (``StepwiseModel``)
+  so that the batcher can advance many rows one denoising step at a time and let new rows join
+  between steps.
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from .capabilities import Capabilities, ModelLimits
+
+__all__ = [
+    "Capabilities",
+    "ModelLimits",
+    "Row",
+    "InpaintModel",
+    "SinglePassModel",
+    "StepwiseModel",
+    "DiffusionModel",
+]
 
 #: Called with (partial image index 0..partial_images-1, preview uint8 HxWx3) while streaming.
 PreviewCallback = Callable[[int, np.ndarray], None]
@@ -37,6 +50,8 @@ class Row:
     prompt: str
     seed: int
     negative_prompt: str | None = None
+    #: sampling values (None = the model's default); serving passes values already checked
+    #: against the model's ``capabilities``.
     steps: int | None = None
     guidance_scale: float | None = None
     strength: float | None = None
@@ -49,35 +64,14 @@ class Row:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class ModelLimits:
-    """Sizes in pixels.
-
-    min_side / max_side bound the *output* ``size`` a client may ask for. The model itself only
-    ever sees a work image whose longer side is at most ``max_work_side`` (serving crops around
-    the edit region and rescales, see ``imaging.plan_work_region``); ``native_side`` is the
-    resolution it was trained at. Work sides are multiples of ``multiple``.
-    """
-
-    min_side: int = 64
-    max_side: int = 4096
-    native_side: int = 512
-    max_work_side: int = 768
-    multiple: int = 8
-
-
 @runtime_checkable
 class InpaintModel(Protocol):
     name: str
-    kind: str  # "single_pass" | "diffusion"
-    limits: ModelLimits
+    #: what it accepts and produces, declared once (ranges, sizes, presets...)
+    capabilities: Capabilities
 
     def describe(self) -> dict[str, Any]:
-        """Metadata for ``GET /v1/models`` (honest: what it is, whether it reads the prompt)."""
-        ...
-
-    def default_steps(self, quality: str) -> int | None:
-        """Step preset for an OpenAI ``quality`` value; None for single-pass models."""
+        """Metadata for ``GET /v1/models`` beyond the capabilities: what it is, how it runs."""
         ...
 
     def count_tokens(self, prompt: str) -> int:
@@ -93,7 +87,11 @@ class SinglePassModel(InpaintModel, Protocol):
         ...
 
 
-class DiffusionModel(InpaintModel, Protocol):
+@runtime_checkable
+class StepwiseModel(Protocol):
+    """The stepping interface the step-level batcher drives (a model without it is driven by
+    the single-pass batcher through ``run``)."""
+
     def batch_key(self, row: Row) -> tuple:
         """Rows with equal keys may share UNet calls (same latent size, same dtype...)."""
         ...
@@ -115,6 +113,8 @@ class DiffusionModel(InpaintModel, Protocol):
         """VAE-decode finished rows: one uint8 HxWx3 image per row."""
         ...
 
+
+class DiffusionModel(InpaintModel, StepwiseModel, Protocol):
     def run(self, rows: list[Row]) -> list[np.ndarray]:
         """prepare + step until done + finish, for callers without a batcher."""
         ...

@@ -1,0 +1,152 @@
+"""What a model can do, declared once by the model itself.
+
+``service/validate.py`` checks every request against these declarations before anything is
+queued; ``GET /v1/models`` shows them (``Capabilities.card``) and ``/openapi.json`` takes its
+extension-field ranges from them. Nothing else restates a model's bounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..protocol import TIERS, ProtocolError, Range
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """Sizes in pixels.
+
+    min_side / max_side bound the *output* ``size`` a client may ask for. The model itself only
+    ever sees a work image whose longer side is at most ``max_work_side`` (serving crops around
+    the edit region and rescales, see ``imaging.plan_work_region``); ``native_side`` is the
+    resolution it was trained at. Work sides are multiples of ``multiple``.
+    """
+
+    min_side: int = 64
+    max_side: int = 4096
+    native_side: int = 512
+    max_work_side: int = 768
+    multiple: int = 8
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sampling values one request runs with (defaults and quality preset applied)."""
+
+    steps: int
+    guidance_scale: float
+    strength: float
+    scheduler: str | None  # None = the model's default scheduler
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The diffusion knobs a model reads from the extension fields, with their ranges.
+
+    ``quality_steps`` maps each quality tier ("low", "medium", "high") to a step count; the
+    "medium" preset is the default. Guidance <= 1 turns classifier-free guidance off.
+    """
+
+    steps: Range
+    guidance_scale: Range
+    strength: Range
+    schedulers: tuple[str, ...]
+    default_scheduler: str | None
+    default_guidance_scale: float
+    quality_steps: Mapping[str, int]
+
+    def __post_init__(self) -> None:
+        if set(self.quality_steps) != set(TIERS):
+            raise ValueError(f"quality_steps needs exactly the tiers {TIERS}")
+
+    @property
+    def default_steps(self) -> int:
+        return self.quality_steps["medium"]
+
+    def resolve(
+        self,
+        *,
+        tier: str = "medium",
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        strength: float | None = None,
+        scheduler: str | None = None,
+    ) -> Settings:
+        """Concrete settings, or ``ProtocolError`` naming the field that is out of range."""
+        steps = self.quality_steps[tier] if steps is None else int(self.steps.check("steps", steps))
+        g = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        g = float(self.guidance_scale.check("guidance_scale", g))
+        s = float(self.strength.check("strength", 1.0 if strength is None else strength))
+        if int(steps * s) < 1:
+            raise ProtocolError(
+                f"steps * strength must be at least 1 (got {steps} * {s:g}); raise steps or "
+                "strength.",
+                "strength",
+            )
+        if scheduler is not None and scheduler not in self.schedulers:
+            raise ProtocolError(
+                f"Unknown scheduler '{scheduler[:40]}'. Supported: {', '.join(self.schedulers)}.",
+                "scheduler",
+            )
+        return Settings(steps, g, s, scheduler)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """A model's declaration: sizes, whether it reads the prompt, whether it streams real
+    previews, and (diffusion models) its sampling knobs. Single-pass models have no
+    ``sampling``: they ignore the sampling extension fields, as unknown fields are ignored."""
+
+    limits: ModelLimits
+    reads_prompt: bool
+    streams_previews: bool
+    sampling: Sampling | None = None
+
+    def settings(
+        self,
+        *,
+        tier: str = "medium",
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        strength: float | None = None,
+        scheduler: str | None = None,
+    ) -> Settings | None:
+        if self.sampling is None:
+            return None
+        return self.sampling.resolve(
+            tier=tier,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            strength=strength,
+            scheduler=scheduler,
+        )
+
+    def card(self) -> dict:
+        """The capabilities as ``GET /v1/models`` shows them (JSON-ready)."""
+        lim = self.limits
+        out: dict = {
+            "reads_prompt": self.reads_prompt,
+            "streams_previews": self.streams_previews,
+            "sizes": {
+                "min_side": lim.min_side,
+                "max_side": lim.max_side,
+                "native_side": lim.native_side,
+                "max_work_side": lim.max_work_side,
+                "multiple": lim.multiple,
+            },
+        }
+        s = self.sampling
+        if s is not None:
+            out["parameters"] = {
+                "steps": {**s.steps.schema(), "default": s.default_steps},
+                "guidance_scale": {
+                    **s.guidance_scale.schema(),
+                    "default": s.default_guidance_scale,
+                },
+                "strength": {**s.strength.schema(), "default": 1.0},
+            }
+            out["schedulers"] = list(s.schedulers)
+            out["default_scheduler"] = s.default_scheduler
+            out["quality_steps"] = dict(s.quality_steps)
+        return out
