@@ -32,7 +32,7 @@ install: $(VENV)/.stamp-runtime
 install-dev: $(VENV)/.stamp-dev
 
 serve: install
-	HOST=$(HOST) PORT=$(PORT) $(PY) -m server $(SERVE_ARGS)
+	INPAINT_HOST=$(HOST) INPAINT_PORT=$(PORT) $(PY) -m server $(SERVE_ARGS)
 
 test: install-dev
 	$(PY) -m pytest -q

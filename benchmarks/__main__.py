@@ -586,7 +586,7 @@ class Runner:
         return levels, rpc, reps, n_open
 
     def _http(self, v: OursVariant, folder: Path, mbs: int, modes_left: int, first: bool) -> None:
-        from .loadgen import ServerProcess, closed_loop, open_loop, sdk_edit
+        from .loadgen import ModelServer, closed_loop, open_loop, sdk_edit
         from .memory import GpuSampler
 
         p = self.p
@@ -610,7 +610,7 @@ class Runner:
         payload = self._payload(folder.name)
         timeout = p.request_timeout_s
         gpu = GpuSampler()
-        srv = ServerProcess(
+        srv = ModelServer(
             folder,
             folder.name,
             provider=v.provider.split(":")[0],

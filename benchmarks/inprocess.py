@@ -204,7 +204,7 @@ def bench_ours(
                     f"@@ {provider} {width}x{height}/{n_steps} steps run {i + 1}/{repeats}: "
                     f"{runs[-1]['total']:.3f} s"
                 )
-            res = _summarize_runs(runs, n_steps, load_s, warm_s, codec, describe=model.describe())
+            res = _summarize_runs(runs, n_steps, load_s, warm_s, codec, model)
             res.update(width=width, height=height)
             out.append(res)
     finally:
@@ -219,7 +219,8 @@ def over_deadline(start: float, deadline_s: float | None, next_run_s: float) -> 
     return time.perf_counter() - start + next_run_s > deadline_s
 
 
-def _summarize_runs(runs, n_steps, load_s, warm_s, codec, describe) -> dict[str, Any]:
+def _summarize_runs(runs, n_steps, load_s, warm_s, codec, model) -> dict[str, Any]:
+    describe = model.describe()
     totals = [r["total"] for r in runs]
     # per denoising iteration (= UNet call; PNDM makes steps + 1 of them)
     per_step = [r["denoise"] / max(1, r["steps"]) for r in runs]
@@ -236,5 +237,8 @@ def _summarize_runs(runs, n_steps, load_s, warm_s, codec, describe) -> dict[str,
         "load_s": load_s,
         "warmup_s": warm_s,
         "output_mean": runs[-1]["output_mean"],
-        "model": {k: describe.get(k) for k in ("precision", "provider", "native_size")},
+        "model": {
+            **{k: describe.get(k) for k in ("precision", "provider")},
+            "native_size": model.capabilities.limits.native_side,
+        },
     }

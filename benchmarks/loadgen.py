@@ -1,9 +1,8 @@
 """HTTP load against a real ``python -m server`` subprocess on 127.0.0.1 (never elsewhere).
 
-- ``ServerProcess``: starts the server on a free loopback port with ``--no-auth``, a models dir
-  holding only the model under test, ``--provider``, ``--threads`` and ``--max-batch-size``;
-  waits for ``/ready``; stops it with SIGTERM (SIGKILL after a grace period); reports the peak
-  RSS (VmHWM) of the server process.
+- ``ModelServer``: the one launcher (``server_process.ServerProcess``) with ``--no-auth``, a
+  models dir holding only the model under test, ``--provider``, ``--threads`` and
+  ``--max-batch-size``; reports the peak RSS (VmHWM) of the server process.
 - ``closed_loop``: ``concurrency`` clients, each sending its next request as soon as its last
   one returned, ``total`` requests in all: throughput (images/s) and per-request latency.
 - ``open_loop``: Poisson arrivals (exponential gaps, seeded) at ``rate`` requests/s, ``n``
@@ -22,43 +21,16 @@ import asyncio
 import base64
 import io
 import itertools
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .memory import vm_hwm_mb
+from .server_process import LOOPBACK, ServerProcess
 from .stats import summarize
-
-ROOT = Path(__file__).resolve().parent.parent
-LOOPBACK = "127.0.0.1"
-ENV_DROP = (
-    "API_KEYS",
-    "API_KEYS_FILE",
-    "NO_AUTH",
-    "MODELS_DIR",
-    "DEFAULT_MODEL",
-    "HOST",
-    "PORT",
-    "MAX_BATCH_SIZE",
-    "THREADS",
-    "PROVIDER",
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def check_loopback(base_url: str) -> None:
@@ -78,7 +50,10 @@ class Payload:
     fields: dict[str, str]
 
 
-class ServerProcess:
+class ModelServer(ServerProcess):
+    """The server with ``--no-auth`` and a models dir holding only ``model_folder`` (linked as
+    ``model_name``), the given provider, threads and batching; the models dir goes with it."""
+
     def __init__(
         self,
         model_folder: Path,
@@ -92,112 +67,40 @@ class ServerProcess:
         log_dir: Path | None = None,
         ready_timeout_s: float = 1200,
     ):
-        self.model_folder = Path(model_folder)
-        self.model_name = model_name
-        self.provider = provider
-        self.threads = threads
-        self.max_batch_size = max_batch_size
-        self.request_timeout_s = request_timeout_s
-        self.max_queue = max_queue
-        self.ready_timeout_s = ready_timeout_s
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-server-")
-        self.log_path = Path(log_dir or self._tmp.name) / (
-            f"server-{model_name}-{provider.replace(':', '_')}-b{max_batch_size}.log"
-        )
-        self.port = free_port()
-        self.base = f"http://{LOOPBACK}:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.startup_s: float | None = None
-        self.peak_rss_mb: float | None = None
-
-    def cmd(self, models_dir: Path) -> list[str]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "server",
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(self.port),
+        models_dir = Path(self._tmp.name) / "models"
+        models_dir.mkdir()
+        (models_dir / model_name).symlink_to(Path(model_folder).resolve())
+        args = [
             "--no-auth",
             "--models-dir",
             str(models_dir),
             "--default-model",
-            self.model_name,
+            model_name,
             "--provider",
-            self.provider,
+            provider,
             "--max-batch-size",
-            str(self.max_batch_size),
+            str(max_batch_size),
             "--max-queue",
-            str(self.max_queue),
+            str(max_queue),
             "--request-timeout",
-            str(self.request_timeout_s),
+            str(request_timeout_s),
             "--shutdown-grace",
             "5",
             "--log-level",
             "WARNING",
         ]
-        if self.threads:
-            cmd += ["--threads", str(self.threads)]
-        return cmd
-
-    def __enter__(self) -> ServerProcess:
-        models_dir = Path(self._tmp.name) / "models"
-        models_dir.mkdir()
-        (models_dir / self.model_name).symlink_to(self.model_folder.resolve())
-        env = {k: v for k, v in os.environ.items() if k not in ENV_DROP}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        with open(self.log_path, "wb") as out:
-            self.proc = subprocess.Popen(
-                self.cmd(models_dir), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_s = time.perf_counter() - t0
-        return self
-
-    def _wait_ready(self) -> None:
-        end = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.base + "/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(
-            f"server not ready after {self.ready_timeout_s:.0f} s: {self.log_tail()}"
+        if threads:
+            args += ["--threads", str(threads)]
+        log = Path(log_dir or self._tmp.name) / (
+            f"server-{model_name}-{provider.replace(':', '_')}-b{max_batch_size}.log"
         )
+        super().__init__(args, log, ready_timeout_s=ready_timeout_s)
 
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.peak_rss_mb = vm_hwm_mb(self.proc.pid)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-        self.proc = None
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def stop(self, timeout: float = 30.0) -> int:
+        rc = super().stop(timeout)
         self._tmp.cleanup()
+        return rc
 
 
 # ----------------------------------------------------------------------------- requests

@@ -26,7 +26,6 @@ import os
 import random
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,10 +37,8 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from .loadgen import free_port
+from .server_process import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"
 EXPECTED = {200, 400, 401, 413, 429, 504}
 
 
@@ -185,20 +182,6 @@ def server_state(proc: psutil.Process, files_dir: Path) -> dict:
     }
 
 
-async def wait_ready(base: str, deadline_s: float = 60) -> None:
-    end = time.monotonic() + deadline_s
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < end:
-            try:
-                async with s.get(f"{base}/ready", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                    if r.status == 200:
-                        return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
-            await asyncio.sleep(0.3)
-    raise RuntimeError("server not ready")
-
-
 async def calibrate(base: str, key: str, payloads, clients: int, seconds: float) -> float:
     """Valid edits/s with ``clients`` closed-loop clients (enough to keep every batch full);
     the first 2 s (warm-up) are not counted."""
@@ -289,39 +272,32 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="inpaint-soak-"))
     files_dir = work / "files"
     key = "sk-soak-" + secrets.token_hex(8)
-    port = free_port()
-    base = f"http://{HOST}:{port}"
-    log = open(work / "server.log", "wb")  # noqa: SIM115
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--api-key",
-        key,
-        "--models-dir",
-        str(work / "no-models"),
-        "--files-dir",
-        str(files_dir),
-        "--max-batch-size",
-        str(args.max_batch_size),
-        "--max-queue",
-        str(args.max_queue),
-        "--request-timeout",
-        str(args.request_timeout),
-        "--max-body-mb",
-        "2",
-        "--log-level",
-        "WARNING",
-    ]
-    server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    server = ServerProcess(
+        [
+            "--api-key",
+            key,
+            "--models-dir",
+            str(work / "no-models"),
+            "--files-dir",
+            str(files_dir),
+            "--max-batch-size",
+            str(args.max_batch_size),
+            "--max-queue",
+            str(args.max_queue),
+            "--request-timeout",
+            str(args.request_timeout),
+            "--max-body-mb",
+            "2",
+            "--log-level",
+            "WARNING",
+        ],
+        work / "server.log",
+    )
+    base = server.base
     failures: list[str] = []
     try:
         proc = psutil.Process(server.pid)
-        asyncio.run(wait_ready(base))
+        server.wait_ready()
         payloads = make_payloads(args.side, args.region)
         before = server_state(proc, files_dir)
         clients = 2 * args.max_batch_size
@@ -436,12 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        server.stop()
     log_text = (work / "server.log").read_text(errors="replace")
     if key in log_text:
         failures.append("the API key appears in the server log")

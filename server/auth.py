@@ -12,12 +12,7 @@ import hmac
 import secrets
 from pathlib import Path
 
-from aiohttp import web
-
 from .errors import APIError
-
-#: Routes anyone may call: probes, docs, and `url` files (unguessable ids, like signed links).
-PUBLIC_PREFIXES = ("/health", "/ready", "/metrics", "/openapi.json", "/v1/images/files/")
 
 
 def _digest(key: str) -> bytes:
@@ -57,8 +52,9 @@ def read_keys_file(path: Path) -> list[str]:
     return keys
 
 
-def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization")
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value; None without a header,
+    "" for another scheme."""
     if header is None:
         return None
     scheme, _, token = header.partition(" ")
@@ -67,9 +63,9 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
-def authenticate(request: web.Request, keys: KeyStore) -> str:
-    """Return the key id of the caller or raise a 401 APIError."""
-    token = bearer_token(request)
+def authenticate(header: str | None, keys: KeyStore) -> str:
+    """The key id of the caller presenting ``header`` (the Authorization value), or a 401."""
+    token = bearer_token(header)
     if token is None:
         raise APIError(
             401,
@@ -80,7 +76,7 @@ def authenticate(request: web.Request, keys: KeyStore) -> str:
         raise APIError(
             401,
             "Incorrect API key provided. Use a key configured on this server "
-            "(--api-key, API_KEYS or --api-keys-file).",
+            "(--api-key, INPAINT_API_KEYS or --api-keys-file).",
             code="invalid_api_key",
         )
     return keys.key_id(token)

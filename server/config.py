@@ -1,47 +1,172 @@
-"""One frozen ServerConfig, built from CLI flags and environment variables in ``__main__``."""
+"""Configuration: one frozen dataclass per concern, composed into ``ServerConfig``.
+
+Each field is the single declaration of one setting: its name gives the flag (``--max-queue``)
+and the environment variable (``INPAINT_MAX_QUEUE``); its default and ``help`` are the ones
+``--help`` and the README's table show (``server/cli.py`` generates both). A flag wins over its
+variable. Nothing else in the server reads the environment.
+
+Units are the ones an operator types (MB, KB, seconds); properties give bytes where code needs
+them, so that no default is written twice.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
+
+from .protocol import MAX_IMAGES, MAX_PROMPT_CHARS
+
+#: every environment variable of the server starts with this (harnesses drop them by prefix).
+ENV_PREFIX = "INPAINT_"
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    env: str | None = None,
+    repeatable: bool = False,
+) -> Any:
+    """A config field with its CLI metadata.
+
+    ``flag`` / ``env`` override the names derived from the field name (``--field-name`` and
+    ``INPAINT_FIELD_NAME``); ``repeatable`` tuple fields take the flag several times and the
+    variable as a comma-separated list (both are combined).
+    """
+    meta = {"help": help, "flag": flag, "env": env, "repeatable": repeatable}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    host: str = option("127.0.0.1", "bind address")
+    port: int = option(8000, "port")
+    public_url: str | None = option(
+        None, "base URL for url responses; default: from the request's Host header"
+    )
+    cors_origins: tuple[str, ...] = option(
+        (), "allowed CORS origin; default: CORS off", flag="--cors-origin", repeatable=True
+    )
+    shutdown_grace: float = option(30.0, "seconds in-flight work may finish after SIGTERM")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    api_keys: tuple[str, ...] = option(
+        (),
+        "accepted API key; default: one generated at start and printed once",
+        flag="--api-key",
+        repeatable=True,
+    )
+    api_keys_file: Path | None = option(None, "file with one key per line ('#' comments)")
+    no_auth: bool = option(False, "accept requests without a key, for local use")
+    rate_limit: int = option(0, "requests per minute per API key, 0 = off")
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    models_dir: Path = option(Path("models"), "folder of exported models")
+    default_model: str | None = option(
+        None,
+        "model used when a request names none; default: the first exported model, "
+        "else the built-in one",
+    )
+    provider: str = option(
+        "auto",
+        "execution provider for exported models: auto, cpu, cuda, tensorrt, openvino, "
+        "openvino:bf16, openvino:f16; auto = cuda if available, else cpu",
+    )
+    threads: int | None = option(None, "CPU threads per model session; default: all cores")
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = option(4, "rows (images) per model call")
+    max_wait_ms: float = option(
+        10.0,
+        "how long a new single-pass batch waits for company; diffusion models never wait, "
+        "late rows join at the next step",
+    )
+    max_queue: int = option(64, "queued rows per model before 429")
+    request_timeout: float = option(600.0, "seconds before a queued/running request gets 504")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    files_dir: Path | None = option(
+        None, "where url images are kept; default: a temp dir, lost on restart"
+    )
+    file_ttl: int = option(3600, "seconds a url image stays available")
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Input limits; each maps to an OpenAI-shaped error (see README, "Limits")."""
+    """Input limits; each maps to an OpenAI-shaped error (README, "Limits")."""
 
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_image_bytes: int = 25 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096
-    #: n x output width x output height, summed over a request.
-    max_request_pixels: int = 10 * 2048 * 2048
-    max_images: int = 16
-    max_prompt_chars: int = 32000
-    max_parts: int = 64
-    max_field_bytes: int = 256 * 1024
-    #: seconds without progress while reading a request body
-    read_timeout_s: float = 30.0
+    max_body_mb: float = option(64.0, "largest request body -> 413")
+    max_image_mb: float = option(25.0, "largest uploaded file")
+    max_image_pixels: int = option(4096 * 4096, "largest decoded image, checked from the header")
+    max_request_pixels: int = option(10 * 2048 * 2048, "n x output width x height per request")
+    max_images: int = option(MAX_IMAGES, "images per request")
+    max_prompt_chars: int = option(MAX_PROMPT_CHARS, "prompt length")
+    max_parts: int = option(64, "multipart parts per request")
+    max_field_kb: float = option(256.0, "size of one text field")
+    read_timeout: float = option(30.0, "seconds a request body may stall before 408")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_image_bytes(self) -> int:
+        return int(self.max_image_mb * 1024 * 1024)
+
+    @property
+    def max_field_bytes(self) -> int:
+        return int(self.max_field_kb * 1024)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR")
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    models_dir: Path = Path("models")
-    api_keys: tuple[str, ...] = ()
-    no_auth: bool = False
-    default_model: str | None = None
-    provider: str = "auto"
-    threads: int | None = None
-    #: public base URL for `url` responses; default: from the request's Host header.
-    public_url: str | None = None
-    files_dir: Path | None = None  # default: a temp dir
-    file_ttl_s: int = 3600
-    max_batch_size: int = 4
-    max_wait_ms: float = 10.0
-    max_queue: int = 64
-    request_timeout_s: float = 600.0
-    rate_limit_per_minute: int = 0  # 0 = off
-    cors_origins: tuple[str, ...] = ()
-    shutdown_grace_s: float = 30.0
+    """Everything the server is configured with; flows into constructors, never read globally."""
+
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     limits: Limits = field(default_factory=Limits)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def without_server_env(environ: dict[str, str]) -> dict[str, str]:
+    """``environ`` minus every server setting, for harnesses that configure it by flags only."""
+    return {k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)}
+
+
+def make_config(**values: Any) -> ServerConfig:
+    """A ServerConfig from flat setting names (``max_queue=8, no_auth=True``), each routed to
+    the section that declares it; unknown names are a TypeError."""
+    sections: dict[str, dict[str, Any]] = {}
+    owners = {
+        f.name: section.name
+        for section in fields(ServerConfig)
+        for f in fields(section.default_factory)
+    }
+    for name, value in values.items():
+        if name not in owners:
+            raise TypeError(f"unknown setting {name!r}")
+        sections.setdefault(owners[name], {})[name] = value
+    return ServerConfig(
+        **{
+            section.name: section.default_factory(**sections.get(section.name, {}))
+            for section in fields(ServerConfig)
+        }
+    )

@@ -1,76 +1,112 @@
 """The server's own OpenAPI document: a superset of the user's seed spec.
 
-The edit form's properties are generated from ``protocol.EditRequest`` so that the document
-cannot drift from the code (a test checks every field is described).
+Generated from the declarations, so that it cannot drift from the code: the edit form's fields
+from ``protocol.EditRequest`` and OpenAI's bounds in ``protocol``; the sampling extension fields'
+ranges from the loaded models' ``capabilities`` (the widest range any model accepts, since a
+request names its model).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from .protocol import (
     BACKGROUNDS,
-    MAX_N,
-    MAX_PARTIAL_IMAGES,
+    MAX_IMAGES,
+    MAX_PROMPT_CHARS,
+    OUTPUT_COMPRESSION,
     OUTPUT_FORMATS,
+    PARTIAL_IMAGES,
     QUALITIES,
     RESPONSE_FORMATS,
+    SEED,
     EditRequest,
+    N,
+    Range,
 )
 
-DESCRIPTIONS: dict[str, dict] = {
-    "prompt": {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": 32000,
-        "description": "What the edited region should show.",
-    },
-    "model": {
-        "type": "string",
-        "description": "A model id from GET /v1/models; default: the server's default.",
-    },
-    "n": {"type": "integer", "minimum": 1, "maximum": MAX_N, "default": 1},
-    "size": {
-        "type": "string",
-        "default": "auto",
-        "description": "WIDTHxHEIGHT (multiples of 8) or auto (the input's size).",
-    },
-    "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "b64_json"},
-    "output_format": {"type": "string", "enum": list(OUTPUT_FORMATS), "default": "png"},
-    "output_compression": {
-        "type": "integer",
-        "minimum": 0,
-        "maximum": 100,
-        "default": 100,
-        "description": "JPEG/WebP quality; 100 = best quality.",
-    },
-    "background": {"type": "string", "enum": list(BACKGROUNDS), "default": "auto"},
-    "quality": {
-        "type": "string",
-        "enum": list(QUALITIES),
-        "default": "auto",
-        "description": "Step-count preset of the model.",
-    },
-    "stream": {"type": "boolean", "default": False},
-    "partial_images": {
-        "type": "integer",
-        "minimum": 0,
-        "maximum": MAX_PARTIAL_IMAGES,
-        "default": 0,
-    },
-    "user": {"type": "string", "description": "End-user id, logged for accounting."},
-    "input_fidelity": {"type": "string", "description": "Accepted for compatibility; ignored."},
-    "negative_prompt": {"type": "string", "description": "Extension: what to steer away from."},
-    "seed": {"type": "integer", "minimum": 0, "description": "Extension: image i uses seed + i."},
-    "steps": {"type": "integer", "minimum": 1, "maximum": 150, "description": "Extension."},
-    "guidance_scale": {"type": "number", "minimum": 0, "maximum": 30, "description": "Extension."},
-    "strength": {
-        "type": "number",
-        "minimum": 0,
-        "exclusiveMinimum": True,
-        "maximum": 1,
-        "description": "Extension.",
-    },  # OpenAPI 3.0: exclusiveMinimum is a boolean
-    "scheduler": {"type": "string", "description": "Extension: see GET /v1/models for names."},
-}
+#: the sampling extension fields a model's capabilities bound
+SAMPLING_FIELDS = ("steps", "guidance_scale", "strength")
+
+
+def _widest(ranges: list[Range]) -> Range:
+    lo = min(ranges, key=lambda r: r.lo)
+    return Range(
+        lo.lo,
+        max(r.hi for r in ranges),
+        integer=all(r.integer for r in ranges),
+        lo_exclusive=lo.lo_exclusive,
+    )
+
+
+def _sampling_schemas(models: list[Any]) -> dict[str, dict]:
+    """steps / guidance_scale / strength: the widest declared range over the loaded models."""
+    samplings = [m.capabilities.sampling for m in models if m.capabilities.sampling is not None]
+    kinds = {"steps": "integer", "guidance_scale": "number", "strength": "number"}
+    out = {}
+    for name in SAMPLING_FIELDS:
+        ranges = [getattr(s, name) for s in samplings]
+        schema = _widest(ranges).schema() if ranges else {"type": kinds[name]}
+        out[name] = {
+            **schema,
+            "description": "Extension; read by diffusion models (see GET /v1/models).",
+        }
+    return out
+
+
+def field_schemas(models: list[Any]) -> dict[str, dict]:
+    """JSON schema of every EditRequest field."""
+    return {
+        "prompt": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_PROMPT_CHARS,
+            "description": "What the edited region should show.",
+        },
+        "model": {
+            "type": "string",
+            "description": "A model id from GET /v1/models; default: the server's default.",
+        },
+        "n": {**N.schema(), "default": 1},
+        "size": {
+            "type": "string",
+            "default": "auto",
+            "description": "WIDTHxHEIGHT (multiples of 8) or auto (the input's size).",
+        },
+        "response_format": {
+            "type": "string",
+            "enum": list(RESPONSE_FORMATS),
+            "default": "b64_json",
+        },
+        "output_format": {"type": "string", "enum": list(OUTPUT_FORMATS), "default": "png"},
+        "output_compression": {
+            **OUTPUT_COMPRESSION.schema(),
+            "default": 100,
+            "description": "JPEG/WebP quality; 100 = best quality.",
+        },
+        "background": {"type": "string", "enum": list(BACKGROUNDS), "default": "auto"},
+        "quality": {
+            "type": "string",
+            "enum": list(QUALITIES),
+            "default": "auto",
+            "description": "Step-count preset of the model.",
+        },
+        "stream": {"type": "boolean", "default": False},
+        "partial_images": {**PARTIAL_IMAGES.schema(), "default": 0},
+        "user": {"type": "string", "description": "End-user id, logged for accounting."},
+        "input_fidelity": {
+            "type": "string",
+            "description": "Accepted for compatibility; ignored.",
+        },
+        "negative_prompt": {
+            "type": "string",
+            "description": "Extension: what to steer away from.",
+        },
+        "seed": {**SEED.schema(), "description": "Extension: image i uses seed + i."},
+        **_sampling_schemas(models),
+        "scheduler": {"type": "string", "description": "Extension: see GET /v1/models for names."},
+    }
+
 
 ERROR = {
     "type": "object",
@@ -100,12 +136,19 @@ def _error_responses(*statuses: int) -> dict:
     }
 
 
-def openapi_document() -> dict:
+def openapi_document(registry: Any = None) -> dict:
+    """The document for the models in ``registry`` (a ModelRegistry; None = no models)."""
+    models = list(registry.models.values()) if registry is not None else []
+    descriptions = field_schemas(models)
     props: dict = {
         "image": {
             "oneOf": [
                 {"type": "string", "format": "binary"},
-                {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": 16},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "format": "binary"},
+                    "maxItems": MAX_IMAGES,
+                },
             ],
             "description": "PNG, JPEG or WebP; also sent as repeated 'image[]' parts.",
         },
@@ -116,7 +159,7 @@ def openapi_document() -> dict:
         },
     }
     for name in EditRequest.model_fields:
-        props[name] = DESCRIPTIONS[name]
+        props[name] = descriptions[name]
     image_item = {
         "type": "object",
         "properties": {

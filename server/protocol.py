@@ -1,25 +1,44 @@
-"""Protocol: the request and response shapes of ``POST /v1/images/edits``.
+"""Protocol: OpenAI's shapes and bounds for ``POST /v1/images/edits``.
 
-Pure data: no aiohttp, no onnxruntime, nothing of ours. ``parse_edit_fields`` turns the text
-fields of a multipart form into a validated ``EditRequest`` or raises ``ProtocolError`` naming
-the field, the OpenAI error code and how to fix it. Checks that need a model (its size limits)
-happen in serving.
+Pure data: no aiohttp, no onnxruntime, nothing of ours. This module owns OpenAI's bounds (n,
+partial images, prompt length, formats, quality values) and the ``Range`` type models use to
+declare their own (``models/capabilities.py``). ``parse_edit_fields`` turns the text fields of a
+form into an ``EditRequest`` or raises ``ProtocolError`` naming the field, the OpenAI error code
+and how to fix it. Checks that need a model (its ranges, sizes, schedulers) happen once in
+``service/validate.py``. Responses: ``ImagesResponse`` (JSON) and the stream events.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+# ---------------------------------------------------------------- OpenAI's bounds (the one owner)
+
 MAX_N = 10
 MAX_PARTIAL_IMAGES = 3
-QUALITIES = ("low", "medium", "high", "xhigh", "max", "auto", "standard", "hd")
+MAX_PROMPT_CHARS = 32000
+MAX_IMAGES = 16
+SIZE_MULTIPLE = 8
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 BACKGROUNDS = ("transparent", "opaque", "auto")
 RESPONSE_FORMATS = ("b64_json", "url")
-SIZE_MULTIPLE = 8
+#: every ``quality`` value an SDK sends -> the tier a model has a preset for (one hop).
+QUALITY_TIERS = {
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "auto": "medium",
+    "standard": "medium",
+    "hd": "high",
+    "xhigh": "high",
+    "max": "high",
+}
+QUALITIES = tuple(QUALITY_TIERS)
+TIERS = ("low", "medium", "high")
 
 
 class ProtocolError(ValueError):
@@ -30,6 +49,60 @@ class ProtocolError(ValueError):
         self.message = message
         self.param = param
         self.code = code
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric bound, declared once and used to check values, to describe them in error
+    messages and in the OpenAPI document. ``integer`` ranges use OpenAI's integer codes."""
+
+    lo: float
+    hi: float
+    integer: bool = False
+    lo_exclusive: bool = False
+
+    def describe(self) -> str:
+        lo = f"{self.lo:g}" if not self.integer else str(int(self.lo))
+        hi = f"{self.hi:g}" if not self.integer else str(int(self.hi))
+        return f"from {lo} to {hi}" if not self.lo_exclusive else f"in ({lo}, {hi}]"
+
+    def check(self, name: str, value: float) -> float:
+        """``value`` if inside, else ProtocolError naming ``name``."""
+        if self.integer:
+            if value != int(value):
+                raise ProtocolError(f"'{name}' must be an integer, got {value!r}.", name)
+            if value < self.lo:
+                raise ProtocolError(
+                    f"{value} is less than the minimum of {int(self.lo)} - '{name}'.",
+                    name,
+                    "integer_below_min_value",
+                )
+            if value > self.hi:
+                raise ProtocolError(
+                    f"{value} is greater than the maximum of {int(self.hi)} - '{name}'.",
+                    name,
+                    "integer_above_max_value",
+                )
+            return value
+        below = value <= self.lo if self.lo_exclusive else value < self.lo
+        if not math.isfinite(value) or below or value > self.hi:
+            raise ProtocolError(f"'{name}' must be {self.describe()}, got {value!r}.", name)
+        return value
+
+    def schema(self) -> dict:
+        """OpenAPI 3.0 keywords (exclusiveMinimum is a boolean there)."""
+        out: dict = {"type": "integer" if self.integer else "number"}
+        out["minimum"] = int(self.lo) if self.integer else self.lo
+        out["maximum"] = int(self.hi) if self.integer else self.hi
+        if self.lo_exclusive:
+            out["exclusiveMinimum"] = True
+        return out
+
+
+N = Range(1, MAX_N, integer=True)
+PARTIAL_IMAGES = Range(0, MAX_PARTIAL_IMAGES, integer=True)
+OUTPUT_COMPRESSION = Range(0, 100, integer=True)
+SEED = Range(0, 2**63 - 1, integer=True)
 
 
 class EditRequest(BaseModel):
@@ -58,8 +131,14 @@ class EditRequest(BaseModel):
     strength: float | None = None
     scheduler: str | None = None
 
+    @property
+    def quality_tier(self) -> str:
+        """ "low" | "medium" | "high": the preset a model runs for this ``quality``."""
+        return QUALITY_TIERS[self.quality]
 
-def _int(fields: dict[str, str], name: str, lo: int, hi: int, default: int | None) -> int | None:
+
+def _int(fields: dict[str, str], name: str, bound: Range | None, default: int | None) -> int | None:
+    """An integer field; ``bound`` None = any integer (a model's capabilities bound it later)."""
     raw = fields.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -67,20 +146,11 @@ def _int(fields: dict[str, str], name: str, lo: int, hi: int, default: int | Non
         value = int(raw.strip())
     except ValueError:
         raise ProtocolError(f"'{name}' must be an integer, got {raw[:40]!r}.", name) from None
-    if value < lo:
-        raise ProtocolError(
-            f"{value} is less than the minimum of {lo} - '{name}'.", name, "integer_below_min_value"
-        )
-    if value > hi:
-        raise ProtocolError(
-            f"{value} is greater than the maximum of {hi} - '{name}'.",
-            name,
-            "integer_above_max_value",
-        )
-    return value
+    return value if bound is None else int(bound.check(name, value))
 
 
-def _float(fields: dict[str, str], name: str, lo: float, hi: float) -> float | None:
+def _number(fields: dict[str, str], name: str) -> float | None:
+    """A finite number; its range is the model's (see ``models.capabilities``)."""
     raw = fields.get(name)
     if raw is None or raw.strip() == "":
         return None
@@ -88,8 +158,8 @@ def _float(fields: dict[str, str], name: str, lo: float, hi: float) -> float | N
         value = float(raw.strip())
     except ValueError:
         raise ProtocolError(f"'{name}' must be a number, got {raw[:40]!r}.", name) from None
-    if not math.isfinite(value) or value < lo or value > hi:
-        raise ProtocolError(f"'{name}' must be between {lo} and {hi}, got {raw[:40]!r}.", name)
+    if not math.isfinite(value):
+        raise ProtocolError(f"'{name}' must be a finite number, got {raw[:40]!r}.", name)
     return value
 
 
@@ -142,7 +212,9 @@ def parse_size(raw: str | None) -> tuple[int, int] | None:
     return width, height
 
 
-def parse_edit_fields(fields: dict[str, str], max_prompt_chars: int = 32000) -> EditRequest:
+def parse_edit_fields(
+    fields: dict[str, str], max_prompt_chars: int = MAX_PROMPT_CHARS
+) -> EditRequest:
     """Validate the text fields of an edit form. Unknown fields are ignored, as OpenAI's are."""
     prompt = fields.get("prompt")
     if prompt is None:
@@ -182,22 +254,22 @@ def parse_edit_fields(fields: dict[str, str], max_prompt_chars: int = 32000) -> 
     return EditRequest(
         prompt=prompt,
         model=model.strip() if model and model.strip() else None,
-        n=_int(fields, "n", 1, MAX_N, 1),
+        n=_int(fields, "n", N, 1),
         size=parse_size(fields.get("size")),
         response_format=_choice(fields, "response_format", RESPONSE_FORMATS, "b64_json"),
         output_format=output_format,
-        output_compression=_int(fields, "output_compression", 0, 100, 100),
+        output_compression=_int(fields, "output_compression", OUTPUT_COMPRESSION, 100),
         background=background,
         quality=_choice(fields, "quality", QUALITIES, "auto"),
         stream=stream,
-        partial_images=_int(fields, "partial_images", 0, MAX_PARTIAL_IMAGES, 0),
+        partial_images=_int(fields, "partial_images", PARTIAL_IMAGES, 0),
         user=fields.get("user"),
         input_fidelity=fields.get("input_fidelity"),
         negative_prompt=negative,
-        seed=_int(fields, "seed", 0, 2**63 - 1, None),
-        steps=_int(fields, "steps", 1, 150, None),
-        guidance_scale=_float(fields, "guidance_scale", 0.0, 30.0),
-        strength=_float(fields, "strength", 0.0, 1.0),
+        seed=_int(fields, "seed", SEED, None),
+        steps=_int(fields, "steps", None, None),
+        guidance_scale=_number(fields, "guidance_scale"),
+        strength=_number(fields, "strength"),
         scheduler=scheduler.strip().lower() if scheduler and scheduler.strip() else None,
     )
 
@@ -227,6 +299,8 @@ class Usage(BaseModel):
 
 
 class ImagesResponse(BaseModel):
+    """The JSON body of a successful edit (n items in ``data``)."""
+
     created: int
     data: list[ImageData]
     background: Literal["transparent", "opaque"]
@@ -234,6 +308,32 @@ class ImagesResponse(BaseModel):
     quality: str
     size: str
     usage: Usage
+
+
+class _ImageEvent(BaseModel):
+    b64_json: str
+    background: Literal["transparent", "opaque"]
+    created_at: int
+    output_format: Literal["png", "jpeg", "webp"]
+    quality: str
+    size: str
+
+
+class PartialImageEvent(_ImageEvent):
+    """SSE ``image_edit.partial_image``: a preview while the image is being made."""
+
+    type: Literal["image_edit.partial_image"] = "image_edit.partial_image"
+    partial_image_index: int
+
+
+class CompletedEvent(_ImageEvent):
+    """SSE ``image_edit.completed``: one final image."""
+
+    type: Literal["image_edit.completed"] = "image_edit.completed"
+    usage: Usage
+
+
+StreamEvent = PartialImageEvent | CompletedEvent
 
 
 class ModelCard(BaseModel):

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from server.config import Limits, ServerConfig
-from server.models.base import ModelLimits, Row
+from server.config import ServerConfig, make_config
+from server.models.base import Capabilities, ModelLimits, Row
 from server.models.builtin import NAME as BUILTIN
 from server.models.builtin import BuiltinInpaintModel
 from server.models.registry import ModelRegistry
@@ -264,17 +264,15 @@ async def expect_error(resp, expected_status: int, **kw) -> dict:
 
 
 def config(tmp_models: Path | None = None, **kw) -> ServerConfig:
-    """ServerConfig with the test key and a models dir with no exported models."""
-    kw.setdefault("limits", Limits())
+    """ServerConfig with the test key and a models dir with no exported models; ``kw`` are flat
+    setting names (``max_parts=4``)."""
     kw.setdefault("api_keys", (KEY,))
-    return ServerConfig(models_dir=tmp_models or Path("/nonexistent-models-dir"), **kw)
+    return make_config(models_dir=tmp_models or Path("/nonexistent-models-dir"), **kw)
 
 
 class FakeModel:
     """A single-pass model for fault injection: sleeps ``delay`` s then fills the edit region with
     a constant colour, or raises ``error`` if given. Counts calls; ``started`` is set on entry."""
-
-    kind = "single_pass"
 
     def __init__(
         self,
@@ -287,15 +285,16 @@ class FakeModel:
         self.delay = delay
         self.error = error
         self.fill = np.array(fill, np.uint8)
-        self.limits = ModelLimits(min_side=16, max_side=2048, native_side=512, max_work_side=2048)
+        self.capabilities = Capabilities(
+            limits=ModelLimits(min_side=16, max_side=2048, native_side=512, max_work_side=2048),
+            reads_prompt=False,
+            streams_previews=False,
+        )
         self.calls = 0
         self.started = threading.Event()
 
     def describe(self) -> dict:
-        return {"kind": "fake", "reads_prompt": False}
-
-    def default_steps(self, quality: str) -> int | None:
-        return None
+        return {"kind": "fake"}
 
     def count_tokens(self, prompt: str) -> int:
         return len(prompt.split())

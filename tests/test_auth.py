@@ -8,8 +8,8 @@ import re
 import pytest
 
 from server import auth
-from server.__main__ import build_parser, config_from_args
 from server.auth import KeyStore, generate_key, read_keys_file
+from server.cli import build_parser, config_from_args
 
 
 def test_check_several_keys():
@@ -76,35 +76,33 @@ def test_generated_key_shape():
         assert re.fullmatch(r"sk-local-[A-Za-z0-9_-]{32}", k), k
 
 
-def _config(argv, monkeypatch):
-    for var in ("API_KEYS", "API_KEYS_FILE", "NO_AUTH"):
-        monkeypatch.delenv(var, raising=False)
-    return config_from_args(build_parser().parse_args(argv))
+def _config(argv, environ=None):
+    return config_from_args(build_parser(environ or {}).parse_args(argv))
 
 
-def test_cli_keys_from_flags_env_and_file(tmp_path, monkeypatch):
+def test_cli_keys_from_flags_env_and_file(tmp_path):
     f = tmp_path / "k"
     f.write_text("sk-file\n")
-    monkeypatch.setenv("API_KEYS", "sk-env1, sk-env2")
-    cfg, generated = config_from_args(
-        build_parser().parse_args(["--api-key", "sk-flag", "--api-keys-file", str(f)])
+    cfg, generated = _config(
+        ["--api-key", "sk-flag", "--api-keys-file", str(f)],
+        {"INPAINT_API_KEYS": "sk-env1, sk-env2"},
     )
     assert not generated
-    assert set(cfg.api_keys) == {"sk-flag", "sk-env1", "sk-env2", "sk-file"}
+    assert set(cfg.auth.api_keys) == {"sk-flag", "sk-env1", "sk-env2", "sk-file"}
 
 
-def test_cli_generates_a_key_when_none(monkeypatch):
-    cfg, generated = _config([], monkeypatch)
-    assert generated and len(cfg.api_keys) == 1
-    assert cfg.api_keys[0].startswith("sk-local-")
+def test_cli_generates_a_key_when_none():
+    cfg, generated = _config([])
+    assert generated and len(cfg.auth.api_keys) == 1
+    assert cfg.auth.api_keys[0].startswith("sk-local-")
 
 
-def test_cli_no_auth(monkeypatch):
-    cfg, generated = _config(["--no-auth"], monkeypatch)
-    assert cfg.no_auth and not generated and cfg.api_keys == ()
+def test_cli_no_auth():
+    cfg, generated = _config(["--no-auth"])
+    assert cfg.auth.no_auth and not generated and cfg.auth.api_keys == ()
 
 
-def test_cli_limits(monkeypatch):
+def test_cli_limits():
     cfg, _ = _config(
         [
             "--api-key",
@@ -117,37 +115,28 @@ def test_cli_limits(monkeypatch):
             "7",
             "--request-timeout",
             "3",
-        ],
-        monkeypatch,
+        ]
     )
     assert cfg.limits.max_body_bytes == 1024 * 1024
     assert cfg.limits.max_image_pixels == 100
-    assert cfg.rate_limit_per_minute == 7 and cfg.request_timeout_s == 3
+    assert cfg.auth.rate_limit == 7 and cfg.batching.request_timeout == 3
 
 
 def test_bearer_parsing():
-    class Req:
-        def __init__(self, value):
-            self.headers = {} if value is None else {"Authorization": value}
-
-    assert auth.bearer_token(Req(None)) is None
-    assert auth.bearer_token(Req("Bearer abc")) == "abc"
-    assert auth.bearer_token(Req("bearer   abc  ")) == "abc"
-    assert auth.bearer_token(Req("Basic abc")) == ""
-    assert auth.bearer_token(Req("abc")) == ""
+    assert auth.bearer_token(None) is None
+    assert auth.bearer_token("Bearer abc") == "abc"
+    assert auth.bearer_token("bearer   abc  ") == "abc"
+    assert auth.bearer_token("Basic abc") == ""
+    assert auth.bearer_token("abc") == ""
 
 
 def test_authenticate_errors():
-    class Req:
-        def __init__(self, value):
-            self.headers = {} if value is None else {"Authorization": value}
-
     ks = KeyStore(["sk-ok"])
     with pytest.raises(auth.APIError) as info:
-        auth.authenticate(Req(None), ks)
+        auth.authenticate(None, ks)
     assert (info.value.status, info.value.code, info.value.param) == (401, None, None)
     with pytest.raises(auth.APIError) as info:
-        auth.authenticate(Req("Bearer sk-no"), ks)
+        auth.authenticate("Bearer sk-no", ks)
     assert (info.value.status, info.value.code) == (401, "invalid_api_key")
     assert "sk-no" not in info.value.message
-    assert auth.authenticate(Req("Bearer sk-ok"), ks) == ks.key_id("sk-ok")
+    assert auth.authenticate("Bearer sk-ok", ks) == ks.key_id("sk-ok")

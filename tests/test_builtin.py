@@ -108,10 +108,11 @@ def test_run_rows_and_metadata(model):
     outs = model.run(rows)
     assert len(outs) == 3 and all(o.shape == (24, 32, 3) for o in outs)
     assert model.name == NAME == "opencv-telea-inpaint"
-    assert model.kind == "single_pass"
     assert model.count_tokens("a long prompt here") == 0
-    assert model.default_steps("high") is None
-    meta = model.describe()
-    assert meta["reads_prompt"] is False
-    lim = model.limits
+    caps = model.capabilities
+    assert caps.reads_prompt is False and caps.streams_previews is False
+    assert caps.sampling is None  # it reads no sampling extension
+    assert caps.settings(tier="high", steps=500) is None
+    assert caps.card()["reads_prompt"] is False and "parameters" not in caps.card()
+    lim = caps.limits
     assert lim.min_side <= 256 and lim.max_side >= 1536 and lim.multiple == 8

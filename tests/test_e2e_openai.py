@@ -13,6 +13,7 @@ import numpy as np
 import openai
 import pytest
 
+from benchmarks.server_process import ROOT, ServerProcess
 from server.models.builtin import NAME as BUILTIN
 
 from .helpers import (
@@ -27,7 +28,6 @@ from .helpers import (
     png,
     scene,
 )
-from .server_process import ROOT, ServerProcess
 
 W, H = 64, 48
 BOX = default_box(W, H)
@@ -248,7 +248,7 @@ def test_server_survives_and_health(server):
 
 def test_server_package_never_imports_torch():
     code = (
-        "import sys, server.app, server.__main__, server.serving, server.models.registry\n"
+        "import sys, server.http.app, server.__main__, server.service, server.models.registry\n"
         "bad = [m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules]\n"
         "assert not bad, bad"
     )

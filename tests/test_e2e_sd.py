@@ -17,7 +17,7 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 KEY = "sk-test-sd"
 
@@ -100,9 +100,16 @@ def test_models_lists_exported_default_and_broken(client):
     ids = [m.id for m in page.data]
     assert ids[0] in ("tiny-sd", "opencv-telea-inpaint") and "tiny-sd" in ids
     card = next(m for m in page.data if m.id == "tiny-sd").model_dump()
-    assert card["default"] is True and card["reads_prompt"] is True
-    assert card["native_size"] == 64 and card["precision"] == "fp32"
-    assert "euler_a" in card["schedulers"]
+    caps = card["capabilities"]
+    assert card["default"] is True and caps["reads_prompt"] is True
+    assert caps["sizes"]["native_side"] == 64 and card["precision"] == "fp32"
+    assert "euler_a" in caps["schedulers"] and caps["streams_previews"] is True
+    assert caps["parameters"]["steps"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 150,
+        "default": 25,
+    }
     raw = client.models.with_raw_response.list().http_response.json()
     assert [u["id"] for u in raw["unavailable"]] == ["broken"]
 

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from server.app import create_app
+from server.http.app import create_app
 
 from .fuzz.client import send
 from .fuzz.corpus import build_corpus, fast_subset

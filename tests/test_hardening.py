@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from server import auth as auth_mod
-from server.__main__ import build_parser
-from server.app import create_app
 from server.auth import KeyStore
-from server.config import Limits, ServerConfig
-from server.keys import STORE
+from server.cli import build_parser
+from server.config import ServerConfig
+from server.http.app import create_app
+from server.http.state import STORE
 from server.models.builtin import NAME as BUILTIN
 
 from .fuzz.client import _read_response
@@ -85,9 +85,8 @@ async def raw_exchange(port: int, head: bytes, body_part: bytes, wait_s: float):
 async def test_slow_upload_gets_408(aiohttp_server, where):
     """A client that stops sending mid-body gets 408 (code request_timeout) after read_timeout_s
     without progress, instead of holding a connection and a handler forever."""
-    limits = Limits(read_timeout_s=0.4)
     server = await aiohttp_server(
-        create_app(config(limits=limits), registry=registry()), host="127.0.0.1"
+        create_app(config(read_timeout=0.4), registry=registry()), host="127.0.0.1"
     )
     if where == "json-body":
         body, ctype = (
@@ -117,7 +116,7 @@ async def test_slow_upload_gets_408(aiohttp_server, where):
 
 
 async def test_part_count_limit(make_client):
-    cl = await make_client(limits=Limits(max_parts=4))
+    cl = await make_client(max_parts=4)
     fields = {"prompt": "x", "n": "1", "user": "u"}  # + image = 4 parts: at the limit
     await ok(cl, form(fields, [("image", IMG)]))
     resp = await post_edit(cl, form({**fields, "seed": "1"}, [("image", IMG)]))
@@ -127,7 +126,7 @@ async def test_part_count_limit(make_client):
 
 @pytest.mark.parametrize("field", ["user", "prompt", "negative_prompt", "some_unknown_field"])
 async def test_field_size_limit(make_client, field):
-    cl = await make_client(limits=Limits(max_field_bytes=1000))
+    cl = await make_client(max_field_kb=1000 / 1024)
     fields = {"prompt": "x", field: "a" * 1000}
     await ok(cl, form(fields, [("image", IMG)]))
     resp = await post_edit(cl, form({**fields, field: "a" * 1001}, [("image", IMG)]))
@@ -135,7 +134,7 @@ async def test_field_size_limit(make_client, field):
 
 
 async def test_field_size_counts_bytes_not_characters(make_client):
-    cl = await make_client(limits=Limits(max_field_bytes=1000))
+    cl = await make_client(max_field_kb=1000 / 1024)
     resp = await post_edit(cl, form({"prompt": "\u00e9" * 501}, [("image", IMG)]))  # 1002 bytes
     await expect_error(resp, 400, code="string_above_max_length", param="prompt")
 
@@ -149,14 +148,14 @@ async def test_sixteen_images_accepted_seventeen_refused(make_client):
 
 
 async def test_number_of_images_is_configurable(make_client):
-    cl = await make_client(limits=Limits(max_images=2))
+    cl = await make_client(max_images=2)
     await ok(cl, form({"prompt": "x"}, [("image", IMG)] * 2))
     resp = await post_edit(cl, form({"prompt": "x"}, [("image", IMG)] * 3))
     await expect_error(resp, 400, code="invalid_value", param="image")
 
 
 async def test_total_pixels_per_request(make_client):
-    cl = await make_client(limits=Limits(max_request_pixels=2 * 64 * 64))
+    cl = await make_client(max_request_pixels=2 * 64 * 64)
     body = await ok(cl, edit_form(IMG, MASK, n=2, size="64x64"))
     assert len(body["data"]) == 2
     resp = await post_edit(cl, edit_form(IMG, MASK, n=3, size="64x64"))
@@ -173,7 +172,7 @@ async def test_default_total_pixels_refuses_n10_at_4096_fast(make_client):
 
 
 async def test_decoded_pixels_limit_is_configurable(make_client):
-    cl = await make_client(limits=Limits(max_image_pixels=W * H - 1))
+    cl = await make_client(max_image_pixels=W * H - 1)
     resp = await post_edit(cl, edit_form(IMG))
     err = await expect_error(resp, 400, code="image_too_large", param="image")
     assert str(W * H - 1) in err["message"]
@@ -286,7 +285,7 @@ async def test_keys_never_in_logs_or_bodies(make_client, caplog):
     good, other, wrong = "sk-good-9f8e7d6c5b4a", "sk-other-1a2b3c4d5e", "sk-wrong-0a9b8c7d6e"
     caplog.set_level(logging.DEBUG)
     bad = FakeModel("bad", error=RuntimeError("model exploded"))
-    cl = await make_client(reg=registry(bad), api_keys=(good, other), rate_limit_per_minute=3)
+    cl = await make_client(reg=registry(bad), api_keys=(good, other), rate_limit=3)
     texts = []
 
     async def call(method, path, key=None, raw_header=None, **kw):
@@ -433,8 +432,8 @@ async def test_cors_for_a_configured_origin_only(make_client):
 
 def test_binds_to_loopback_by_default(monkeypatch):
     monkeypatch.delenv("HOST", raising=False)
-    assert ServerConfig().host == "127.0.0.1"
-    assert build_parser().parse_args([]).host == "127.0.0.1"
+    assert ServerConfig().http.host == "127.0.0.1"
+    assert build_parser({}).parse_args([]).__dict__["http.host"] == "127.0.0.1"
 
 
 # ==================================================================== regressions found by fuzzing

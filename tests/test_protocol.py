@@ -146,7 +146,7 @@ def test_unicode_prompt_counts_characters():
 
 @pytest.mark.parametrize(
     "field, lo, hi",
-    [("n", 1, 10), ("output_compression", 0, 100), ("partial_images", 0, 3), ("steps", 1, 150)],
+    [("n", 1, 10), ("output_compression", 0, 100), ("partial_images", 0, 3)],
 )
 def test_int_bounds(field, lo, hi):
     assert getattr(parse(**{field: lo}), field) == lo
@@ -181,13 +181,17 @@ def test_seed_bounds():
 # ---------------------------------------------------------------- floats
 
 
-@pytest.mark.parametrize("field, lo, hi", [("guidance_scale", 0.0, 30.0), ("strength", 0.0, 1.0)])
-def test_float_bounds(field, lo, hi):
-    assert getattr(parse(**{field: lo}), field) == lo
-    assert getattr(parse(**{field: hi}), field) == hi
-    for bad in (hi + 0.01, lo - 0.01, "nan", "inf", "-inf", "x"):
+@pytest.mark.parametrize("field", ["guidance_scale", "strength"])
+def test_numbers_are_finite(field):
+    """The protocol reads sampling numbers; their ranges are the model's (test_capabilities)."""
+    assert getattr(parse(**{field: "0.25"}), field) == 0.25
+    for bad in ("nan", "inf", "-inf", "x"):
         e = err(**{field: bad})
         assert (e.param, e.code) == (field, "invalid_value")
+
+
+def test_steps_is_an_integer_of_any_size_here():
+    assert parse(steps=151).steps == 151  # the model's capabilities bound it
 
 
 # ---------------------------------------------------------------- choices

@@ -12,8 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from server.app import create_app
-from server.config import Limits
+from server.http.app import create_app
 from server.models.builtin import NAME as BUILTIN
 
 from .helpers import (
@@ -214,13 +213,13 @@ async def test_image_too_large_pixels(client):
 
 
 async def test_image_too_large_bytes(make_client, img_png):
-    cl = await make_client(limits=Limits(max_image_bytes=len(img_png) - 1))
+    cl = await make_client(max_image_mb=(len(img_png) - 1) / 2**20)
     resp = await post_edit(cl, edit_form(img_png))
     await expect_error(resp, 400, code="image_too_large", param="image")
 
 
 async def test_body_over_limit_413(make_client):
-    cl = await make_client(limits=Limits(max_body_bytes=20_000))
+    cl = await make_client(max_body_mb=20_000 / 2**20)
     big = png(np.random.default_rng(0).integers(0, 255, (100, 100, 3), np.uint8))  # ~30 kB
     assert len(big) > 20_000
     resp = await post_edit(cl, edit_form(big))
@@ -229,7 +228,7 @@ async def test_body_over_limit_413(make_client):
 
 async def test_body_over_limit_413_chunked(make_client):
     """No Content-Length (chunked): the limit is enforced while reading."""
-    cl = await make_client(limits=Limits(max_body_bytes=20_000))
+    cl = await make_client(max_body_mb=20_000 / 2**20)
     big = png(np.random.default_rng(0).integers(0, 255, (100, 100, 3), np.uint8))
     mp = edit_form(big)
 
@@ -367,7 +366,7 @@ async def test_queue_full_behind_slow_model(make_client, img_png):
 
 async def test_deadline_while_running(make_client, img_png):
     slow = FakeModel("slow", delay=1.5)
-    cl = await make_client(reg=registry(slow), request_timeout_s=0.3)
+    cl = await make_client(reg=registry(slow), request_timeout=0.3)
     t0 = time.perf_counter()
     resp = await post_edit(cl, edit_form(img_png, model="slow"))
     await expect_error(resp, 504, type="timeout", code="timeout", param=None)
@@ -376,7 +375,7 @@ async def test_deadline_while_running(make_client, img_png):
 
 async def test_deadline_while_queued(make_client, img_png):
     slow = FakeModel("slow", delay=1.5)
-    cl = await make_client(reg=registry(slow), request_timeout_s=0.5, max_batch_size=1)
+    cl = await make_client(reg=registry(slow), request_timeout=0.5, max_batch_size=1)
     first = asyncio.ensure_future(post_edit(cl, edit_form(img_png, model="slow")))
     await asyncio.get_running_loop().run_in_executor(None, slow.started.wait, 5)
     t0 = time.perf_counter()
@@ -403,7 +402,7 @@ async def test_internal_fault_is_opaque_and_server_survives(make_client, img_png
 
 
 async def test_per_key_rate_limit(make_client):
-    cl = await make_client(rate_limit_per_minute=2, api_keys=("sk-test", "sk-other"))
+    cl = await make_client(rate_limit=2, api_keys=("sk-test", "sk-other"))
     assert (await cl.get("/v1/models", headers=AUTH)).status == 200
     assert (await cl.get("/v1/models", headers=AUTH)).status == 200
     resp = await cl.get("/v1/models", headers=AUTH)

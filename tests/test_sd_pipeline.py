@@ -30,10 +30,10 @@ from diffusers.schedulers import scheduling_lms_discrete  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from server.models.sd_inpaint import (  # noqa: E402
-    InvalidParameter,
     SDInpaintModel,
     preview_schedule,
 )
+from server.protocol import ProtocolError  # noqa: E402
 from tests.numerics import TorchNoise  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -265,15 +265,15 @@ def test_preview_schedule():
         ("strength", 0.0, "strength"),
         ("strength", 1.5, "strength"),
         ("scheduler", "k_unknown", "scheduler"),
-        ("partial_images", 4, "partial_images"),
     ],
 )
 def test_bad_values_raise(model, field, value, needle):
+    """Direct callers (no serving in front) get the same check serving runs on requests."""
     img, mask = inputs()
     row = make_row(img, mask, **{field: value})
     with pytest.raises(ValueError, match=needle) as err:
         model.prepare([row])
-    assert isinstance(err.value, InvalidParameter)
+    assert isinstance(err.value, ProtocolError) and err.value.param == field
     assert row.state is None  # nothing half-prepared
 
 
@@ -285,17 +285,17 @@ def test_steps_times_strength_too_small(model):
 
 def test_metadata(model, tiny_model_fp32):
     d = model.describe()
-    assert d["kind"] == "diffusion" and model.kind == "diffusion"
-    assert d["reads_prompt"] is True
-    assert d["native_size"] == model.limits.native_side
+    assert d["kind"] == "diffusion"
     assert d["precision"] == "fp32" and d["provider"]["name"] == "cpu"
-    assert set(d["schedulers"]) == set(scheduler_names())
-    native = model.limits.native_side
-    assert model.limits.max_work_side == round(native * 1.5 / 8) * 8
-    assert model.limits.multiple == 8
-    assert (model.default_steps("low"), model.default_steps("medium")) == (12, 25)
-    assert (model.default_steps("high"), model.default_steps("auto")) == (50, 25)
-    assert model.default_steps("standard") == 25
+    caps = model.capabilities
+    assert caps.reads_prompt is True and caps.streams_previews is True
+    assert set(caps.sampling.schedulers) == set(scheduler_names())
+    lim = caps.limits
+    assert lim.native_side == 64 and lim.max_work_side == round(64 * 1.5 / 8) * 8
+    assert lim.multiple == 8
+    steps = {tier: caps.settings(tier=tier).steps for tier in ("low", "medium", "high")}
+    assert steps == {"low": 12, "medium": 25, "high": 50}
+    assert caps.settings().guidance_scale == 7.5 and caps.settings().strength == 1.0
     assert model.count_tokens("a photo of a cat") == 5
     assert model.count_tokens("") == 0
 

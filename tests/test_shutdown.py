@@ -11,8 +11,8 @@ import urllib.request
 import numpy as np
 from PIL import Image
 
-from server.config import ServerConfig
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
+from server.config import make_config
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -82,10 +82,10 @@ def test_sigterm_finishes_in_flight_edit_and_exits_zero(tmp_path):
 
 
 async def test_draining_app_answers_503(aiohttp_client):
-    from server.app import create_app
-    from server.keys import STATE
+    from server.http.app import create_app
+    from server.http.state import STATE
 
-    app = create_app(ServerConfig(no_auth=True))
+    app = create_app(make_config(no_auth=True))
     client = await aiohttp_client(app)
     app[STATE].draining = True
     resp = await client.post("/v1/images/edits", data={"prompt": "x"})

@@ -1,4 +1,4 @@
-"""Typed application state keys (aiohttp ``web.AppKey``)."""
+"""Typed application state: the aiohttp ``web.AppKey``s under which the app keeps its parts."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from .auth import KeyStore
-from .batching import Batcher
-from .config import ServerConfig
-from .metrics import Metrics
-from .models.registry import ModelRegistry
-from .serving import EditService
-from .storage import FileStore
+from ..auth import KeyStore
+from ..batching import Batcher
+from ..config import ServerConfig
+from ..metrics import Metrics
+from ..models.registry import ModelRegistry
+from ..service import EditService
+from ..storage import FileStore
 
 
 @dataclass

@@ -18,7 +18,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .base import ModelLimits, Row
+from .base import Row
+from .capabilities import Capabilities, ModelLimits
 
 NAME = "opencv-telea-inpaint"
 
@@ -87,13 +88,15 @@ def _texture(image: np.ndarray, edit: np.ndarray) -> np.ndarray:
 class BuiltinInpaintModel:
     """OpenCV fast-marching + mirrored-texture inpainting. Single pass, CPU, no weights."""
 
-    kind = "single_pass"
-
     def __init__(self, name: str = NAME) -> None:
         self.name = name
-        # Works at the request's own resolution: no crop/rescale needed up to the output limit.
-        self.limits = ModelLimits(
-            min_side=16, max_side=4096, native_side=1024, max_work_side=4096, multiple=8
+        self.capabilities = Capabilities(
+            # Works at the request's own resolution: no crop/rescale needed up to the output limit.
+            limits=ModelLimits(
+                min_side=16, max_side=4096, native_side=1024, max_work_side=4096, multiple=8
+            ),
+            reads_prompt=False,
+            streams_previews=False,
         )
 
     def describe(self) -> dict:
@@ -104,15 +107,10 @@ class BuiltinInpaintModel:
                 "Fills the edit region from its surroundings. It ignores the prompt: it cannot "
                 "add objects or follow instructions."
             ),
-            "reads_prompt": False,
             "provider": "cpu",
             "precision": "n/a",
-            "native_size": None,
             "weights": None,
         }
-
-    def default_steps(self, quality: str) -> int | None:
-        return None
 
     def count_tokens(self, prompt: str) -> int:
         return 0  # the prompt is not read, so nothing is computed from it

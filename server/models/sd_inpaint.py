@@ -1,6 +1,7 @@
 """Stable Diffusion inpainting over exported ONNX components (no torch).
 
-Computes what diffusers' ``StableDiffusionInpaintPipeline`` computes (9-channel inpainting UNet),
+Computes what diffusers' ``StableDiffusionInpaintPipeline`` computes (inpainting UNet: latents,
+mask and masked-image latents concatenated, 2 x latent + 1 channels, 9 for SD),
 split into ``prepare`` / ``step`` / ``finish`` so that a batcher can run many rows, each at its
 own timestep, guidance and scheduler, through ONE UNet call per step.
 
@@ -37,14 +38,15 @@ backed source to reproduce diffusers with ``generator=torch.Generator().manual_s
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .base import ModelLimits, Row
+from ..protocol import ProtocolError, Range
+from .base import Row
+from .capabilities import Capabilities, ModelLimits, Sampling, Settings
 from .manifest import Manifest
 from .providers import ExecutionProvider, select_provider
 from .schedulers import (
@@ -56,16 +58,13 @@ from .schedulers import (
 )
 from .tokenizer import CLIPTokenizer
 
+#: The sampling knobs of SD inpainting models (declared once: serving, /v1/models and
+#: /openapi.json read them through ``SDInpaintModel.capabilities``). Guidance <= 1 = no CFG.
+STEPS = Range(1, 150, integer=True)
+GUIDANCE_SCALE = Range(0, 30)
+STRENGTH = Range(0, 1, lo_exclusive=True)  # 1 = repaint fully; 0 would leave no step
 DEFAULT_GUIDANCE = 7.5
-DEFAULT_STEPS = 25
-MAX_STEPS = 150
-MAX_GUIDANCE = 30.0
-MAX_PREVIEWS = 3
-QUALITY_STEPS = {"low": 12, "medium": 25, "high": 50, "auto": 25, "standard": 25, "hd": 50}
-
-
-class InvalidParameter(ValueError):
-    """A client-supplied value is out of range; the message says how to fix it."""
+QUALITY_STEPS = {"low": 12, "medium": 25, "high": 50}
 
 
 @dataclass
@@ -78,8 +77,8 @@ class _RowState:
     latents: np.ndarray  # (1, 4, h, w)
     mask: np.ndarray  # (1, 1, h, w), 0/1
     masked_latents: np.ndarray  # (1, 4, h, w), scaled
-    cond: np.ndarray  # (1, 77, hidden)
-    uncond: np.ndarray | None  # (1, 77, hidden) when guidance applies
+    cond: np.ndarray  # (1, text length, hidden)
+    uncond: np.ndarray | None  # (1, text length, hidden) when guidance applies
     guidance: float
     noise: Any
     index: int = 0  # UNet calls done
@@ -110,9 +109,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 class SDInpaintModel:
-    """Stable Diffusion inpainting (9-channel UNet) over ONNX; implements ``DiffusionModel``."""
-
-    kind = "diffusion"
+    """Stable Diffusion inpainting over ONNX; implements ``DiffusionModel``."""
 
     def __init__(
         self,
@@ -127,7 +124,7 @@ class SDInpaintModel:
         self.provider = provider
         self.name = name
         native = int(manifest.native_resolution)
-        self.limits = ModelLimits(
+        limits = ModelLimits(
             min_side=64,
             max_side=4096,
             native_side=native,
@@ -143,6 +140,20 @@ class SDInpaintModel:
             self.scheduler_config["steps_offset"] = 1
         if self.scheduler_config.get("skip_prk_steps", True) is False:
             self.scheduler_config["skip_prk_steps"] = True
+        self.capabilities = Capabilities(
+            limits=limits,
+            reads_prompt=True,
+            streams_previews=True,
+            sampling=Sampling(
+                steps=STEPS,
+                guidance_scale=GUIDANCE_SCALE,
+                strength=STRENGTH,
+                schedulers=tuple(scheduler_names()),
+                default_scheduler=default_scheduler_name(self.scheduler_config),
+                default_guidance_scale=DEFAULT_GUIDANCE,
+                quality_steps=QUALITY_STEPS,
+            ),
+        )
         self.tokenizer = CLIPTokenizer(self._tokenizer_dir(), max_length=manifest.text_max_length)
         self.sessions = {
             comp: provider.load(self.folder / spec.file, spec)
@@ -160,8 +171,9 @@ class SDInpaintModel:
         cls, folder: Path, *, name: str, provider: str = "auto", threads: int | None = None
     ) -> SDInpaintModel:
         manifest = Manifest.read(Path(folder))
-        if manifest.pipeline != "sd-inpaint" or manifest.unet_in_channels != 9:
-            raise ValueError(f"{folder}: not a 9-channel SD inpainting export")
+        inpainting = manifest.unet_in_channels == 2 * manifest.latent_channels + 1
+        if manifest.pipeline != "sd-inpaint" or not inpainting:
+            raise ValueError(f"{folder}: not an SD inpainting export (UNet in-channels)")
         return cls(folder, manifest, select_provider(provider, threads=threads), name=name)
 
     def _tokenizer_dir(self) -> Path:
@@ -173,22 +185,12 @@ class SDInpaintModel:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
+            "kind": "diffusion",
             "pipeline": "stable-diffusion-inpaint",
-            "native_size": self.limits.native_side,
-            "max_work_side": self.limits.max_work_side,
             "precision": self.manifest.precision,
             "provider": self.provider.describe(),
-            "reads_prompt": True,
-            "schedulers": scheduler_names(),
-            "default_scheduler": default_scheduler_name(self.scheduler_config),
-            "default_steps": DEFAULT_STEPS,
-            "default_guidance_scale": DEFAULT_GUIDANCE,
             "source": self.manifest.source.model,
         }
-
-    def default_steps(self, quality: str) -> int | None:
-        return QUALITY_STEPS.get((quality or "auto").lower(), DEFAULT_STEPS)
 
     def count_tokens(self, prompt: str) -> int:
         return self.tokenizer.count(prompt)
@@ -204,36 +206,16 @@ class SDInpaintModel:
 
     # ------------------------------------------------------------------ 1. validation
 
-    def validate(self, row: Row) -> None:
-        """Raise ``InvalidParameter`` for out-of-range extension values or bad inputs."""
-        steps = DEFAULT_STEPS if row.steps is None else row.steps
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
-            raise InvalidParameter(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
-        if not 1 <= steps <= MAX_STEPS:
-            raise InvalidParameter(f"steps must be from 1 to {MAX_STEPS}, got {steps}")
-        g = DEFAULT_GUIDANCE if row.guidance_scale is None else row.guidance_scale
-        if (
-            not isinstance(g, (int, float, np.floating))
-            or not math.isfinite(g)
-            or not (0 <= g <= MAX_GUIDANCE)
-        ):
-            raise InvalidParameter(
-                f"guidance_scale must be a number from 0 to {MAX_GUIDANCE:g} (values <= 1 turn "
-                f"classifier-free guidance off), got {g!r}"
-            )
-        s = 1.0 if row.strength is None else row.strength
-        if not isinstance(s, (int, float, np.floating)) or not math.isfinite(s) or not (0 < s <= 1):
-            raise InvalidParameter(f"strength must be in (0, 1] (1 = repaint fully), got {s!r}")
-        if int(steps * s) < 1:
-            raise InvalidParameter(
-                f"steps * strength must be >= 1 (got {steps} * {s:g}); raise steps or strength"
-            )
-        if row.scheduler is not None and row.scheduler not in scheduler_names():
-            raise InvalidParameter(
-                f"unknown scheduler {row.scheduler!r}; choose one of {', '.join(scheduler_names())}"
-            )
-        if not 0 <= int(row.partial_images) <= MAX_PREVIEWS:
-            raise InvalidParameter(f"partial_images must be from 0 to {MAX_PREVIEWS}")
+    def validate(self, row: Row) -> Settings:
+        """The row's sampling settings (defaults applied); ``ProtocolError`` for out-of-range
+        values (the same check serving runs on requests), ``ValueError`` for bad arrays."""
+        sampling = self.capabilities.sampling
+        settings = sampling.resolve(
+            steps=row.steps,
+            guidance_scale=row.guidance_scale,
+            strength=row.strength,
+            scheduler=row.scheduler,
+        )
         h, w = row.image.shape[:2]
         if row.image.ndim != 3 or row.image.shape[2] != 3 or row.image.dtype != np.uint8:
             raise ValueError("image must be uint8 HxWx3 RGB")
@@ -241,6 +223,7 @@ class SDInpaintModel:
             raise ValueError(f"image sides must be multiples of {self.vae_scale}, got {w}x{h}")
         if row.mask.shape != (h, w):
             raise ValueError(f"mask must be HxW = {h}x{w}, got {row.mask.shape}")
+        return settings
 
     # ------------------------------------------------------------------ helpers
 
@@ -254,7 +237,7 @@ class SDInpaintModel:
         return self.sessions[component].run(cast)
 
     def _encode_text(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """2. Unique texts -> {text: float32 (1, 77, hidden)} with one text-encoder call."""
+        """2. Unique texts -> {text: float32 (1, text length, hidden)} with one encoder call."""
         unique = list(dict.fromkeys(texts))
         ids = self.tokenizer.encode(unique)
         hidden = self._run("text_encoder", {"input_ids": ids})["last_hidden_state"]
@@ -273,18 +256,12 @@ class SDInpaintModel:
         if not rows:
             return
         # 1. validate everything first: a bad row must not leave others half prepared
-        for row in rows:
-            self.validate(row)
-        settings = []
-        for row in rows:
-            steps = int(DEFAULT_STEPS if row.steps is None else row.steps)
-            g = float(DEFAULT_GUIDANCE if row.guidance_scale is None else row.guidance_scale)
-            s = float(1.0 if row.strength is None else row.strength)
-            settings.append((steps, g, s, g > 1.0))
+        settings = [self.validate(row) for row in rows]
+        cfgs = [st.guidance_scale > 1.0 for st in settings]
 
         # 2. text embeddings for prompts and (guidance rows) negative prompts
         texts = []
-        for row, (_, _, _, cfg) in zip(rows, settings, strict=True):
+        for row, cfg in zip(rows, cfgs, strict=True):
             texts.append(row.prompt or "")
             if cfg:
                 texts.append(row.negative_prompt or "")
@@ -292,11 +269,13 @@ class SDInpaintModel:
 
         # 3. schedulers and timesteps
         scheds, timesteps = [], []
-        for row, (steps, _, strength, _) in zip(rows, settings, strict=True):
+        for row, st in zip(rows, settings, strict=True):
             sched = make_scheduler(self.scheduler_config, row.scheduler)
-            ts = np.asarray(strength_timesteps(sched, steps, strength))
+            ts = np.asarray(strength_timesteps(sched, st.steps, st.strength))
             if len(ts) < 1:
-                raise InvalidParameter("steps * strength leaves no step; raise steps or strength")
+                raise ProtocolError(
+                    "steps * strength leaves no step; raise steps or strength.", "strength"
+                )
             scheds.append(sched)
             timesteps.append(ts)
 
@@ -313,12 +292,12 @@ class SDInpaintModel:
             masks.append(np.ascontiguousarray(m[:, :, :: self.vae_scale, :: self.vae_scale]))
 
         # 5. one VAE-encoder call (per image size): images of strength < 1 rows, masked images
-        partial = [i for i, st in enumerate(settings) if st[2] < 1.0]
+        partial = [i for i, st in enumerate(settings) if st.strength < 1.0]
         moments = self._vae_encode([images[i] for i in partial] + masked)
         img_moments = dict(zip(partial, moments[: len(partial)], strict=True))
         masked_moments = moments[len(partial) :]
         for i, row in enumerate(rows):
-            steps, g, strength, cfg = settings[i]
+            strength, g, cfg = settings[i].strength, settings[i].guidance_scale, cfgs[i]
             noise_src = row.meta.get("noise")
             if noise_src is None:
                 noise_src = NumpyNoise(row.seed)

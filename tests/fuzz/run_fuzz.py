@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import secrets
 import shutil
@@ -25,50 +24,31 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from ..server_process import free_port
+from benchmarks.server_process import ServerProcess
+
 from .client import LOOPBACK, send
 from .corpus import EDITS, MP_TYPE, Case, build_corpus, enc, file_part, multipart, part, scene
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_server(
-    port: int, key: str, files_dir: Path, log_path: Path, extra: list[str]
-) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("API_KEYS", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(port),
-        "--api-key",
-        key,
-        "--models-dir",
-        str(files_dir / "no-models"),
-        "--files-dir",
-        str(files_dir / "files"),
-        "--log-level",
-        "INFO",
-        *extra,
-    ]
-    log = open(log_path, "wb")  # noqa: SIM115 - closed by the caller via the process
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early: {log_path.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/ready", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server did not become ready in 60 s")
+def start_server(key: str, work: Path) -> ServerProcess:
+    server = ServerProcess(
+        [
+            "--api-key",
+            key,
+            "--models-dir",
+            str(work / "no-models"),
+            "--files-dir",
+            str(work / "files"),
+            "--log-level",
+            "INFO",
+        ],
+        work / "server.log",
+        ready_timeout_s=60,
+    )
+    server.__enter__()
+    return server
 
 
 def health(port: int) -> int:
@@ -175,9 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
     key = "sk-fuzz-" + secrets.token_hex(12)
     work = Path(tempfile.mkdtemp(prefix="inpaint-fuzz-"))
-    log_path = work / "server.log"
-    port = free_port()
-    proc = start_server(port, key, work, log_path, [])
+    server = start_server(key, work)
+    port, log_path = server.port, server.log
     failures: list[str] = []
     try:
         cases = build_corpus()
@@ -237,15 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             if rc != 0:
                 failures.append(f"schemathesis exit status {rc}")
         status = health(port)
-        print(f"/health after: {status}; server process alive: {proc.poll() is None}")
-        if status != 200 or proc.poll() is not None:
+        alive = server.proc.poll() is None
+        print(f"/health after: {status}; server process alive: {alive}")
+        if status != 200 or not alive:
             failures.append("server unhealthy after the campaign")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
     log_text = log_path.read_text(errors="replace")
     if key in log_text:
         failures.append("the API key appears in the server's log")

@@ -1,0 +1,182 @@
+"""Prepare one edit: decode the uploads, build the edit region, pick the output size and the work
+region (crop rule), and split the request into the model's rows.
+
+    image + mask bytes -> canvas uint8 HxWx4 RGBA (output size) + edit float32 HxW {0, 1}
+      -> work region (box in canvas pixels) -> n rows at the work size
+
+Blocking (runs in a worker thread). Raises ``ProtocolError`` for anything the client must fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import imaging
+from ..config import Limits
+from ..models.base import InpaintModel, Row
+from ..models.capabilities import Settings
+from ..protocol import EditRequest, ProtocolError
+from .validate import check_request, check_request_pixels, output_size
+
+log = logging.getLogger("server.service")
+
+#: formats accepted for the first image and for extra images; masks may be any decodable image
+IMAGE_FORMATS = ("png", "jpeg", "webp")
+MASK_FORMATS = ("png", "jpeg", "webp", "bmp", "gif", "tiff")
+
+
+@dataclass
+class Upload:
+    """One uploaded file part: the form field it came in and its bytes."""
+
+    field: str
+    data: bytes
+
+
+@dataclass
+class PreparedEdit:
+    """Everything computed before the model runs.
+
+    canvas: uint8 HxWx4 RGBA of the input at the output size; edit: float32 HxW {0,1} there.
+    box: the work region in canvas pixels; rows: the model's inputs (work size).
+    """
+
+    request: EditRequest
+    model: InpaintModel
+    canvas: np.ndarray
+    had_transparency: bool
+    edit: np.ndarray
+    box: tuple[int, int, int, int]
+    rows: list[Row]
+
+    @property
+    def size(self) -> str:
+        return f"{self.canvas.shape[1]}x{self.canvas.shape[0]}"
+
+    @property
+    def quality(self) -> str:
+        return self.request.quality_tier
+
+
+def image_error(err: imaging.ImageError, param: str) -> ProtocolError:
+    return ProtocolError(f"Invalid '{param}': {err}", param, err.code)
+
+
+def prepare_edit(
+    request: EditRequest,
+    model: InpaintModel,
+    images: list[Upload],
+    mask: Upload | None,
+    limits: Limits,
+) -> PreparedEdit:
+    """Validate, decode and crop; the rows carry the resolved sampling settings."""
+    settings = check_request(request, model, len(images), limits)
+    first, *extra = images
+    try:
+        rgba, transparent = imaging.decode(first.data, max_pixels=limits.max_image_pixels)
+    except imaging.ImageError as err:
+        raise image_error(err, "image") from None
+    _check_extra_images(extra)
+    if extra:
+        log.info(
+            "model %s edits the first of %d images; the others are ignored", model.name, len(images)
+        )
+    height, width = rgba.shape[:2]
+    edit = edit_region(rgba, mask, limits)
+    lim = model.capabilities.limits
+    out_w, out_h = output_size(request, lim, width, height)
+    check_request_pixels(request.n, out_w, out_h, limits)
+    if (out_w, out_h) != (width, height):
+        rgba = imaging.resize_image(rgba, out_w, out_h)
+        edit = imaging.resize_mask(edit, out_w, out_h)
+        if not edit.any():
+            raise ProtocolError(
+                "The edit region vanished when resized to the requested size; "
+                "use a larger mask region or a larger size.",
+                "mask",
+                "invalid_mask",
+            )
+    region = imaging.plan_work_region(
+        edit, native_side=lim.native_side, max_work_side=lim.max_work_side, multiple=lim.multiple
+    )
+    x0, y0, x1, y1 = region.box
+    work_rgb = imaging.resize_image(
+        np.ascontiguousarray(rgba[y0:y1, x0:x1, :3]), region.work_width, region.work_height
+    )
+    work_mask = imaging.resize_mask(edit[y0:y1, x0:x1], region.work_width, region.work_height)
+    rows = make_rows(request, settings, work_rgb, work_mask)
+    return PreparedEdit(request, model, rgba, transparent, edit, region.box, rows)
+
+
+def make_rows(
+    request: EditRequest, settings: Settings | None, image: np.ndarray, mask: np.ndarray
+) -> list[Row]:
+    """n rows with seeds seed, seed + 1, ... (a random seed when the request names none)."""
+    seed = request.seed if request.seed is not None else random.randrange(2**31)
+    return [
+        Row(
+            image=image,
+            mask=mask,
+            prompt=request.prompt,
+            seed=seed + i,
+            negative_prompt=request.negative_prompt,
+            steps=settings.steps if settings else None,
+            guidance_scale=settings.guidance_scale if settings else None,
+            strength=settings.strength if settings else None,
+            scheduler=settings.scheduler if settings else None,
+            partial_images=request.partial_images if request.stream else 0,
+        )
+        for i in range(request.n)
+    ]
+
+
+def _check_extra_images(extra: list[Upload]) -> None:
+    """Images after the first must be valid images, though single-image models ignore them."""
+    for up in extra:
+        try:
+            info = imaging.probe(up.data)
+        except imaging.ImageError as err:
+            raise image_error(err, "image") from None
+        if info.format not in IMAGE_FORMATS:
+            raise ProtocolError(
+                f"Invalid 'image': unsupported format '{info.format}'. Use PNG, JPEG or WebP.",
+                "image",
+                "unsupported_file_mimetype",
+            )
+
+
+def edit_region(rgba: np.ndarray, mask: Upload | None, limits: Limits) -> np.ndarray:
+    """float32 HxW {0,1} edit region from the mask rules of the contract."""
+    height, width = rgba.shape[:2]
+    if mask is not None:
+        try:
+            mask_rgba, mask_transparent = imaging.decode(
+                mask.data, max_pixels=limits.max_image_pixels, allowed_formats=MASK_FORMATS
+            )
+        except imaging.ImageError as err:
+            raise image_error(err, "mask") from None
+        mh, mw = mask_rgba.shape[:2]
+        if (mw, mh) != (width, height):
+            raise ProtocolError(
+                f"Invalid 'mask': it is {mw}x{mh} but the image is {width}x{height}; "
+                "the mask must have the same width and height as the (first) image.",
+                "mask",
+                "invalid_mask",
+            )
+        edit = imaging.edit_mask_from_mask_image(mask_rgba, mask_transparent)
+    else:
+        edit = imaging.edit_mask_from_image_alpha(rgba)
+        if edit is None:  # no mask and an opaque image: the whole image is editable
+            edit = np.ones((height, width), np.float32)
+    if not edit.any():
+        raise ProtocolError(
+            "The edit region is empty: no pixel of the mask is fully transparent (alpha 0) "
+            "or white. Make the area to edit transparent, or white in a black/white mask.",
+            "mask",
+            "invalid_mask",
+        )
+    return edit

@@ -1,0 +1,108 @@
+"""The architecture's import rules, read from the source (AST), so that a violation fails here:
+
+- ``server/`` never imports torch (nor transformers / diffusers);
+- ``server/protocol.py`` imports nothing of ours;
+- the models, the batcher and the service import no aiohttp (only ``server/http/`` does);
+- ``export/`` imports only the manifest schema from ``server/``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCH_WORLD = ("torch", "transformers", "diffusers", "open_clip")
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports(path: Path, module: str | None = None) -> set[str]:
+    """Absolute names of every module ``path`` (module ``module``, default: from its place in
+    the repo) imports, relative imports resolved."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = (module or _module_name(path)).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+                if node.module is None:  # "from . import x": x may be a module
+                    found.update(f"{name}.{a.name}".lstrip(".") for a in node.names)
+            else:
+                name = node.module or ""
+            if name:
+                found.add(name)
+    return found
+
+
+def sources(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def _top(name: str) -> str:
+    return name.split(".")[0]
+
+
+@pytest.mark.parametrize("path", sources("server"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_server_never_imports_torch(path):
+    bad = {m for m in imports(path) if _top(m) in TORCH_WORLD}
+    assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_protocol_imports_nothing_of_ours():
+    ours = {m for m in imports(ROOT / "server/protocol.py") if _top(m) in ("server", "export")}
+    assert not ours, ours
+
+
+PURE = [
+    p
+    for p in sources("server")
+    if p.relative_to(ROOT).parts[1] in ("models", "batching", "service")
+    or p.relative_to(ROOT).parts[1] in ("batching.py", "protocol.py", "imaging.py", "errors.py")
+]
+
+
+@pytest.mark.parametrize("path", PURE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_models_batching_and_service_import_no_aiohttp(path):
+    bad = {m for m in imports(path) if _top(m) == "aiohttp" or m.startswith("server.http")}
+    assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_only_the_http_package_and_the_entry_point_import_aiohttp():
+    users = {
+        str(p.relative_to(ROOT))
+        for p in sources("server")
+        if any(_top(m) == "aiohttp" for m in imports(p))
+    }
+    allowed = {"server/__main__.py"}
+    assert {u for u in users if not u.startswith("server/http/")} <= allowed, users
+
+
+@pytest.mark.parametrize("path", sources("export"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_export_imports_only_the_manifest_from_server(path):
+    used = {m for m in imports(path) if _top(m) == "server"}
+    assert used <= {"server.models.manifest", "server.models"}, used
+
+
+def test_the_checker_sees_violations(tmp_path):
+    """The rules above can fail: torch, aiohttp and relative imports are all seen."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import torch\nfrom aiohttp import web\nfrom .. import export\nfrom ..http import app\n"
+    )
+    found = imports(probe, module="server.service.probe")
+    assert {"torch", "aiohttp", "server.export", "server.http"} <= found
