@@ -137,13 +137,20 @@ class EditRequest(BaseModel):
         return QUALITY_TIERS[self.quality]
 
 
+def _given(fields: dict[str, str], name: str) -> str | None:
+    """The field's text, stripped; None when absent or blank (blank means "default", as the
+    SDKs send empty strings for unset form fields)."""
+    raw = fields.get(name)
+    return None if raw is None or raw.strip() == "" else raw.strip()
+
+
 def _int(fields: dict[str, str], name: str, bound: Range | None, default: int | None) -> int | None:
     """An integer field; ``bound`` None = any integer (a model's capabilities bound it later)."""
-    raw = fields.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _given(fields, name)
+    if raw is None:
         return default
     try:
-        value = int(raw.strip())
+        value = int(raw)
     except ValueError:
         raise ProtocolError(f"'{name}' must be an integer, got {raw[:40]!r}.", name) from None
     return value if bound is None else int(bound.check(name, value))
@@ -151,11 +158,11 @@ def _int(fields: dict[str, str], name: str, bound: Range | None, default: int | 
 
 def _number(fields: dict[str, str], name: str) -> float | None:
     """A finite number; its range is the model's (see ``models.capabilities``)."""
-    raw = fields.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _given(fields, name)
+    if raw is None:
         return None
     try:
-        value = float(raw.strip())
+        value = float(raw)
     except ValueError:
         raise ProtocolError(f"'{name}' must be a number, got {raw[:40]!r}.", name) from None
     if not math.isfinite(value):
@@ -164,10 +171,10 @@ def _number(fields: dict[str, str], name: str) -> float | None:
 
 
 def _choice(fields: dict[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
-    raw = fields.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _given(fields, name)
+    if raw is None:
         return default
-    value = raw.strip().lower()
+    value = raw.lower()
     if value == "jpg" and name == "output_format":
         value = "jpeg"
     if value not in choices:
@@ -181,10 +188,10 @@ def _choice(fields: dict[str, str], name: str, choices: tuple[str, ...], default
 
 
 def _bool(fields: dict[str, str], name: str) -> bool:
-    raw = fields.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _given(fields, name)
+    if raw is None:
         return False
-    value = raw.strip().lower()
+    value = raw.lower()
     if value in ("true", "1", "yes", "on"):
         return True
     if value in ("false", "0", "no", "off"):

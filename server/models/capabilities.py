@@ -103,24 +103,9 @@ class Capabilities:
     streams_previews: bool
     sampling: Sampling | None = None
 
-    def settings(
-        self,
-        *,
-        tier: str = "medium",
-        steps: int | None = None,
-        guidance_scale: float | None = None,
-        strength: float | None = None,
-        scheduler: str | None = None,
-    ) -> Settings | None:
-        if self.sampling is None:
-            return None
-        return self.sampling.resolve(
-            tier=tier,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            strength=strength,
-            scheduler=scheduler,
-        )
+    def settings(self, **values) -> Settings | None:
+        """``Sampling.resolve(**values)``; None for models without sampling knobs."""
+        return None if self.sampling is None else self.sampling.resolve(**values)
 
     def card(self) -> dict:
         """The capabilities as ``GET /v1/models`` shows them (JSON-ready)."""
