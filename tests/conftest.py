@@ -1,4 +1,12 @@
-"""Shared pytest fixtures (session-scoped: built once per test run, reused by every test file).
+"""Shared pytest fixtures, visible to every directory under tests/.
+
+- ``make_client``: the one in-process HTTP client: ``await make_client(reg=None, **settings)``
+  builds ``create_app(config(**settings), registry=reg or registry())`` (tests/helpers.py) and
+  wraps it in aiohttp's test client (loopback, a free port: ``client.port`` for raw sockets,
+  ``client.app`` for the app). ``load_models=True`` leaves the registry to the real loader
+  (``tmp_models=`` names its folder). Closed at the end of the test.
+
+Session-scoped (built once per test run, reused by every test file):
 
 - ``tiny_pipeline_dir``: the tiny random-weight SD-inpainting diffusers pipeline
   (``export.tiny.build_tiny_pipeline``, seed 0) saved with ``save_pretrained``; load it with
@@ -43,3 +51,18 @@ def tiny_model_fp32(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_fp16(tmp_path_factory) -> Path:
     return _export_tiny(tmp_path_factory, "fp16")
+
+
+@pytest.fixture
+def make_client(aiohttp_client):
+    from server.http.app import create_app
+    from tests.helpers import config, registry
+
+    async def make(reg=None, *, load_models: bool = False, **settings):
+        if load_models:
+            assert reg is None, "load_models=True reads the models folder: no registry to inject"
+        elif reg is None:
+            reg = registry()
+        return await aiohttp_client(create_app(config(**settings), registry=reg))
+
+    return make

@@ -1,12 +1,15 @@
 """Shared test helpers: image / mask byte builders, fake models, multipart forms, error checks.
 
 Every image is generated in code. Arrays follow docs/CONVENTIONS.md: uint8 HxWx3 RGB or HxWx4 RGBA.
+The HTTP tests' client is the ``make_client`` fixture (tests/conftest.py); the end-to-end tests'
+real server and OpenAI client come from ``start_server`` (tests/e2e/conftest.py).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import threading
 import time
@@ -82,6 +85,20 @@ def inner(box: tuple[int, int, int, int], margin: int) -> tuple[slice, slice]:
     """Slices of ``box`` shrunk by ``margin`` (deep inside the edit region)."""
     x0, y0, x1, y1 = box
     return slice(y0 + margin, y1 - margin), slice(x0 + margin, x1 - margin)
+
+
+def not_red(pixels: np.ndarray) -> bool:
+    """True when no pixel of uint8 ...x3 is anywhere near pure red."""
+    dist = np.abs(pixels[..., :3].astype(int) - np.array([255, 0, 0])).sum(-1)
+    return bool((dist > 150).all())
+
+
+def check_kept_and_edited(out: np.ndarray, original: np.ndarray, box) -> None:
+    """Outside the box: bit-identical; deep inside: the red is gone."""
+    assert out.shape[:2] == original.shape[:2]
+    keep = outside(original.shape[:2], box)
+    assert np.array_equal(out[..., :3][keep], original[..., :3][keep])
+    assert not_red(out[inner(box, 3)])
 
 
 # ---------------------------------------------------------------- encoders
@@ -233,6 +250,15 @@ async def post_edit(client, mp: Multipart, auth: bool = True):
     return await client.post(EDITS, data=mp.body, headers=mp.headers(auth))
 
 
+async def edit_ok(client, mp: Multipart) -> dict:
+    """POST ``mp`` to the edits route; assert a 200 JSON answer and return its body."""
+    resp = await post_edit(client, mp)
+    text = await resp.text()
+    assert resp.status == 200, text
+    assert resp.content_type == "application/json"
+    return json.loads(text)
+
+
 def assert_error(
     status: int,
     body: dict,
@@ -323,3 +349,11 @@ def registry(*models, default: str | None = None) -> ModelRegistry:
     reg = {builtin.name: builtin}
     reg.update({m.name: m for m in models})
     return ModelRegistry(models=reg, default=default or BUILTIN)
+
+
+# ---------------------------------------------------------------- the HTTP tests' standard picture
+
+W, H = 64, 48
+BOX = default_box(W, H)  # (21, 16, 42, 32)
+IMG = png(scene(W, H))  # PNG bytes of scene(W, H)
+MASK = png(alpha_mask(W, H, BOX))  # PNG bytes: edit BOX

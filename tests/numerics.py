@@ -1,8 +1,27 @@
-"""Helpers shared by the numerics tests (they import torch; server tests do not need this)."""
+"""Helpers shared by the numerics tests (they import torch and diffusers; server tests do not need
+this): the same noise on both sides, diffusers' reference schedulers, and one parity run of our
+SD pipeline (``run_ours``) and of diffusers' StableDiffusionInpaintPipeline (``run_diffusers``).
+
+Used by tests/models/test_sd_pipeline.py, tests/models/test_schedulers.py and
+tests/export/test_export_custom_text_encoder.py; import it after
+``pytest.importorskip("torch")`` / ``("diffusers")``.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+)
+from diffusers.schedulers import scheduling_lms_discrete
+from PIL import Image
+
+from server.models.base import Row
 
 
 class TorchNoise:
@@ -14,3 +33,69 @@ class TorchNoise:
 
     def randn(self, shape):
         return torch.randn(tuple(shape), generator=self.gen, dtype=torch.float32).numpy()
+
+
+# ---------------------------------------------------------------- diffusers' schedulers
+
+DPMPP = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+REF = {
+    "ddim": (DDIMScheduler, {}),
+    "pndm": (PNDMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "lms": (scheduling_lms_discrete.LMSDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {**DPMPP, "use_karras_sigmas": False}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {**DPMPP, "use_karras_sigmas": True}),
+}
+
+# ---------------------------------------------------------------- pipeline parity runs
+
+H, W = 64, 96  # non-square, not a multiple of 64 at latent size (8 x 12)
+STEPS = 8
+SEED = 3
+FP32_TOL = 1e-3  # max |ours - diffusers| on [0, 1] images
+
+
+def inputs(h: int = H, w: int = W, seed: int = 0):
+    """uint8 image; float32 mask: a rectangle not aligned to the 8-px latent grid, with soft
+    values on two sides (binarized at 0.5 by both pipelines)."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), np.float32)
+    mask[13:45, 21:70] = 1.0
+    mask[13:45, 19:21] = 0.7
+    mask[45:47, 21:70] = 0.3
+    return img, mask
+
+
+def make_row(img, mask, **kw) -> Row:
+    base = dict(prompt="a red cat", negative_prompt="blurry", seed=SEED, steps=STEPS)
+    base.update(kw)
+    return Row(image=img, mask=mask, **base)
+
+
+def run_ours(model, row: Row) -> np.ndarray:
+    model.prepare([row])
+    while not model.is_done(row):
+        model.step([row])
+    return model.finish_float([row])[0]
+
+
+def run_diffusers(pipe, scheduler, img, mask, *, prompt, negative_prompt, guidance, strength):
+    cls, overrides = REF[scheduler]
+    pipe.scheduler = cls.from_config(pipe.base_scheduler_config, **overrides)
+    mask_u8 = np.round(mask * 255).astype(np.uint8)
+    out = pipe(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        image=Image.fromarray(img),
+        mask_image=Image.fromarray(mask_u8),
+        height=img.shape[0],
+        width=img.shape[1],
+        num_inference_steps=STEPS,
+        guidance_scale=guidance,
+        strength=strength,
+        generator=torch.Generator().manual_seed(SEED),
+        output_type="np",
+    )
+    return out.images[0]

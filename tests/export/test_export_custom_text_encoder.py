@@ -8,7 +8,8 @@ CLIP's ids fails on it with ``IndexError: index out of range in self``.
 
 It goes through ``python -m export --model <folder>`` (the CLI's code path), is loaded by
 ``SDInpaintModel.from_folder`` and must reproduce diffusers' StableDiffusionInpaintPipeline
-(same noise via a torch Generator) within the fp32 tolerance of tests/test_sd_pipeline.py.
+(same noise via a torch Generator) within the fp32 tolerance of tests/models/test_sd_pipeline.py
+(``FP32_TOL``, tests/numerics.py).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from diffusers import StableDiffusionInpaintPipeline  # noqa: E402
 
 from export.tiny import build_small_vocab_tokenizer, build_tiny_pipeline  # noqa: E402
 from server.models.sd_inpaint import SDInpaintModel  # noqa: E402
-from tests.numerics import TorchNoise  # noqa: E402
-from tests.test_sd_pipeline import (  # noqa: E402
+from tests.numerics import (  # noqa: E402
     FP32_TOL,
     SEED,
+    TorchNoise,
     inputs,
     make_row,
     run_diffusers,

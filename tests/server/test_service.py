@@ -21,8 +21,7 @@ from server.protocol import (
 )
 from server.service import EditService, Upload
 from server.storage import FileStore
-
-from .helpers import FakeModel, alpha_mask, config, decode_image, png, registry, scene
+from tests.helpers import FakeModel, alpha_mask, config, decode_image, png, registry, scene
 
 W, H, BOX = 64, 48, (16, 16, 40, 32)
 

@@ -7,8 +7,7 @@ import pytest
 
 from server.models.base import Row
 from server.models.builtin import NAME, BuiltinInpaintModel
-
-from .helpers import default_box, inner, scene
+from tests.helpers import default_box, inner, scene
 
 
 def _mask(h: int, w: int, box) -> np.ndarray:

@@ -10,19 +10,17 @@ from collections import Counter
 
 import pytest
 
-from server.http.app import create_app
-
-from .fuzz.client import send
-from .fuzz.corpus import build_corpus, fast_subset
-from .helpers import KEY, config, registry
+from tests.fuzz.client import send
+from tests.fuzz.corpus import build_corpus, fast_subset
+from tests.helpers import KEY
 
 SUBSET = fast_subset(build_corpus(), 60)
 
 
 @pytest.fixture
-async def port(aiohttp_server):
-    server = await aiohttp_server(create_app(config(), registry=registry()), host="127.0.0.1")
-    return server.port
+async def port(make_client):
+    client = await make_client()  # the app on 127.0.0.1, a free port
+    return client.port
 
 
 def test_subset_spans_every_category():

@@ -1,4 +1,5 @@
-"""Graceful shutdown: SIGTERM lets in-flight edits finish, new ones get 503, the process exits 0."""
+"""Graceful shutdown of the real server: SIGTERM lets in-flight edits finish and the process exits
+0. (New edits while draining get 503: tests/server/http/test_faults.py.)"""
 
 from __future__ import annotations
 
@@ -10,9 +11,6 @@ import urllib.request
 
 import numpy as np
 from PIL import Image
-
-from benchmarks.server_process import ServerProcess
-from server.config import make_config
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -38,15 +36,13 @@ def _multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, 
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
-def test_sigterm_finishes_in_flight_edit_and_exits_zero(tmp_path):
-    srv = ServerProcess(
-        ["--no-auth", "--models-dir", str(tmp_path), "--shutdown-grace", "20"],
-        tmp_path / "server.log",
+def test_sigterm_finishes_in_flight_edit_and_exits_zero(start_server, tmp_path):
+    srv, _ = start_server(
+        ["--no-auth", "--models-dir", str(tmp_path), "--shutdown-grace", "20"], ready_s=30
     )
     port = srv.port
     proc = srv.proc
     try:
-        srv.wait_ready(30)
         # A slow edit: a large region of a large image keeps the built-in model busy ~1 s.
         rng = np.random.default_rng(0)
         image = rng.integers(0, 255, (2048, 2048, 3), dtype=np.uint8)
@@ -79,18 +75,3 @@ def test_sigterm_finishes_in_flight_edit_and_exits_zero(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-async def test_draining_app_answers_503(aiohttp_client):
-    from server.http.app import create_app
-    from server.http.state import STATE
-
-    app = create_app(make_config(no_auth=True))
-    client = await aiohttp_client(app)
-    app[STATE].draining = True
-    resp = await client.post("/v1/images/edits", data={"prompt": "x"})
-    assert resp.status == 503
-    body = await resp.json()
-    assert body["error"]["code"] == "shutting_down"
-    assert (await client.get("/ready")).status == 503
-    assert (await client.get("/health")).status == 200

@@ -262,7 +262,7 @@ def test_phase_peak_memory_is_the_phase_own_not_inherited():
         capture_output=True,
         text=True,
         check=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert float(out.stdout) < 200
     assert ballast.sum() > 0

@@ -21,7 +21,6 @@ from diffusers import (  # noqa: E402
     EulerDiscreteScheduler,
     PNDMScheduler,
 )
-from diffusers.schedulers import scheduling_lms_discrete  # noqa: E402
 
 from server.models.schedulers import (  # noqa: E402
     NumpyNoise,
@@ -31,7 +30,7 @@ from server.models.schedulers import (  # noqa: E402
     scheduler_names,
     strength_timesteps,
 )
-from tests.numerics import TorchNoise  # noqa: E402
+from tests.numerics import REF, TorchNoise  # noqa: E402
 
 # diffusers' own numpy/torch interplay warns on numpy 2; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -79,16 +78,6 @@ LINEAR = {  # linear betas, clipping on, alpha_to_one; spacing left to each clas
 }
 CONFIGS = {"sd15": SD15, "sd2v": SD2V, "linear": LINEAR}
 
-DPMPP = {"algorithm_type": "dpmsolver++", "solver_order": 2}
-REF = {
-    "ddim": (DDIMScheduler, {}),
-    "pndm": (PNDMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "lms": (scheduling_lms_discrete.LMSDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {**DPMPP, "use_karras_sigmas": False}),
-    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {**DPMPP, "use_karras_sigmas": True}),
-}
 SHAPE = (1, 4, 8, 8)
 
 

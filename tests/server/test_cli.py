@@ -13,7 +13,7 @@ from server.__main__ import main
 from server.cli import build_parser, config_from_args, config_table, settings
 from server.config import ENV_PREFIX, ServerConfig, make_config, without_server_env
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="has CUDA")
@@ -107,3 +107,9 @@ def test_readme_table_is_the_generated_one():
 def test_harness_environment_drops_every_setting():
     env = {s.env: "x" for s in settings()} | {"PATH": "/bin", "HOME": "/root"}
     assert without_server_env(env) == {"PATH": "/bin", "HOME": "/root"}
+
+
+def test_binds_to_loopback_by_default(monkeypatch):
+    monkeypatch.delenv("HOST", raising=False)
+    assert ServerConfig().http.host == "127.0.0.1"
+    assert build_parser({}).parse_args([]).__dict__["http.host"] == "127.0.0.1"

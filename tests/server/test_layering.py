@@ -3,17 +3,20 @@
 - ``server/`` never imports torch (nor transformers / diffusers);
 - ``server/protocol.py`` imports nothing of ours;
 - the models, the batcher and the service import no aiohttp (only ``server/http/`` does);
-- ``export/`` imports only the manifest schema from ``server/``.
+- ``export/`` imports only the manifest schema from ``server/``;
+- and at run time: importing the server's entry points in a fresh interpreter loads no torch.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TORCH_WORLD = ("torch", "transformers", "diffusers", "open_clip")
 
 
@@ -106,3 +109,12 @@ def test_the_checker_sees_violations(tmp_path):
     )
     found = imports(probe, module="server.service.probe")
     assert {"torch", "aiohttp", "server.export", "server.http"} <= found
+
+
+def test_server_package_never_imports_torch():
+    code = (
+        "import sys, server.http.app, server.__main__, server.service, server.models.registry\n"
+        "bad = [m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules]\n"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

@@ -17,8 +17,6 @@ import openai
 import pytest
 from PIL import Image
 
-from benchmarks.server_process import ServerProcess
-
 KEY = "sk-test-sd"
 
 
@@ -54,12 +52,14 @@ def edit_region(h, w, box):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_fp32, tmp_path_factory):
+def served(start_server, tiny_model_fp32, tmp_path_factory):
+    """A real server with the exported tiny model next to a broken model folder, and the SDK
+    client."""
     models = tmp_path_factory.mktemp("models")
     shutil.copytree(tiny_model_fp32, models / "tiny-sd")
     (models / "broken").mkdir()
     (models / "broken" / "manifest.json").write_text("{not json")
-    srv = ServerProcess(
+    return start_server(
         [
             "--api-key",
             KEY,
@@ -72,17 +72,22 @@ def server(tiny_model_fp32, tmp_path_factory):
             "--max-wait-ms",
             "150",
         ],
-        tmp_path_factory.mktemp("logs") / "server.log",
+        key=KEY,
+        ready_s=90,
+        stop_s=30,
+        timeout=120,
     )
-    try:
-        yield srv.wait_ready(90)
-    finally:
-        srv.stop(30)
 
 
-@pytest.fixture
-def client(server):
-    return openai.OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=120)
+@pytest.fixture(scope="module")
+def server(served) -> str:
+    """Base URL of the real server."""
+    return served[0].base
+
+
+@pytest.fixture(scope="module")
+def client(served) -> openai.OpenAI:
+    return served[1]
 
 
 def metric(base: str, name: str) -> float:
