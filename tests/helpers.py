@@ -133,7 +133,8 @@ def exif_rotated_jpeg(arr: np.ndarray, orientation: int = 6) -> bytes:
     return jpeg(arr, exif=exif.tobytes())
 
 
-def _chunk(kind: bytes, payload: bytes) -> bytes:
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, payload, CRC."""
     return (
         struct.pack(">I", len(payload))
         + kind
@@ -148,7 +149,10 @@ def huge_png_header(width: int = 60000, height: int = 60000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
     return (
-        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
     )
 
 

@@ -38,3 +38,15 @@ def start_server(tmp_path_factory):
         if client is not None:
             client.close()
         srv.stop(stop_s)
+
+
+@pytest.fixture(scope="module")
+def server(served) -> str:
+    """Base URL of the module's server (each module defines ``served`` = start_server(...))."""
+    return served[0].base
+
+
+@pytest.fixture(scope="module")
+def client(served) -> openai.OpenAI:
+    """The module's OpenAI client."""
+    return served[1]

@@ -57,17 +57,6 @@ def served(start_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(served) -> str:
-    """Base URL of the real server."""
-    return served[0].base
-
-
-@pytest.fixture(scope="module")
-def client(served) -> openai.OpenAI:
-    return served[1]
-
-
-@pytest.fixture(scope="module")
 def img() -> np.ndarray:
     return scene(W, H)
 

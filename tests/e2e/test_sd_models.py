@@ -79,17 +79,6 @@ def served(start_server, tiny_model_fp32, tmp_path_factory):
     )
 
 
-@pytest.fixture(scope="module")
-def server(served) -> str:
-    """Base URL of the real server."""
-    return served[0].base
-
-
-@pytest.fixture(scope="module")
-def client(served) -> openai.OpenAI:
-    return served[1]
-
-
 def metric(base: str, name: str) -> float:
     text = urllib.request.urlopen(base + "/metrics").read().decode()
     total = 0.0

@@ -30,6 +30,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..helpers import png_chunk
+
 EDITS = "/v1/images/edits"
 BOUNDARY = "fuzzBoundary7MA4YWxkTrZu0gW"
 MP_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
@@ -79,22 +81,13 @@ def enc(arr_or_im, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))
-        + kind
-        + payload
-        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-    )
-
-
 def png_header(width: int, height: int, depth: int = 8, color: int = 2, idat: bytes = b"") -> bytes:
     """A PNG whose IHDR declares width x height; ``idat`` (compressed) may be tiny or empty."""
     ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
-    body = _chunk(b"IHDR", ihdr)
+    body = png_chunk(b"IHDR", ihdr)
     if idat:
-        body += _chunk(b"IDAT", idat)
-    return b"\x89PNG\r\n\x1a\n" + body + _chunk(b"IEND", b"")
+        body += png_chunk(b"IDAT", idat)
+    return b"\x89PNG\r\n\x1a\n" + body + png_chunk(b"IEND", b"")
 
 
 def jpeg_with_dims(data: bytes, width: int, height: int) -> bytes:

@@ -46,27 +46,9 @@ def test_compare_is_constant_time_and_checks_every_key(monkeypatch):
 
     monkeypatch.setattr(auth.hmac, "compare_digest", spy)
     ks = KeyStore(["sk-a", "sk-much-longer-key", "sk-c"])
-    for presented in ("sk-a", "x", "sk-c", "y" * 500):
+    for presented in ("sk-a", "x", "sk-c", "y" * 500, "x" * 10_000, ""):
         calls.clear()
         ks.check(presented)
-        assert calls == [(32, 32)] * 3
-
-
-def test_key_comparison_is_constant_time(monkeypatch):
-    """Every configured key is compared (no early exit), with hmac.compare_digest, over SHA-256
-    digests of equal length whatever the presented key's length."""
-    calls = []
-    real = auth.hmac.compare_digest
-
-    def spy(a, b):
-        calls.append((len(a), len(b)))
-        return real(a, b)
-
-    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
-    store = KeyStore(["sk-a", "sk-b", "sk-c"])
-    for presented in ("sk-a", "sk-c", "nope", "x" * 10_000, ""):
-        calls.clear()
-        store.check(presented)
         assert calls == [(32, 32)] * 3
 
 

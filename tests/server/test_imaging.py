@@ -26,6 +26,8 @@ from server.imaging import (
     resize_mask,
 )
 
+from ..helpers import png_chunk
+
 BIG = 10_000_000
 
 
@@ -40,15 +42,6 @@ def _smooth_rgb(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     blur = cv2.GaussianBlur(rng.random((h, w, 3), dtype=np.float32), (0, 0), 3)
     return cv2.normalize(blur, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))
-        + kind
-        + payload
-        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-    )
 
 
 def _err(data: bytes, code: str, **kw) -> ImageError:
@@ -151,9 +144,9 @@ def test_png_header_bomb_rejected_fast_without_decoding():
     ihdr = struct.pack(">IIBBBBB", 65535, 65535, 8, 2, 0, 0, 0)
     data = (
         b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
-        + _png_chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+        + png_chunk(b"IEND", b"")
     )
     info = probe(data)
     assert (info.width, info.height, info.format) == (65535, 65535, "png")
