@@ -56,6 +56,8 @@ class Row:
     guidance_scale: float | None = None
     strength: float | None = None
     scheduler: str | None = None
+    #: decode the final image with the tiny autoencoder (the fast preset), when the model has one
+    tiny_vae: bool = False
     #: number of partial previews wanted (0..3); the model calls ``on_preview`` that many times.
     partial_images: int = 0
     on_preview: PreviewCallback | None = None

@@ -31,6 +31,19 @@ class ModelLimits:
 
 
 @dataclass(frozen=True)
+class Preset:
+    """What one quality tier runs. ``steps`` always; a few-step distilled recipe (LCM / TCD)
+    also names its ``scheduler`` and ``guidance_scale`` (<= 1: one UNet row per image), and
+    ``tiny_vae`` = decode the final image with the tiny autoencoder. Values a request sets
+    explicitly win over the preset's."""
+
+    steps: int
+    scheduler: str | None = None
+    guidance_scale: float | None = None
+    tiny_vae: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     """The sampling values one request runs with (defaults and quality preset applied)."""
 
@@ -38,13 +51,14 @@ class Settings:
     guidance_scale: float
     strength: float
     scheduler: str | None  # None = the model's default scheduler
+    tiny_vae: bool = False  # final decode with the tiny autoencoder (fast preset)
 
 
 @dataclass(frozen=True)
 class Sampling:
     """The diffusion knobs a model reads from the extension fields, with their ranges.
 
-    ``quality_steps`` maps each quality tier ("low", "medium", "high") to a step count; the
+    ``quality_presets`` maps each quality tier ("low", "medium", "high") to a ``Preset``; the
     "medium" preset is the default. Guidance <= 1 turns classifier-free guidance off.
     """
 
@@ -54,15 +68,15 @@ class Sampling:
     schedulers: tuple[str, ...]
     default_scheduler: str | None
     default_guidance_scale: float
-    quality_steps: Mapping[str, int]
+    quality_presets: Mapping[str, Preset]
 
     def __post_init__(self) -> None:
-        if set(self.quality_steps) != set(TIERS):
-            raise ValueError(f"quality_steps needs exactly the tiers {TIERS}")
+        if set(self.quality_presets) != set(TIERS):
+            raise ValueError(f"quality_presets needs exactly the tiers {TIERS}")
 
     @property
     def default_steps(self) -> int:
-        return self.quality_steps["medium"]
+        return self.quality_presets["medium"].steps
 
     def resolve(
         self,
@@ -74,8 +88,13 @@ class Sampling:
         scheduler: str | None = None,
     ) -> Settings:
         """Concrete settings, or ``ProtocolError`` naming the field that is out of range."""
-        steps = self.quality_steps[tier] if steps is None else int(self.steps.check("steps", steps))
-        g = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        preset = self.quality_presets[tier]
+        steps = preset.steps if steps is None else int(self.steps.check("steps", steps))
+        g = next(
+            v
+            for v in (guidance_scale, preset.guidance_scale, self.default_guidance_scale)
+            if v is not None
+        )
         g = float(self.guidance_scale.check("guidance_scale", g))
         s = float(self.strength.check("strength", 1.0 if strength is None else strength))
         if int(steps * s) < 1:
@@ -89,7 +108,7 @@ class Sampling:
                 f"Unknown scheduler '{scheduler[:40]}'. Supported: {', '.join(self.schedulers)}.",
                 "scheduler",
             )
-        return Settings(steps, g, s, scheduler)
+        return Settings(steps, g, s, scheduler or preset.scheduler, preset.tiny_vae)
 
 
 @dataclass(frozen=True)
@@ -133,5 +152,8 @@ class Capabilities:
             }
             out["schedulers"] = list(s.schedulers)
             out["default_scheduler"] = s.default_scheduler
-            out["quality_steps"] = dict(s.quality_steps)
+            out["quality_presets"] = {
+                tier: {k: v for k, v in vars(p).items() if v is not None}
+                for tier, p in s.quality_presets.items()
+            }
         return out

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..protocol import ProtocolError, Range
 from .base import Row
-from .capabilities import Capabilities, ModelLimits, Sampling, Settings
+from .capabilities import Capabilities, ModelLimits, Preset, Sampling, Settings
 from .manifest import Manifest
 from .providers import ExecutionProvider, select_provider
 from .schedulers import (
@@ -64,7 +64,7 @@ STEPS = Range(1, 150, integer=True)
 GUIDANCE_SCALE = Range(0, 30)
 STRENGTH = Range(0, 1, lo_exclusive=True)  # 1 = repaint fully; 0 would leave no step
 DEFAULT_GUIDANCE = 7.5
-QUALITY_STEPS = {"low": 12, "medium": 25, "high": 50}
+QUALITY_PRESETS = {"low": Preset(12), "medium": Preset(25), "high": Preset(50)}
 
 
 @dataclass
@@ -151,7 +151,7 @@ class SDInpaintModel:
                 schedulers=tuple(scheduler_names()),
                 default_scheduler=default_scheduler_name(self.scheduler_config),
                 default_guidance_scale=DEFAULT_GUIDANCE,
-                quality_steps=QUALITY_STEPS,
+                quality_presets=QUALITY_PRESETS,
             ),
         )
         self.tokenizer = CLIPTokenizer(self._tokenizer_dir(), max_length=manifest.text_max_length)

@@ -128,6 +128,7 @@ def make_rows(
             guidance_scale=settings.guidance_scale if settings else None,
             strength=settings.strength if settings else None,
             scheduler=settings.scheduler if settings else None,
+            tiny_vae=settings.tiny_vae if settings else False,
             partial_images=request.partial_images if request.stream else 0,
         )
         for i in range(request.n)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from server import protocol
-from server.models.capabilities import Capabilities, ModelLimits, Sampling
+from server.models.capabilities import Capabilities, ModelLimits, Preset, Sampling
 from server.openapi import openapi_document
 from server.protocol import ProtocolError, Range
 
@@ -21,7 +21,7 @@ SAMPLING = Sampling(
     schedulers=("ddim", "euler"),
     default_scheduler="ddim",
     default_guidance_scale=7.5,
-    quality_steps={"low": 12, "medium": 25, "high": 50},
+    quality_presets={"low": Preset(12), "medium": Preset(25), "high": Preset(50)},
 )
 CAPS = Capabilities(ModelLimits(), reads_prompt=True, streams_previews=True, sampling=SAMPLING)
 
@@ -84,7 +84,7 @@ def test_single_pass_models_read_no_sampling():
 
 def test_presets_need_every_tier():
     with pytest.raises(ValueError, match="tiers"):
-        Sampling(**{**SAMPLING.__dict__, "quality_steps": {"low": 1, "medium": 2}})
+        Sampling(**{**SAMPLING.__dict__, "quality_presets": {"low": Preset(1)}})
 
 
 def test_model_card_shows_the_declared_ranges():
@@ -94,7 +94,11 @@ def test_model_card_shows_the_declared_ranges():
     assert params["guidance_scale"]["maximum"] == SAMPLING.guidance_scale.hi
     assert params["strength"]["exclusiveMinimum"] is True
     assert card["schedulers"] == list(SAMPLING.schedulers)
-    assert card["quality_steps"] == dict(SAMPLING.quality_steps)
+    assert card["quality_presets"] == {
+        "low": {"steps": 12, "tiny_vae": False},
+        "medium": {"steps": 25, "tiny_vae": False},
+        "high": {"steps": 50, "tiny_vae": False},
+    }
 
 
 def test_openapi_takes_every_bound_from_its_declaration():
@@ -134,3 +138,15 @@ def test_config_defaults_are_openai_bounds():
 
     assert Limits().max_prompt_chars == protocol.MAX_PROMPT_CHARS
     assert Limits().max_images == protocol.MAX_IMAGES
+
+
+def test_a_fast_preset_brings_its_scheduler_guidance_and_decoder():
+    fast = Preset(4, scheduler="ddim", guidance_scale=1.0, tiny_vae=True)
+    sampling = Sampling(
+        **{**SAMPLING.__dict__, "quality_presets": {**SAMPLING.quality_presets, "low": fast}}
+    )
+    s = sampling.resolve(tier="low")
+    assert (s.steps, s.scheduler, s.guidance_scale, s.tiny_vae) == (4, "ddim", 1.0, True)
+    s = sampling.resolve(tier="low", guidance_scale=3.0, scheduler="euler", steps=6)
+    assert (s.steps, s.scheduler, s.guidance_scale, s.tiny_vae) == (6, "euler", 3.0, True)
+    assert sampling.resolve(tier="medium").tiny_vae is False

@@ -11,7 +11,7 @@ import pytest
 from server.batching import Batcher
 from server.errors import APIError
 from server.metrics import Metrics
-from server.models.capabilities import Capabilities, ModelLimits, Sampling
+from server.models.capabilities import Capabilities, ModelLimits, Preset, Sampling
 from server.protocol import (
     CompletedEvent,
     ImagesResponse,
@@ -42,7 +42,7 @@ class SamplingFake(FakeModel):
                 schedulers=("ddim",),
                 default_scheduler="ddim",
                 default_guidance_scale=5.0,
-                quality_steps={"low": 4, "medium": 8, "high": 16},
+                quality_presets={"low": Preset(4), "medium": Preset(8), "high": Preset(16)},
             ),
         )
         self.rows = []
