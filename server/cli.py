@@ -4,7 +4,8 @@
 - ``build_parser(environ)``: argparse flags whose defaults come from the environment.
 - ``config_from_args(args)``: the ``ServerConfig`` (API keys resolved: flags + variable + file,
   or one generated key).
-- ``config_table()``: the README's configuration table (``python -m server.cli`` prints it).
+- ``config_table()``: the README's configuration table (``python -m server.cli`` prints it,
+  ``python -m server.cli README.md`` rewrites the README's block).
 """
 
 from __future__ import annotations
@@ -163,5 +164,22 @@ def config_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+README_BLOCK = ("<!-- config-table -->\n", "<!-- /config-table -->")
+
+
+def write_readme_table(path: Path) -> None:
+    """Replace the README's generated block with ``config_table()``."""
+    text = Path(path).read_text()
+    begin, end = README_BLOCK
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    Path(path).write_text(head + begin + config_table() + end + tail)
+
+
 if __name__ == "__main__":
-    sys.stdout.write(config_table())
+    # python -m server.cli            prints the table
+    # python -m server.cli README.md  rewrites the README's generated block
+    if len(sys.argv) > 1:
+        write_readme_table(Path(sys.argv[1]))
+    else:
+        sys.stdout.write(config_table())

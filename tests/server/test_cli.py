@@ -101,7 +101,7 @@ def test_readme_table_is_the_generated_one():
     readme = README.read_text()
     block = re.search(r"<!-- config-table -->\n(.*?)<!-- /config-table -->", readme, re.S)
     assert block, "README lacks the <!-- config-table --> block"
-    assert block.group(1) == config_table(), "regenerate it: python -m server.cli"
+    assert block.group(1) == config_table(), "regenerate it: python -m server.cli README.md"
 
 
 def test_harness_environment_drops_every_setting():
