@@ -5,14 +5,14 @@ The flags are generated from ``config.py`` (see ``cli.py``); ``--help`` lists th
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import sys
-
-from aiohttp import web
 
 from .cli import ConfigError, build_parser, config_from_args
 from .config import ServerConfig
 from .http.app import create_app
+from .http.serve import serve
+from .logs import setup_logging
 
 
 def check_provider(config: ServerConfig) -> None:
@@ -27,13 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         config, generated = config_from_args(args)
-    except ConfigError as exc:
+        setup_logging(config.logging.log_level, config.logging.log_format)
+    except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.logging.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     if generated:
         # Printed once, to stdout only (never logged): the caller needs it to make requests.
         print(
@@ -51,15 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Serving on http://{http.host}:{http.port} (models dir: {config.models.models_dir})",
         flush=True,
     )
-    web.run_app(
-        app,
-        host=http.host,
-        port=http.port,
-        print=None,
-        shutdown_timeout=http.shutdown_grace,
-        handler_cancellation=True,
-        access_log_format='%a "%r" %s %b %Tfs',
-    )
+    asyncio.run(serve(app, config))
     return 0
 
 

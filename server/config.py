@@ -49,7 +49,21 @@ class HTTPConfig:
     cors_origins: tuple[str, ...] = option(
         (), "allowed CORS origin; default: CORS off", flag="--cors-origin", repeatable=True
     )
-    shutdown_grace: float = option(30.0, "seconds in-flight work may finish after SIGTERM")
+    allowed_hosts: tuple[str, ...] = option(
+        (),
+        "Host header names accepted (others get 400); default: loopback names when bound to "
+        "loopback, any name otherwise (then set --public-url for url links)",
+        flag="--allowed-host",
+        repeatable=True,
+    )
+    shutdown_grace: float = option(
+        30.0,
+        "seconds in-flight work may finish after SIGTERM; then it gets 503 and the process "
+        "exits (within 2 s more)",
+    )
+    header_timeout: float = option(
+        30.0, "seconds a connection may take to send a request's headers (and may stay idle)"
+    )
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,9 @@ class AuthConfig:
     api_keys_file: Path | None = option(None, "file with one key per line ('#' comments)")
     no_auth: bool = option(False, "accept requests without a key, for local use")
     rate_limit: int = option(0, "requests per minute per API key, 0 = off")
+    auth_failures_per_minute: int = option(
+        30, "failed authentications per minute per client address before 429, 0 = off"
+    )
 
 
 @dataclass(frozen=True)
@@ -76,7 +93,9 @@ class ModelsConfig:
     provider: str = option(
         "auto",
         "execution provider for exported models: auto, cpu, cuda, tensorrt, openvino, "
-        "openvino:bf16, openvino:f16; auto = cuda if available, else cpu",
+        "openvino:bf16, openvino:f16; auto = cuda if available, else per component the "
+        "fastest precision this CPU computes natively (bf16/f16 on OpenVINO) that stays within "
+        "its tolerance of fp32",
     )
     threads: int | None = option(None, "CPU threads per model session; default: all cores")
 
@@ -114,6 +133,10 @@ class Limits:
     max_parts: int = option(64, "multipart parts per request")
     max_field_kb: float = option(256.0, "size of one text field")
     read_timeout: float = option(30.0, "seconds a request body may stall before 408")
+    body_timeout: float = option(300.0, "seconds the whole request body may take before 408")
+    min_body_rate_kb: float = option(
+        8.0, "slowest body upload accepted after its first 10 s, in KB/s (408 below)"
+    )
 
     @property
     def max_body_bytes(self) -> int:
@@ -129,8 +152,23 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class AdmissionConfig:
+    memory_budget_mb: float | None = option(
+        None,
+        "memory for decoding, compositing and encoding across concurrent requests (429 over "
+        "it); default: a quarter of the machine's memory, at least 1024",
+    )
+    request_threads: int = option(
+        4, "threads that decode, composite and encode (whatever the core count)"
+    )
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = option(
+        "text", "text (control characters escaped) or json (one object per line)"
+    )
 
 
 @dataclass(frozen=True)
@@ -143,6 +181,7 @@ class ServerConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     limits: Limits = field(default_factory=Limits)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

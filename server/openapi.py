@@ -12,6 +12,9 @@ from typing import Any
 
 from .protocol import (
     BACKGROUNDS,
+    COMPLEXITIES,
+    INPUT_FIDELITIES,
+    MAX_ECHO_CHARS,
     MAX_IMAGES,
     MAX_PROMPT_CHARS,
     OUTPUT_COMPRESSION,
@@ -93,9 +96,23 @@ def field_schemas(models: list[Any]) -> dict[str, dict]:
         },
         "stream": {"type": "boolean", "default": False},
         "partial_images": {**PARTIAL_IMAGES.schema(), "default": 0},
-        "user": {"type": "string", "description": "End-user id, logged for accounting."},
+        "user": {
+            "type": "string",
+            "description": "End-user id for accounting and logs when safety_identifier is empty.",
+        },
+        "safety_identifier": {
+            "type": "string",
+            "description": "End-user id (replaces user) for accounting and logs; echoed back "
+            f"(first {MAX_ECHO_CHARS} characters).",
+        },
         "input_fidelity": {
             "type": "string",
+            "enum": list(INPUT_FIDELITIES),
+            "description": "Accepted for compatibility; ignored.",
+        },
+        "complexity": {
+            "type": "string",
+            "enum": list(COMPLEXITIES),
             "description": "Accepted for compatibility; ignored.",
         },
         "negative_prompt": {
@@ -157,6 +174,12 @@ def openapi_document(registry: Any = None) -> dict:
             "format": "binary",
             "description": "Alpha 0 = edit; or white = edit when the mask has no transparency.",
         },
+        "markup": {
+            "type": "string",
+            "format": "binary",
+            "description": "A transparent PNG of the image's size: its strokes, grown by a "
+            "margin, are the edit region. Not with mask.",
+        },
     }
     for name in EditRequest.model_fields:
         props[name] = descriptions[name]
@@ -202,10 +225,14 @@ def openapi_document(registry: Any = None) -> dict:
                                             "type": "object",
                                             "properties": {"image_url": {"type": "string"}},
                                         },
+                                        "markup": {
+                                            "type": "object",
+                                            "properties": {"image_url": {"type": "string"}},
+                                        },
                                         **{
                                             k: v
                                             for k, v in props.items()
-                                            if k not in ("image", "mask")
+                                            if k not in ("image", "mask", "markup")
                                         },
                                     },
                                 }

@@ -39,6 +39,13 @@ QUALITY_TIERS = {
 }
 QUALITIES = tuple(QUALITY_TIERS)
 TIERS = ("low", "medium", "high")
+INPUT_FIDELITIES = ("low", "high")
+COMPLEXITIES = ("low", "medium", "high")
+#: formats and options of OpenAI's that inpainting models do not produce (a clear 400 each)
+UNSUPPORTED_OUTPUTS = ("gif", "svg")
+UNSUPPORTED_FIELDS = ("frame_count", "frame_duration_ms", "svg")
+#: end-user ids and other echoed strings are kept (logs, responses) to this many characters
+MAX_ECHO_CHARS = 128
 
 
 class ProtocolError(ValueError):
@@ -122,7 +129,10 @@ class EditRequest(BaseModel):
     stream: bool = False
     partial_images: int = 0
     user: str | None = None
+    #: the newest SDKs' end-user id; replaces ``user`` (see ``end_user``)
+    safety_identifier: str | None = None
     input_fidelity: str | None = None
+    complexity: str | None = None
     # extensions
     negative_prompt: str | None = None
     seed: int | None = None
@@ -130,6 +140,13 @@ class EditRequest(BaseModel):
     guidance_scale: float | None = None
     strength: float | None = None
     scheduler: str | None = None
+
+    @property
+    def end_user(self) -> str | None:
+        """The end-user id for accounting and logs: ``safety_identifier`` when non-empty, else
+        ``user`` (as OpenAI resolves them), at most ``MAX_ECHO_CHARS`` characters."""
+        value = self.safety_identifier or self.user
+        return value[:MAX_ECHO_CHARS] if value else None
 
     @property
     def quality_tier(self) -> str:
@@ -170,7 +187,9 @@ def _number(fields: dict[str, str], name: str) -> float | None:
     return value
 
 
-def _choice(fields: dict[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+def _choice(
+    fields: dict[str, str], name: str, choices: tuple[str, ...], default: str | None
+) -> str | None:
     raw = _given(fields, name)
     if raw is None:
         return default
@@ -219,6 +238,25 @@ def parse_size(raw: str | None) -> tuple[int, int] | None:
     return width, height
 
 
+def _refuse_unsupported_outputs(fields: dict[str, str]) -> None:
+    """GIF/SVG output and their options: inpainting models make one still raster image."""
+    fmt = (_given(fields, "output_format") or "").lower()
+    if fmt in UNSUPPORTED_OUTPUTS:
+        raise ProtocolError(
+            f"output_format '{fmt}' is not produced by this server's inpainting models. "
+            f"Supported: {', '.join(OUTPUT_FORMATS)}.",
+            "output_format",
+        )
+    for name in fields:
+        base = name.split("[", 1)[0]
+        if base in UNSUPPORTED_FIELDS:
+            raise ProtocolError(
+                f"'{name[:40]}' applies to GIF/SVG output, which this server does not produce "
+                f"(output_format: {', '.join(OUTPUT_FORMATS)}). Remove it.",
+                base,
+            )
+
+
 def parse_edit_fields(
     fields: dict[str, str], max_prompt_chars: int = MAX_PROMPT_CHARS
 ) -> EditRequest:
@@ -248,6 +286,7 @@ def parse_edit_fields(
             "negative_prompt",
             "string_above_max_length",
         )
+    _refuse_unsupported_outputs(fields)
     output_format = _choice(fields, "output_format", OUTPUT_FORMATS, "png")
     background = _choice(fields, "background", BACKGROUNDS, "auto")
     if background == "transparent" and output_format == "jpeg":
@@ -270,8 +309,10 @@ def parse_edit_fields(
         quality=_choice(fields, "quality", QUALITIES, "auto"),
         stream=stream,
         partial_images=_int(fields, "partial_images", PARTIAL_IMAGES, 0),
-        user=fields.get("user"),
-        input_fidelity=fields.get("input_fidelity"),
+        user=_given(fields, "user"),
+        safety_identifier=_given(fields, "safety_identifier"),
+        input_fidelity=_choice(fields, "input_fidelity", INPUT_FIDELITIES, None),
+        complexity=_choice(fields, "complexity", COMPLEXITIES, None),
         negative_prompt=negative,
         seed=_int(fields, "seed", SEED, None),
         steps=_int(fields, "steps", None, None),
@@ -295,6 +336,11 @@ class InputTokensDetails(BaseModel):
     image_tokens: int
 
 
+class OutputTokensDetails(BaseModel):
+    image_tokens: int
+    text_tokens: int = 0
+
+
 class Usage(BaseModel):
     """Honest counts: text tokens = the model tokenizer's count for the prompt (plus negative
     prompt); image tokens = latent (or pixel/64 for pixel models) cells read or written."""
@@ -303,6 +349,7 @@ class Usage(BaseModel):
     output_tokens: int
     total_tokens: int
     input_tokens_details: InputTokensDetails
+    output_tokens_details: OutputTokensDetails | None = None
 
 
 class ImagesResponse(BaseModel):
@@ -315,6 +362,8 @@ class ImagesResponse(BaseModel):
     quality: str
     size: str
     usage: Usage
+    #: the end-user id the request was accounted to (``safety_identifier``, else ``user``)
+    safety_identifier: str | None = None
 
 
 class _ImageEvent(BaseModel):
@@ -324,6 +373,8 @@ class _ImageEvent(BaseModel):
     output_format: Literal["png", "jpeg", "webp"]
     quality: str
     size: str
+    #: extension: which of the request's n images (0-based) the event belongs to
+    image_index: int = 0
 
 
 class PartialImageEvent(_ImageEvent):
@@ -334,10 +385,13 @@ class PartialImageEvent(_ImageEvent):
 
 
 class CompletedEvent(_ImageEvent):
-    """SSE ``image_edit.completed``: one final image."""
+    """SSE ``image_edit.completed``: one final image. ``usage`` is this image's share: the
+    request's input tokens are counted on the first completed event only, so the events' usages
+    add up to the request's (the JSON response's) usage."""
 
     type: Literal["image_edit.completed"] = "image_edit.completed"
     usage: Usage
+    safety_identifier: str | None = None
 
 
 StreamEvent = PartialImageEvent | CompletedEvent

@@ -55,14 +55,30 @@ def tiny_model_fp16(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_client(aiohttp_client):
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
     from server.http.app import create_app
+    from server.http.serve import runner_options
     from tests.helpers import config, registry
+
+    class Server(TestServer):
+        """aiohttp's test server with the connection options ``serve`` uses (it ignores the
+        ``server_kwargs`` it is given)."""
+
+        def __init__(self, app, options: dict) -> None:
+            super().__init__(app)
+            self.options = options
+
+        async def _make_runner(self, **kwargs):
+            return web.AppRunner(self.app, **{**kwargs, **self.options})
 
     async def make(reg=None, *, load_models: bool = False, **settings):
         if load_models:
             assert reg is None, "load_models=True reads the models folder: no registry to inject"
         elif reg is None:
             reg = registry()
-        return await aiohttp_client(create_app(config(**settings), registry=reg))
+        cfg = config(**settings)
+        return await aiohttp_client(Server(create_app(cfg, registry=reg), runner_options(cfg)))
 
     return make

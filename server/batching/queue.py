@@ -63,6 +63,9 @@ class Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
+    #: what one of its rows costs in the queue, in rows of the model's native size (a row of 4x
+    #: the native pixels costs 4): the queue bounds work, not requests
+    row_cost: int = 1
     cancelled: threading.Event = field(default_factory=threading.Event)
     #: finished images by row index (written by the worker thread only)
     results: dict[int, np.ndarray] = field(default_factory=dict)

@@ -30,7 +30,7 @@ class SinglePassWorker(ModelWorker):
         try:
             t0 = time.perf_counter()
             images = self.model.run([it.row for it in items])
-            self._record(len(items), time.perf_counter() - t0)
+            self._record(items, time.perf_counter() - t0)
             self._deliver(items, images)
         except Exception as exc:  # noqa: BLE001 - fails exactly this call's rows
             self._fail(items, exc)

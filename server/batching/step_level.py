@@ -44,7 +44,7 @@ class StepLevelWorker(ModelWorker):
             try:
                 t0 = time.perf_counter()
                 model.step([it.row for it in active])
-                self._record(len(active), time.perf_counter() - t0)
+                self._record(active, time.perf_counter() - t0)
                 if self.metrics is not None:
                     self.metrics.steps.labels(model.name).inc(len(active))
             except Exception as exc:  # noqa: BLE001 - fails exactly the stepped rows

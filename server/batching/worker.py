@@ -88,18 +88,26 @@ class ModelWorker:
         self._thread.start()
 
     # ------------------------------------------------------------------ submit side (event loop)
-    def submit(self, rows: list[Row], *, timeout_s: float) -> Job:
+    def submit(self, rows: list[Row], *, timeout_s: float, row_cost: int = 1) -> Job:
         """Queue ``rows`` (one request) behind everything already queued; the returned job's
-        ``future`` resolves on the calling event loop. Raises QueueFull or ShuttingDown."""
+        ``future`` resolves on the calling event loop. Each row costs ``row_cost`` of the
+        queue's ``max_queue`` (rows of the model's native size). Raises QueueFull or
+        ShuttingDown."""
         loop = asyncio.get_running_loop()
         job = Job(
-            rows=rows, deadline=time.monotonic() + timeout_s, loop=loop, future=loop.create_future()
+            rows=rows,
+            deadline=time.monotonic() + timeout_s,
+            loop=loop,
+            future=loop.create_future(),
+            row_cost=max(1, int(row_cost)),
         )
         with self._cond:
             if self._stopping:
                 raise ShuttingDown()
-            if len(self._pending) + len(rows) > self.max_queue:
-                wait = (len(self._pending) + len(self._running)) * self._avg_row_s
+            queued = sum(item.job.row_cost for item in self._pending)
+            if queued + job.row_cost * len(rows) > self.max_queue:
+                ahead = queued + sum(item.job.row_cost for item in self._running)
+                wait = ahead * self._avg_row_s
                 raise QueueFull(max(1, min(60, int(wait / max(1, self.max_batch_size)) + 1)))
             for i in range(len(rows)):
                 self._pending.append(QueuedRow(job, i))
@@ -277,8 +285,10 @@ class ModelWorker:
                 len(self._pending) + len(self._running)
             )
 
-    def _record(self, rows: int, seconds: float) -> None:
-        """One model call of ``rows`` rows took ``seconds``: metrics and the Retry-After rate."""
+    def _record(self, items: list[QueuedRow], seconds: float) -> None:
+        """One model call of ``items`` took ``seconds``: metrics and the Retry-After rate (seconds
+        per unit of row cost)."""
         if self.metrics is not None:
-            self.metrics.batch_rows.labels(self.model.name).observe(rows)
-        self._avg_row_s = 0.8 * self._avg_row_s + 0.2 * (seconds / max(1, rows))
+            self.metrics.batch_rows.labels(self.model.name).observe(len(items))
+        cost = sum(item.job.row_cost for item in items)
+        self._avg_row_s = 0.8 * self._avg_row_s + 0.2 * (seconds / max(1, cost))

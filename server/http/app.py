@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -14,15 +15,31 @@ from ..config import ServerConfig
 from ..metrics import Metrics
 from ..models.registry import ModelRegistry, load_registry
 from ..service import EditService
+from ..service.admission import MemoryBudget, default_budget_bytes
 from ..storage import FileStore
 from .middlewares import cors_headers, make_middlewares
+from .playground import routes as playground_routes
 from .routes import routes
-from .state import BATCHER, CONFIG, KEYS, METRICS, REGISTRY, SERVICE, STATE, STORE, AppState
+from .state import (
+    BATCHER,
+    BUDGET,
+    CONFIG,
+    EXECUTOR,
+    KEYS,
+    METRICS,
+    REGISTRY,
+    SERVICE,
+    STATE,
+    STORE,
+    AppState,
+)
 
 log = logging.getLogger("server.app")
 
 #: how often expired `url` files are removed
 SWEEP_EVERY_S = 60.0
+#: how long the model threads get to notice the stop at the very end (they are daemons)
+STOP_TIMEOUT_S = 0.5
 
 
 def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> web.Application:
@@ -39,16 +56,22 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
     app[STATE] = AppState()
     app[KEYS] = keys
     app[METRICS] = metrics
+    budget_mb = config.admission.memory_budget_mb
+    app[BUDGET] = MemoryBudget(budget_mb * 2**20 if budget_mb else default_budget_bytes())
     app.add_routes(routes)
+    app.add_routes(playground_routes)
     app.on_response_prepare.append(cors_headers)
 
     async def resources(app: web.Application):
         loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(
+            config.admission.request_threads, thread_name_prefix="request"
+        )
         models = config.models
         reg = registry
         if reg is None:
             reg = await loop.run_in_executor(
-                None,
+                executor,
                 lambda: load_registry(
                     models.models_dir,
                     provider=models.provider,
@@ -65,11 +88,12 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
             max_queue=batching.max_queue,
             metrics=metrics,
         )
+        app[EXECUTOR] = executor
         app[REGISTRY] = reg
         app[STORE] = store
         app[BATCHER] = batcher
-        app[SERVICE] = EditService(config, reg, batcher, store, metrics)
-        sweeper = asyncio.ensure_future(_sweep_files(store))
+        app[SERVICE] = EditService(config, reg, batcher, store, metrics, executor)
+        sweeper = asyncio.ensure_future(_sweep_files(store, executor))
         app[STATE].ready = True
         log.info("ready: models %s (default %s)", ", ".join(reg.names()), reg.default)
         yield
@@ -78,10 +102,11 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
-        await loop.run_in_executor(None, batcher.stop, config.http.shutdown_grace)
+        await loop.run_in_executor(executor, batcher.stop, STOP_TIMEOUT_S)
         if registry is None:
             reg.close()
         store.close()
+        executor.shutdown(wait=False, cancel_futures=True)
 
     async def drain(app: web.Application) -> None:
         app[STATE].draining = True  # new edits get 503 while in-flight ones finish
@@ -91,10 +116,10 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
     return app
 
 
-async def _sweep_files(store: FileStore) -> None:
+async def _sweep_files(store: FileStore, executor) -> None:
     loop = asyncio.get_running_loop()
     while True:
-        removed = await loop.run_in_executor(None, store.cleanup)
+        removed = await loop.run_in_executor(executor, store.cleanup)
         if removed:
             log.info("removed %d expired image files", removed)
         await asyncio.sleep(SWEEP_EVERY_S)

@@ -3,6 +3,8 @@ JSON response or the SSE stream."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 
 from aiohttp import web
@@ -10,13 +12,19 @@ from aiohttp import web
 from ..errors import APIError, shutting_down, to_api_error
 from ..openapi import openapi_document
 from ..protocol import ModelCard, ModelList, parse_edit_fields
-from .body import read_edit_body
-from .state import CONFIG, METRICS, REGISTRY, SERVICE, STATE, STORE
+from ..service import Uploads
+from .body import no_continue, read_edit_body
+from .state import BUDGET, CONFIG, EXECUTOR, METRICS, REGISTRY, SERVICE, STATE, STORE
 
 routes = web.RouteTableDef()
 
+#: an SSE comment this often while no event is ready, so proxies keep an idle stream open
+SSE_KEEPALIVE_S = 15.0
+
 
 def _base_url(request: web.Request) -> str:
+    """Where `url` links point: --public-url, else the request's Host (the guard middleware
+    has checked it against the accepted names)."""
     configured = request.app[CONFIG].http.public_url
     return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
 
@@ -25,35 +33,64 @@ def _sse(event: str, data: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-@routes.post("/v1/images/edits")
+@routes.post("/v1/images/edits", expect_handler=no_continue)
 async def images_edits(request: web.Request) -> web.StreamResponse:
-    if request.app[STATE].draining:
+    state = request.app[STATE]
+    if state.draining:
         raise shutting_down()
+    state.in_flight += 1
+    reservation = request.app[BUDGET].reservation()
+    try:
+        return await _edit(request, reservation)
+    finally:
+        reservation.release()
+        state.in_flight -= 1
+
+
+async def _edit(request: web.Request, reservation) -> web.StreamResponse:
     limits = request.app[CONFIG].limits
-    fields, images, mask = await read_edit_body(request, limits)
-    edit = parse_edit_fields(fields, limits.max_prompt_chars)
+    # the body's bytes are held until the answer is sent: they count against the budget
+    reservation.add(request.content_length or 0)
+    body = await read_edit_body(request, limits, request.app[EXECUTOR])
+    if request.content_length is None:
+        reservation.add(sum(len(u.data) for u in body.images) + len(str(body.fields)))
+    edit = parse_edit_fields(body.fields, limits.max_prompt_chars)
+    uploads = Uploads(body.images, body.mask, body.markup)
     service = request.app[SERVICE]
 
     def gone() -> bool:
         return request.transport is None or request.transport.is_closing()
 
     if not edit.stream:
-        result = await service.edit(edit, images, mask, _base_url(request), gone)
+        result = await service.edit(edit, uploads, _base_url(request), gone, reservation)
         return web.json_response(result.model_dump(exclude_none=True))
+    prepared = await service.start(edit, uploads, reservation)  # 4xx before the stream starts
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
+    await response.prepare(request)
+    events = service.events(prepared, gone).__aiter__()
+    step = None
     try:
-        async for event in service.stream(edit, images, mask, gone):
-            if not response.prepared:
-                await response.prepare(request)
-            await response.write(_sse(event.type, event.model_dump()))
+        while True:
+            step = asyncio.ensure_future(events.__anext__())
+            while not step.done():
+                await asyncio.wait({step}, timeout=SSE_KEEPALIVE_S)
+                if not step.done():
+                    await response.write(b": keep-alive\n\n")
+            try:
+                event = step.result()
+            except StopAsyncIteration:
+                break
+            await response.write(_sse(event.type, event.model_dump(exclude_none=True)))
     except Exception as exc:  # noqa: BLE001 - after the 200, errors travel as an SSE event
-        if not response.prepared:
-            raise
         await response.write(_sse("error", to_api_error(exc).body()))
-    if not response.prepared:
-        await response.prepare(request)
+    finally:
+        if step is not None and not step.done():  # the handler was cancelled (hang-up)
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await step
+        await events.aclose()  # cancels the model work it started
     await response.write_eof()
     return response
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from ..config import ServerConfig
 from ..metrics import Metrics
 from ..models.registry import ModelRegistry
 from ..service import EditService
+from ..service.admission import MemoryBudget
 from ..storage import FileStore
 
 
@@ -20,7 +22,10 @@ from ..storage import FileStore
 class AppState:
     started: int = field(default_factory=lambda: int(time.time()))
     ready: bool = False
+    #: SIGTERM received: new edits get 503, /ready says not ready, the listener stays up
     draining: bool = False
+    #: edit requests being answered now (the shutdown waits for them, up to the grace)
+    in_flight: int = 0
 
 
 CONFIG = web.AppKey("config", ServerConfig)
@@ -31,3 +36,5 @@ REGISTRY = web.AppKey("registry", ModelRegistry)
 BATCHER = web.AppKey("batcher", Batcher)
 STORE = web.AppKey("store", FileStore)
 SERVICE = web.AppKey("service", EditService)
+BUDGET = web.AppKey("budget", MemoryBudget)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)

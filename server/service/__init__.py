@@ -9,6 +9,6 @@
 """
 
 from .edit import EditService
-from .prepare import PreparedEdit, Upload
+from .prepare import PreparedEdit, Upload, Uploads
 
-__all__ = ["EditService", "PreparedEdit", "Upload"]
+__all__ = ["EditService", "PreparedEdit", "Upload", "Uploads"]

@@ -4,8 +4,10 @@ objects: an ``ImagesResponse`` (JSON) or a sequence of stream events.
     prepare (decode, validate, crop: prepare.py) -> batcher/model (rows)
       -> render each image (encode.py) -> b64_json or url -> ImagesResponse / events
 
-CPU-heavy steps run in the default thread pool, never on the event loop. Imports no aiohttp.
-Latency is recorded for every edit, JSON and stream alike.
+CPU-heavy steps run in the service's bounded executor, never on the event loop. Imports no
+aiohttp. Latency is recorded for every edit, JSON and stream alike. Each request holds a memory
+``Reservation`` (admission.py) for its decode/compose/encode work; ``abort_all`` (shutdown, at
+the end of the grace period) makes every edit still waiting for its model answer 503.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 
 import numpy as np
 
@@ -34,7 +38,8 @@ from ..protocol import (
 )
 from ..storage import FileStore
 from . import encode
-from .prepare import PreparedEdit, Upload, prepare_edit
+from .admission import Reservation
+from .prepare import PreparedEdit, Uploads, prepare_edit
 
 log = logging.getLogger("server.service")
 
@@ -50,12 +55,23 @@ class EditService:
         batcher: Batcher,
         store: FileStore,
         metrics: Metrics | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.batcher = batcher
         self.store = store
         self.metrics = metrics
+        self.executor = executor  # None = the loop's default executor (tests)
+        self.aborting = False
+
+    def abort_all(self) -> None:
+        """Shutdown past its grace: edits still waiting for the model get 503 now (their rows
+        are dropped at the next step); new ones are refused by the batcher."""
+        self.aborting = True
+
+    async def _blocking(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def model(self, name: str | None) -> InpaintModel:
         try:
@@ -70,27 +86,26 @@ class EditService:
             ) from None
 
     def prepare(
-        self, request: EditRequest, images: list[Upload], mask: Upload | None
+        self, request: EditRequest, uploads: Uploads, reservation: Reservation | None = None
     ) -> PreparedEdit:
-        """Blocking: model lookup, validation, decode, crop (``prepare.prepare_edit``)."""
+        """Blocking: model lookup, validation, memory reservation, decode, crop."""
         model = self.model(request.model)
-        prepared = prepare_edit(request, model, images, mask, self.config.limits)
-        if request.user:  # accounting: the caller's end-user id goes to the log, nowhere else
-            log.info("edit model=%s n=%d user=%s", model.name, request.n, request.user[:128])
+        prepared = prepare_edit(request, model, uploads, self.config.limits, reservation)
+        if request.end_user:  # accounting: the end-user id goes to the log (escaped there)
+            log.info("edit model=%s n=%d user=%s", model.name, request.n, request.end_user)
         return prepared
 
     # ------------------------------------------------------------------ JSON
     async def edit(
         self,
         request: EditRequest,
-        images: list[Upload],
-        mask: Upload | None,
+        uploads: Uploads,
         base_url: str,
         cancelled: Callable[[], bool] | None = None,
+        reservation: Reservation | None = None,
     ) -> ImagesResponse:
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(None, self.prepare, request, images, mask)
+        prepared = await self._blocking(self.prepare, request, uploads, reservation)
         generated = await self.generate(prepared, cancelled)
 
         def finish() -> tuple[list[ImageData], str]:
@@ -100,7 +115,7 @@ class EditService:
                 data.append(self._image_data(prepared, encoded, base_url))
             return data, background
 
-        data, background = await loop.run_in_executor(None, finish)
+        data, background = await self._blocking(finish)
         self._observe(prepared, started)
         return ImagesResponse(
             created=int(time.time()),
@@ -110,6 +125,7 @@ class EditService:
             quality=prepared.quality,
             size=prepared.size,
             usage=encode.usage(prepared),
+            safety_identifier=request.end_user,
         )
 
     def _image_data(self, prepared: PreparedEdit, encoded: bytes, base_url: str) -> ImageData:
@@ -130,8 +146,10 @@ class EditService:
         """Queue the rows, wait for the images (uint8 HxWx3 at work size)."""
         worker = self.batcher.worker(prepared.model.name)
         timeout_s = self.config.batching.request_timeout
+        if self.aborting:
+            raise shutting_down()
         try:
-            job = worker.submit(prepared.rows, timeout_s=timeout_s)
+            job = worker.submit(prepared.rows, timeout_s=timeout_s, row_cost=row_cost(prepared))
         except QueueFull as full:
             raise overloaded(
                 full.retry_after_s,
@@ -151,6 +169,9 @@ class EditService:
                 if cancelled is not None and cancelled():
                     job.cancelled.set()
                     raise asyncio.CancelledError()
+                if self.aborting:
+                    job.cancelled.set()
+                    raise ShuttingDown()
                 if time.monotonic() >= job.deadline:
                     # The worker only checks deadlines between model calls; a request whose call
                     # is still running (or queued behind one) must get its 504 now, not later.
@@ -171,22 +192,38 @@ class EditService:
     async def stream(
         self,
         request: EditRequest,
-        images: list[Upload],
-        mask: Upload | None,
+        uploads: Uploads,
         cancelled: Callable[[], bool] | None = None,
+        reservation: Reservation | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """``PartialImageEvent`` for each preview the model produces, then one
-        ``CompletedEvent`` per image. Images are always base64 in a stream, as OpenAI's are.
-        Errors before the first event raise (the route answers with a status); later ones
-        raise between events."""
-        started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(None, self.prepare, request, images, mask)
-        previews: asyncio.Queue = asyncio.Queue()
-        for row in prepared.rows:
+        ``CompletedEvent`` per image; each event names its image (``image_index``) and carries
+        that image's background; usage is split so the completed events add up to the request's.
+        Images are always base64 in a stream, as OpenAI's are. Errors of ``prepare`` raise
+        before the first event (the route answers with a status); later ones between events."""
+        prepared = await self.start(request, uploads, reservation)
+        async for event in self.events(prepared, cancelled):
+            yield event
 
-            def on_preview(index: int, image: np.ndarray) -> None:
-                loop.call_soon_threadsafe(previews.put_nowait, (index, image))
+    async def start(
+        self, request: EditRequest, uploads: Uploads, reservation: Reservation | None = None
+    ) -> PreparedEdit:
+        """``prepare`` off the loop: everything a stream needs before its first byte."""
+        prepared = await self._blocking(self.prepare, request, uploads, reservation)
+        prepared.started = time.perf_counter()
+        return prepared
+
+    async def events(
+        self, prepared: PreparedEdit, cancelled: Callable[[], bool] | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """The events of a started stream (see ``stream``)."""
+        request = prepared.request
+        loop = asyncio.get_running_loop()
+        previews: asyncio.Queue = asyncio.Queue()
+        for image_index, row in enumerate(prepared.rows):
+
+            def on_preview(index: int, image: np.ndarray, _image_index=image_index) -> None:
+                loop.call_soon_threadsafe(previews.put_nowait, (_image_index, index, image))
 
             row.on_preview = on_preview
         common = {
@@ -202,13 +239,14 @@ class EditService:
                 if getter not in done:
                     getter.cancel()
                     continue
-                index, image = getter.result()
-                encoded, _ = await loop.run_in_executor(None, encode.render, prepared, image)
+                image_index, index, image = getter.result()
+                encoded, background = await self._blocking(encode.render, prepared, image)
                 yield PartialImageEvent(
                     partial_image_index=index,
+                    image_index=image_index,
                     b64_json=base64.b64encode(encoded).decode("ascii"),
                     created_at=int(time.time()),
-                    background="opaque",
+                    background=background,
                     **common,
                 )
             generated = task.result()
@@ -216,13 +254,22 @@ class EditService:
             if not task.done():
                 task.cancel()
         usage = encode.usage(prepared)
-        for img in generated:
-            encoded, background = await loop.run_in_executor(None, encode.render, prepared, img)
+        for image_index, img in enumerate(generated):
+            encoded, background = await self._blocking(encode.render, prepared, img)
             yield CompletedEvent(
+                image_index=image_index,
                 b64_json=base64.b64encode(encoded).decode("ascii"),
                 created_at=int(time.time()),
                 background=background,
-                usage=usage,
+                usage=encode.image_usage(usage, len(generated), image_index),
+                safety_identifier=request.end_user,
                 **common,
             )
-        self._observe(prepared, started)
+        self._observe(prepared, prepared.started)
+
+
+def row_cost(prepared: PreparedEdit) -> int:
+    """A row's queue cost: its work pixels in units of the model's native square (at least 1)."""
+    h, w = prepared.rows[0].image.shape[:2]
+    native = prepared.model.capabilities.limits.native_side
+    return max(1, math.ceil(w * h / (native * native)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import imaging
-from ..protocol import InputTokensDetails, Usage
+from ..protocol import InputTokensDetails, OutputTokensDetails, Usage
 from .prepare import PreparedEdit
 
 #: pixels per image token side: one token per 8x8 cell (a latent pixel of SD models)
@@ -52,4 +52,23 @@ def usage(prepared: PreparedEdit) -> Usage:
         output_tokens=out,
         total_tokens=text + cells + out,
         input_tokens_details=InputTokensDetails(text_tokens=text, image_tokens=cells),
+        output_tokens_details=OutputTokensDetails(image_tokens=out),
+    )
+
+
+def image_usage(total: Usage, n: int, index: int) -> Usage:
+    """Image ``index``'s share of a request's usage (stream events): its own output tokens, and
+    the request's input tokens on image 0 only, so that the shares add up to ``total``."""
+    out = total.output_tokens // n
+    first = index == 0
+    inputs = total.input_tokens if first else 0
+    details = (
+        total.input_tokens_details if first else InputTokensDetails(text_tokens=0, image_tokens=0)
+    )
+    return Usage(
+        input_tokens=inputs,
+        output_tokens=out,
+        total_tokens=inputs + out,
+        input_tokens_details=details,
+        output_tokens_details=OutputTokensDetails(image_tokens=out),
     )

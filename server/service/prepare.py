@@ -20,6 +20,7 @@ from ..config import Limits
 from ..models.base import InpaintModel, Row
 from ..models.capabilities import Settings
 from ..protocol import EditRequest, ProtocolError
+from .admission import Reservation, edit_bytes
 from .validate import check_request, check_request_pixels, output_size
 
 log = logging.getLogger("server.service")
@@ -27,6 +28,8 @@ log = logging.getLogger("server.service")
 #: formats accepted for the first image and for extra images; masks may be any decodable image
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 MASK_FORMATS = ("png", "jpeg", "webp", "bmp", "gif", "tiff")
+#: a markup is "a transparent PNG" (WebP carries alpha too)
+MARKUP_FORMATS = ("png", "webp")
 
 
 @dataclass
@@ -35,6 +38,15 @@ class Upload:
 
     field: str
     data: bytes
+
+
+@dataclass
+class Uploads:
+    """The files of one request: images in order (the first is edited), mask, markup."""
+
+    images: list[Upload]
+    mask: Upload | None = None
+    markup: Upload | None = None
 
 
 @dataclass
@@ -52,6 +64,8 @@ class PreparedEdit:
     edit: np.ndarray
     box: tuple[int, int, int, int]
     rows: list[Row]
+    #: time.perf_counter() when the request's work began (for the latency metric)
+    started: float = 0.0
 
     @property
     def size(self) -> str:
@@ -69,14 +83,32 @@ def image_error(err: imaging.ImageError, param: str) -> ProtocolError:
 def prepare_edit(
     request: EditRequest,
     model: InpaintModel,
-    images: list[Upload],
-    mask: Upload | None,
+    uploads: Uploads,
     limits: Limits,
+    reservation: Reservation | None = None,
 ) -> PreparedEdit:
-    """Validate, decode and crop; the rows carry the resolved sampling settings."""
+    """Validate, reserve memory, decode and crop; the rows carry the resolved sampling
+    settings. The reservation grows by ``admission.edit_bytes`` (from the first image's header)
+    before anything is decoded."""
+    images = uploads.images
     settings = check_request(request, model, len(images), limits)
+    if uploads.markup is not None and uploads.mask is not None:
+        raise ProtocolError(
+            "'markup' cannot be combined with 'mask': send one of them (markup strokes mark "
+            "the region to edit; a mask marks it by transparency).",
+            "markup",
+        )
     first, *extra = images
+    lim = model.capabilities.limits
     try:
+        info = imaging.probe(first.data)
+        out_w, out_h = output_size(request, lim, info.width, info.height)
+        check_request_pixels(request.n, out_w, out_h, limits)
+        if reservation is not None:
+            pixels = info.width * info.height
+            reservation.add(
+                edit_bytes(min(pixels, limits.max_image_pixels), out_w * out_h, request.n)
+            )
         rgba, transparent = imaging.decode(first.data, max_pixels=limits.max_image_pixels)
     except imaging.ImageError as err:
         raise image_error(err, "image") from None
@@ -86,13 +118,15 @@ def prepare_edit(
             "model %s edits the first of %d images; the others are ignored", model.name, len(images)
         )
     height, width = rgba.shape[:2]
-    edit = edit_region(rgba, mask, limits)
-    lim = model.capabilities.limits
-    out_w, out_h = output_size(request, lim, width, height)
-    check_request_pixels(request.n, out_w, out_h, limits)
+    guide = None  # what the model sees inside the work region, if not the image itself
+    if uploads.markup is not None:
+        edit, guide = markup_region(rgba, uploads.markup, limits)
+    else:
+        edit = edit_region(rgba, uploads.mask, limits)
     if (out_w, out_h) != (width, height):
         rgba = imaging.resize_image(rgba, out_w, out_h)
         edit = imaging.resize_mask(edit, out_w, out_h)
+        guide = None if guide is None else imaging.resize_image(guide, out_w, out_h)
         if not edit.any():
             raise ProtocolError(
                 "The edit region vanished when resized to the requested size; "
@@ -104,8 +138,9 @@ def prepare_edit(
         edit, native_side=lim.native_side, max_work_side=lim.max_work_side, multiple=lim.multiple
     )
     x0, y0, x1, y1 = region.box
+    seen = rgba[:, :, :3] if guide is None else guide
     work_rgb = imaging.resize_image(
-        np.ascontiguousarray(rgba[y0:y1, x0:x1, :3]), region.work_width, region.work_height
+        np.ascontiguousarray(seen[y0:y1, x0:x1]), region.work_width, region.work_height
     )
     work_mask = imaging.resize_mask(edit[y0:y1, x0:x1], region.work_width, region.work_height)
     rows = make_rows(request, settings, work_rgb, work_mask)
@@ -150,24 +185,60 @@ def _check_extra_images(extra: list[Upload]) -> None:
             )
 
 
+def _decode_same_size(
+    upload: Upload, formats: tuple[str, ...], width: int, height: int, code: str, limits: Limits
+) -> tuple[np.ndarray, bool]:
+    """Decode a mask or markup whose size, read from its header first, equals the image's."""
+    param = upload.field
+    try:
+        info = imaging.probe(upload.data)
+        too_large = info.width * info.height > limits.max_image_pixels
+        if (info.width, info.height) == (width, height) or too_large:
+            # (decode refuses a decompression bomb from its header, with image_too_large)
+            return imaging.decode(
+                upload.data, max_pixels=limits.max_image_pixels, allowed_formats=formats
+            )
+    except imaging.ImageError as err:
+        raise image_error(err, param) from None
+    raise ProtocolError(
+        f"Invalid '{param}': it is {info.width}x{info.height} but the image is "
+        f"{width}x{height}; the {param} must have the same width and height as the (first) "
+        "image.",
+        param,
+        code,
+    )
+
+
+def markup_region(
+    rgba: np.ndarray, markup: Upload, limits: Limits
+) -> tuple[np.ndarray, np.ndarray]:
+    """(edit float32 HxW {0,1}, guide uint8 HxWx3): the markup's strokes grown by a margin are
+    the edit region; the guide is the image with the strokes drawn over it (what a model that
+    reads the image sees). The canvas keeps the original pixels."""
+    height, width = rgba.shape[:2]
+    strokes, transparent = _decode_same_size(
+        markup, MARKUP_FORMATS, width, height, "invalid_value", limits
+    )
+    if not transparent:
+        raise ProtocolError(
+            "Invalid 'markup': it has no transparent pixels. Draw the strokes on a transparent "
+            "PNG of the image's size.",
+            "markup",
+        )
+    try:
+        edit = imaging.edit_mask_from_markup(strokes, imaging.MARKUP_MARGIN_PX)
+    except imaging.ImageError as err:
+        raise image_error(err, "markup") from None
+    return edit, imaging.overlay_markup(np.ascontiguousarray(rgba[:, :, :3]), strokes)
+
+
 def edit_region(rgba: np.ndarray, mask: Upload | None, limits: Limits) -> np.ndarray:
     """float32 HxW {0,1} edit region from the mask rules of the contract."""
     height, width = rgba.shape[:2]
     if mask is not None:
-        try:
-            mask_rgba, mask_transparent = imaging.decode(
-                mask.data, max_pixels=limits.max_image_pixels, allowed_formats=MASK_FORMATS
-            )
-        except imaging.ImageError as err:
-            raise image_error(err, "mask") from None
-        mh, mw = mask_rgba.shape[:2]
-        if (mw, mh) != (width, height):
-            raise ProtocolError(
-                f"Invalid 'mask': it is {mw}x{mh} but the image is {width}x{height}; "
-                "the mask must have the same width and height as the (first) image.",
-                "mask",
-                "invalid_mask",
-            )
+        mask_rgba, mask_transparent = _decode_same_size(
+            mask, MASK_FORMATS, width, height, "invalid_mask", limits
+        )
         edit = imaging.edit_mask_from_mask_image(mask_rgba, mask_transparent)
     else:
         edit = imaging.edit_mask_from_image_alpha(rgba)

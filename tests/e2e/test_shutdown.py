@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import signal
 import threading
 import time
@@ -71,6 +72,86 @@ def test_sigterm_finishes_in_flight_edit_and_exits_zero(start_server, tmp_path):
         t.join(60)
         assert result.get("status") == 200, result
         assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _post(port: int, body: bytes, ctype: str, timeout: float = 60) -> tuple[int, bytes]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/images/edits",
+        data=body,
+        headers={"Content-Type": ctype},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_requests_outlasting_the_grace_get_503_and_the_process_exits_in_time(
+    start_server, tiny_model_fp32, tmp_path
+):
+    """Several edits (JSON and stream) that outlast --shutdown-grace: each gets a clean 503 (an
+    SSE error event on the stream), new edits get 503 at once while the listener is still up,
+    and the process exits within grace + 2 s."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_fp32, models / "tiny-sd")
+    grace = 1.5
+    srv, _ = start_server(
+        [
+            "--no-auth",
+            "--models-dir",
+            str(models),
+            "--shutdown-grace",
+            str(grace),
+            "--max-batch-size",
+            "1",
+        ],
+        ready_s=60,
+    )
+    port, proc = srv.port, srv.proc
+    image = _png(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = np.full((64, 64, 4), 255, np.uint8)
+    mask[16:48, 16:48, 3] = 0
+    # 4 images x 150 steps each, one row per UNet call: seconds of work per request
+    slow = {"prompt": "x", "steps": "150", "seed": "1", "n": "4"}
+    json_body, ctype = _multipart(slow, {"image": image, "mask": _png(mask)})
+    stream_body, _ = _multipart({**slow, "stream": "true"}, {"image": image, "mask": _png(mask)})
+    results: dict[str, tuple[int, bytes]] = {}
+    threads = [
+        threading.Thread(target=lambda k=k, b=b: results.__setitem__(k, _post(port, b, ctype)))
+        for k, b in (("json-1", json_body), ("json-2", json_body), ("stream", stream_body))
+    ]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # all three are in: one running, two queued behind it
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        status, body = _post(port, json_body, ctype, timeout=5)  # the listener is still up
+        assert status == 503 and b"shutting_down" in body
+        for t in threads:
+            t.join(30)
+        code = proc.wait(30)
+        elapsed = time.monotonic() - t0
+        assert code == 0
+        assert elapsed <= grace + 2.0, elapsed
+        for key in ("json-1", "json-2"):
+            status, body = results[key]
+            assert status == 503, (key, status, body[:200])
+            assert json.loads(body)["error"]["code"] == "shutting_down"
+        status, body = results["stream"]
+        assert status == 200  # the stream had started: its error travels as an event
+        assert b"event: error" in body and b"shutting_down" in body
+        log = srv.log.read_text()
+        assert "outlast the" in log and "get 503" in log
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -19,7 +19,7 @@ from server.protocol import (
     Range,
     parse_edit_fields,
 )
-from server.service import EditService, Upload
+from server.service import EditService, Upload, Uploads
 from server.storage import FileStore
 from tests.helpers import FakeModel, alpha_mask, config, decode_image, png, registry, scene
 
@@ -69,12 +69,11 @@ def request(**fields):
     return parse_edit_fields({"prompt": "a cat", **{k: str(v) for k, v in fields.items()}})
 
 
-IMAGE = [Upload("image", png(scene(W, H)))]
-MASK = Upload("mask", png(alpha_mask(W, H, BOX)))
+UPLOADS = Uploads([Upload("image", png(scene(W, H)))], Upload("mask", png(alpha_mask(W, H, BOX))))
 
 
 async def test_edit_returns_an_images_response(service):
-    out = await service.edit(request(n=2, quality="low"), IMAGE, MASK, "http://x")
+    out = await service.edit(request(n=2, quality="low"), UPLOADS, "http://x")
     assert isinstance(out, ImagesResponse)
     assert len(out.data) == 2 and out.size == f"{W}x{H}" and out.quality == "low"
     img, fmt = decode_image(base64.b64decode(out.data[0].b64_json))
@@ -88,7 +87,7 @@ async def test_edit_returns_an_images_response(service):
 
 async def test_rows_carry_the_resolved_settings(service):
     sampler = service.registry.models["sampler"]
-    await service.edit(request(quality="high", seed=7, n=2), IMAGE, MASK, "http://x")
+    await service.edit(request(quality="high", seed=7, n=2), UPLOADS, "http://x")
     assert [(r.steps, r.guidance_scale, r.strength, r.seed) for r in sampler.rows] == [
         (16, 5.0, 1.0, 7),
         (16, 5.0, 1.0, 8),
@@ -105,14 +104,14 @@ async def test_bad_values_are_refused_before_anything_is_queued(service):
         ({"size": "4096x4096"}, "size"),
     ):
         with pytest.raises(ProtocolError) as info:
-            await service.edit(request(**fields), IMAGE, MASK, "http://x")
+            await service.edit(request(**fields), UPLOADS, "http://x")
         assert info.value.param == param
     assert sampler.calls == 0
 
 
 async def test_unknown_model_is_a_404_with_a_truncated_name(service):
     with pytest.raises(APIError) as info:
-        await service.edit(request(model="m" * 5000), IMAGE, MASK, "http://x")
+        await service.edit(request(model="m" * 5000), UPLOADS, "http://x")
     assert (info.value.status, info.value.code, info.value.param) == (
         404,
         "model_not_found",
@@ -122,7 +121,7 @@ async def test_unknown_model_is_a_404_with_a_truncated_name(service):
 
 
 async def test_url_responses_are_stored(service):
-    out = await service.edit(request(response_format="url"), IMAGE, MASK, "http://host:1")
+    out = await service.edit(request(response_format="url"), UPLOADS, "http://host:1")
     url = out.data[0].url
     assert url.startswith("http://host:1/v1/images/files/") and out.data[0].b64_json is None
     found = service.store.get(url.rsplit("/", 1)[1])
@@ -133,7 +132,7 @@ async def test_stream_yields_protocol_events_and_records_latency(service):
     before = service.metrics.registry.get_sample_value(
         "inpaint_request_latency_seconds_count", {"model": "sampler"}
     )
-    events = [e async for e in service.stream(request(stream="true", n=2), IMAGE, MASK)]
+    events = [e async for e in service.stream(request(stream="true", n=2), UPLOADS)]
     assert [type(e) for e in events] == [CompletedEvent, CompletedEvent]
     assert all(e.type == "image_edit.completed" and e.size == f"{W}x{H}" for e in events)
     after = service.metrics.registry.get_sample_value(
@@ -143,7 +142,7 @@ async def test_stream_yields_protocol_events_and_records_latency(service):
 
 
 async def test_json_path_records_latency(service):
-    await service.edit(request(), IMAGE, MASK, "http://x")
+    await service.edit(request(), UPLOADS, "http://x")
     count = service.metrics.registry.get_sample_value(
         "inpaint_request_latency_seconds_count", {"model": "sampler"}
     )
@@ -152,6 +151,6 @@ async def test_json_path_records_latency(service):
 
 async def test_single_pass_models_ignore_sampling_fields(service):
     out = await service.edit(
-        request(model="opencv-telea-inpaint", steps=1000, strength=5), IMAGE, MASK, "http://x"
+        request(model="opencv-telea-inpaint", steps=1000, strength=5), UPLOADS, "http://x"
     )
     assert len(out.data) == 1

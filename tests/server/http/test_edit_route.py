@@ -62,8 +62,18 @@ async def test_basic_edit_pixels_and_response_shape(client, img, img_png, mask_p
     assert fmt == "PNG" and out.shape == (H, W, 3)
     check_kept_and_edited(out, img, BOX)
     usage = body["usage"]
-    assert set(usage) == {"input_tokens", "output_tokens", "total_tokens", "input_tokens_details"}
+    assert set(usage) == {
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "input_tokens_details",
+        "output_tokens_details",
+    }
     assert set(usage["input_tokens_details"]) == {"text_tokens", "image_tokens"}
+    assert usage["output_tokens_details"] == {
+        "image_tokens": usage["output_tokens"],
+        "text_tokens": 0,
+    }
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     d = usage["input_tokens_details"]
     assert d["text_tokens"] + d["image_tokens"] == usage["input_tokens"]
@@ -111,7 +121,7 @@ async def test_unknown_fields_ignored(client, img, img_png, mask_png):
         input_fidelity="high",
         quality="low",
     )
-    mp.file("markup", b"whatever")  # unknown file part: ignored too
+    mp.file("sketch", b"whatever")  # unknown file part: ignored too
     body = await edit_ok(client, mp)
     check_kept_and_edited(b64_image(body["data"][0]), img, BOX)
     assert body["quality"] == "low"

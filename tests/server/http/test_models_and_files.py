@@ -119,7 +119,7 @@ async def raw_get(client, target: str) -> tuple[int, bytes]:
     """GET ``target`` exactly as written (one HTTP/1.1 request on a fresh socket)."""
     reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(
-        f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-test\r\n"
+        f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sk-test\r\n"
         "Connection: close\r\n\r\n".encode()
     )
     await writer.drain()

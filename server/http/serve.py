@@ -1,0 +1,79 @@
+"""Running the app: the listener, and a shutdown that keeps its promise.
+
+On SIGTERM (or SIGINT) the server drains: new edits get 503 at once while the listener stays
+up (a load balancer sees /ready fail and moves traffic); edits in flight get up to
+``--shutdown-grace`` seconds to finish; past it, each still waiting gets a 503 (an SSE ``error``
+event on a stream) and the process exits, within the grace plus ``ABORT_S`` + ``CLOSE_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from aiohttp import web
+
+from ..config import ServerConfig
+from .state import SERVICE, STATE
+
+log = logging.getLogger("server.serve")
+
+#: after the grace: how long aborted requests get to send their 503s
+ABORT_S = 1.0
+#: then: how long the runner waits for connections to close
+CLOSE_S = 0.5
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+
+
+def runner_options(config: ServerConfig) -> dict:
+    """How connections are handled (also given to the in-process test server)."""
+    return {
+        "handler_cancellation": True,
+        "access_log_format": ACCESS_LOG_FORMAT,
+        # no request may take longer than this to send its headers (or sit idle between two)
+        "keepalive_timeout": config.http.header_timeout,
+        # compressed bodies are refused (415), never inflated
+        "auto_decompress": False,
+        # a refused body (401/413/415...) is not drained: the connection closes after the answer
+        "lingering_time": 0,
+    }
+
+
+async def serve(app: web.Application, config: ServerConfig) -> None:
+    """Listen on the configured address until SIGTERM/SIGINT, then drain and stop."""
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=CLOSE_S, **runner_options(config)
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.http.host, config.http.port)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        await drain(app, config.http.shutdown_grace)
+    finally:
+        await runner.cleanup()
+
+
+async def drain(app: web.Application, grace_s: float) -> None:
+    """Refuse new edits, let the ones in flight finish for up to ``grace_s``, abort the rest."""
+    state = app[STATE]
+    state.draining = True
+    log.info("draining: %d requests in flight, up to %g s", state.in_flight, grace_s)
+    end = time.monotonic() + grace_s
+    while state.in_flight and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+    if state.in_flight:
+        log.warning("%d requests outlast the %g s grace: they get 503", state.in_flight, grace_s)
+        service = app.get(SERVICE)
+        if service is not None:
+            service.abort_all()
+        end = time.monotonic() + ABORT_S
+        while state.in_flight and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+    log.info("drained; stopping")

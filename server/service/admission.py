@@ -1,0 +1,91 @@
+"""Admission control by memory: what decoding, compositing and encoding of concurrent requests
+may hold at once. A request reserves its estimate before the work; over the budget it gets a
+429 with ``Retry-After`` at once instead of taking the process to several GB.
+
+The estimate is an upper bound of the arrays one request holds (uint8 RGBA decodes, float32
+masks, the composite's float32 intermediates, the encoded outputs), written once here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from ..errors import overloaded
+
+#: bytes held per input pixel: the decoded RGBA, Pillow's copy, a mask RGBA and the float32
+#: edit region
+BYTES_PER_INPUT_PIXEL = 20
+#: bytes per output pixel: canvas RGBA, edit float32, one image's composite (uint8 copies and
+#: float32 blend intermediates) while it is composed and encoded
+BYTES_PER_OUTPUT_PIXEL = 40
+#: per output image kept until the response is sent (encoded PNG worst case + its base64)
+BYTES_PER_RESULT_PIXEL = 8
+RETRY_AFTER_S = 2
+
+
+def machine_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def default_budget_bytes() -> int:
+    """A quarter of the machine's memory, at least 1 GiB."""
+    return max(1 << 30, machine_memory_bytes() // 4)
+
+
+def edit_bytes(input_pixels: int, output_pixels: int, n: int) -> int:
+    """Upper bound of what one edit holds while it is decoded, composed and encoded."""
+    return (
+        input_pixels * BYTES_PER_INPUT_PIXEL
+        + output_pixels * BYTES_PER_OUTPUT_PIXEL
+        + n * output_pixels * BYTES_PER_RESULT_PIXEL
+    )
+
+
+class MemoryBudget:
+    """A byte budget shared by the requests in flight (thread-safe: reservations grow in
+    worker threads)."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total = int(total_bytes)
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def reservation(self) -> Reservation:
+        return Reservation(self)
+
+    def _take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.total:
+                return False
+            self.used += n
+            return True
+
+    def _give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+class Reservation:
+    """One request's share: ``add`` as its needs become known (body bytes, then pixels),
+    ``release`` once when it ends."""
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def add(self, n: int) -> None:
+        """Reserve ``n`` more bytes, or raise a 429 ``APIError`` (nothing reserved)."""
+        if n <= 0:
+            return
+        if not self.budget._take(n):
+            raise overloaded(
+                RETRY_AFTER_S,
+                "The server is busy: the images in flight fill its memory budget. Retry after "
+                "the number of seconds in the Retry-After header (or send smaller images).",
+            )
+        self.held += n
+
+    def release(self) -> None:
+        self.budget._give(self.held)
+        self.held = 0

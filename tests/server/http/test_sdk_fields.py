@@ -1,0 +1,140 @@
+"""The newest SDK's fields: ``safety_identifier``, GIF/SVG outputs and their options, ``complexity``
+and ``input_fidelity`` values; stream events with the right ``background``, their image index
+and usage counted once per request. (``markup``: test_markup.py.)"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from tests.helpers import (
+    IMG,
+    MASK,
+    FakeModel,
+    H,
+    W,
+    alpha_mask,
+    edit_form,
+    edit_ok,
+    expect_error,
+    png,
+    post_edit,
+    registry,
+)
+
+
+async def test_safety_identifier_is_echoed_and_logged(client, caplog):
+    with caplog.at_level(logging.INFO, logger="server.service"):
+        body = await edit_ok(client, edit_form(IMG, MASK, safety_identifier="hash-1", user="u-1"))
+    assert body["safety_identifier"] == "hash-1"
+    assert "user=hash-1" in caplog.text and "u-1" not in caplog.text
+
+
+async def test_user_is_the_fallback_end_user(client, caplog):
+    with caplog.at_level(logging.INFO, logger="server.service"):
+        body = await edit_ok(client, edit_form(IMG, MASK, safety_identifier="", user="u-2"))
+    assert body["safety_identifier"] == "u-2" and "user=u-2" in caplog.text
+    body = await edit_ok(client, edit_form(IMG, MASK))
+    assert "safety_identifier" not in body
+
+
+async def test_long_identifiers_are_truncated(client):
+    body = await edit_ok(client, edit_form(IMG, MASK, safety_identifier="x" * 5000))
+    assert body["safety_identifier"] == "x" * 128
+
+
+@pytest.mark.parametrize("fmt", ["gif", "svg", "GIF"])
+async def test_gif_and_svg_outputs_are_refused_naming_the_supported_ones(client, fmt):
+    resp = await post_edit(client, edit_form(IMG, MASK, output_format=fmt))
+    body = await expect_error(resp, 400, code="invalid_value", param="output_format")
+    assert all(f in body["message"] for f in ("png", "jpeg", "webp"))
+
+
+@pytest.mark.parametrize(
+    "field, param",
+    [
+        ("frame_count", "frame_count"),
+        ("frame_duration_ms", "frame_duration_ms"),
+        ("svg[model]", "svg"),
+    ],
+)
+async def test_gif_and_svg_options_are_refused(client, field, param):
+    resp = await post_edit(client, edit_form(IMG, MASK, **{field: "3"}))
+    body = await expect_error(resp, 400, code="invalid_value", param=param)
+    assert "GIF/SVG" in body["message"]
+
+
+@pytest.mark.parametrize(
+    "field, good, bad",
+    [
+        ("complexity", ["low", "medium", "high"], ["extreme"]),
+        ("input_fidelity", ["low", "high"], ["medium"]),
+    ],
+)
+async def test_complexity_and_input_fidelity_values(client, field, good, bad):
+    for value in good:
+        await edit_ok(client, edit_form(IMG, MASK, **{field: value}))
+    for value in bad:
+        resp = await post_edit(client, edit_form(IMG, MASK, **{field: value}))
+        await expect_error(resp, 400, code="invalid_value", param=field)
+
+
+class PreviewFake(FakeModel):
+    """A single-pass fake that sends one preview per row before its result."""
+
+    def run(self, rows):
+        out = super().run(rows)
+        for row, img in zip(rows, out, strict=True):
+            if row.on_preview is not None and row.partial_images:
+                row.on_preview(0, img)
+        return out
+
+
+def sse_events(text: str) -> list[tuple[str, dict]]:
+    events = []
+    for block in text.split("\n\n"):
+        lines = [ln for ln in block.splitlines() if not ln.startswith(":")]
+        if not lines:
+            continue
+        name = next(ln[7:] for ln in lines if ln.startswith("event: "))
+        data = json.loads(next(ln[6:] for ln in lines if ln.startswith("data: ")))
+        events.append((name, data))
+    return events
+
+
+async def test_stream_events_name_their_image_and_split_usage(make_client):
+    cl = await make_client(reg=registry(PreviewFake("p"), default="p"))
+    rgba = np.dstack([np.zeros((H, W, 3), np.uint8), np.full((H, W), 255, np.uint8)])
+    rgba[:4, :4, 3] = 0  # transparent pixels outside the edit region stay transparent
+    mp = edit_form(png(rgba), MASK, stream="true", partial_images=1, n=3, background="transparent")
+    resp = await post_edit(cl, mp)
+    assert resp.status == 200 and resp.content_type == "text/event-stream"
+    events = sse_events(await resp.text())
+    partial = [d for n, d in events if n == "image_edit.partial_image"]
+    done = [d for n, d in events if n == "image_edit.completed"]
+    assert sorted(d["image_index"] for d in partial) == [0, 1, 2]
+    assert [d["image_index"] for d in done] == [0, 1, 2]
+    assert all(d["background"] == "transparent" for d in partial + done)
+    json_usage = (await edit_ok(cl, edit_form(png(rgba), MASK, n=3)))["usage"]
+    assert sum(d["usage"]["input_tokens"] for d in done) == json_usage["input_tokens"]
+    assert sum(d["usage"]["output_tokens"] for d in done) == json_usage["output_tokens"]
+    assert sum(d["usage"]["total_tokens"] for d in done) == json_usage["total_tokens"]
+    assert done[1]["usage"]["input_tokens"] == 0 and done[0]["usage"]["input_tokens"] > 0
+
+
+async def test_opaque_partial_images_say_opaque(make_client):
+    cl = await make_client(reg=registry(PreviewFake("p"), default="p"))
+    events = sse_events(
+        await (await post_edit(cl, edit_form(IMG, MASK, stream="true", partial_images=1))).text()
+    )
+    assert [d["background"] for _, d in events] == ["opaque", "opaque"]
+
+
+async def test_stream_validation_errors_keep_their_status(client):
+    resp = await post_edit(
+        client, edit_form(IMG, png(alpha_mask(8, 8, (0, 0, 4, 4))), stream="true")
+    )
+    await expect_error(resp, 400, code="invalid_mask", param="mask")
