@@ -2,14 +2,15 @@
 JSON variant with data URLs, into text fields and uploads.
 
 Pure and blocking: it runs in a worker thread on bytes already read (``body.py`` reads them on
-the event loop, counting), so that no parsing, base64 decoding or JSON work ever stalls the
-loop. Every limit is checked while parsing, before anything large is built: parts, header
-sizes, field and file sizes, JSON keys and items, each image's decoded size.
+the event loop, counting). A worker thread still holds the GIL while C code runs, so no single
+call here works on a whole large body: data URLs are cut out of a JSON body (``bytes.find``)
+before ``json.loads`` sees it, and base64 is decoded in ``B64_CHUNK`` slices; the event loop
+gets the GIL back between them. Every limit is checked while parsing, before anything large is
+built: parts, header sizes, field and file sizes, JSON keys and items, each image's decoded size.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import re
@@ -28,6 +29,14 @@ MAX_PART_HEADER_LINES = 16
 #: commas + brackets + braces of a JSON body: real bodies have a few dozen; this caps what a
 #: hostile body of small items can make ``json.loads`` allocate
 MAX_JSON_ITEMS = 4096
+#: base64 characters decoded per call (a multiple of 4): ~5 ms of C code holding the GIL
+B64_CHUNK = 1 << 20
+#: bytes searched per call for a delimiter
+SCAN_CHUNK = 1 << 20
+#: a data URL's header ("data:image/png;base64,") is at most this long
+MAX_DATA_URL_HEAD = 256
+#: what a cut-out data URL becomes inside the JSON text handed to json.loads
+_CUT = "data:;cut,{}"
 _PARAM = re.compile(r';\s*([A-Za-z0-9_*-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 
 
@@ -90,6 +99,20 @@ def _part_headers(block: bytes) -> dict[str, str]:
     return headers
 
 
+def find(body: bytes, needle: bytes, start: int = 0, stop: int | None = None) -> int:
+    """``body.find(needle, start, stop)`` one ``SCAN_CHUNK`` window at a time, so that no single
+    C call holds the GIL over a whole large body."""
+    stop = len(body) if stop is None else stop
+    n = len(needle)
+    while start < stop:
+        end = min(start + SCAN_CHUNK, stop)
+        hit = body.find(needle, start, min(end + n - 1, stop))
+        if hit >= 0:
+            return hit
+        start = end
+    return -1
+
+
 def parse_multipart(body: bytes, boundary: str, limits: Limits) -> EditBody:
     """Split ``body`` at ``--boundary`` delimiters (a preamble before the first one and an
     epilogue after the last are skipped). Parts need ``Content-Disposition: form-data``; a part
@@ -97,7 +120,7 @@ def parse_multipart(body: bytes, boundary: str, limits: Limits) -> EditBody:
     if not 1 <= len(boundary) <= 70:
         raise malformed("the boundary must be 1 to 70 characters")
     delim = b"--" + boundary.encode("latin-1", "replace")
-    pos = 0 if body.startswith(delim) else body.find(b"\r\n" + delim) + 2
+    pos = 0 if body.startswith(delim) else find(body, b"\r\n" + delim) + 2
     if pos < 0 or not body.startswith(delim, pos):
         raise malformed("no boundary delimiter found")
     out, parts = EditBody(), 0
@@ -116,7 +139,7 @@ def parse_multipart(body: bytes, boundary: str, limits: Limits) -> EditBody:
             raise malformed("a part's headers do not end (or are too long)")
         headers = _part_headers(body[eol + 2 : head_end]) if head_end > eol else {}
         start = head_end + 4
-        end = body.find(b"\r\n" + delim, start)
+        end = find(body, b"\r\n" + delim, start)
         if end < 0:
             raise malformed("the body ends inside a part (no closing boundary)")
         _add_part(out, headers, body, start, end, limits)
@@ -135,12 +158,12 @@ def _add_part(out: EditBody, headers: dict, body: bytes, start: int, end: int, l
         param = name if name in ("mask", "markup") else "image"
         if size > limits.max_image_bytes:
             raise too_large_file(param, limits)
-        out.add_file(name, body[start:end])
+        out.add_file(name, bytes(memoryview(body)[start:end]))  # one copy, as bytes
         return
     if size > limits.max_field_bytes:
         raise field_too_long(name)
     try:
-        out.fields[name] = body[start:end].decode("utf-8")
+        out.fields[name] = bytes(memoryview(body)[start:end]).decode("utf-8")
     except UnicodeDecodeError:
         raise invalid(f"Field '{name[:40]}' is not valid UTF-8 text.", name[:40]) from None
 
@@ -148,17 +171,53 @@ def _add_part(out: EditBody, headers: dict, body: bytes, start: int, end: int, l
 # ---------------------------------------------------------------- JSON
 
 
-def _data_url(value, param: str, limits: Limits) -> bytes:
+def b64decode_chunked(encoded: memoryview, param: str) -> bytes:
+    """Strict base64 (no whitespace) decoded ``B64_CHUNK`` characters at a time."""
+    out = bytearray()
+    try:
+        for i in range(0, len(encoded), B64_CHUNK):
+            out += binascii.a2b_base64(encoded[i : i + B64_CHUNK], strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise invalid(f"'{param}' has invalid base64 data.", param, "invalid_image_file") from None
+    return bytes(out)
+
+
+def cut_data_urls(body: bytes) -> tuple[bytes, list[memoryview]]:
+    """The JSON text with each data URL's payload replaced by a short reference (``_CUT``), and
+    the payloads (views into ``body``, not copies). Only ``bytes.find`` scans the whole body."""
+    parts, payloads, pos = [], [], 0
+    view = memoryview(body)
+    while (start := find(body, b'"data:', pos)) >= 0:
+        slashes = len(body[max(0, start - 64) : start]) - len(
+            body[max(0, start - 64) : start].rstrip(b"\\")
+        )
+        if slashes % 2:  # an escaped quote inside some string: not a value's start
+            parts.append(view[pos : start + 1])
+            pos = start + 1
+            continue
+        comma = body.find(b",", start, start + MAX_DATA_URL_HEAD)
+        end = find(body, b'"', comma + 1) if comma >= 0 else -1
+        if end < 0 or find(body, b"\\", comma, end) >= 0:
+            break  # not a plain data URL: json.loads will judge the rest as it is
+        parts.append(view[pos : start + 1])
+        parts.append(_CUT.format(len(payloads)).encode())
+        payloads.append(view[comma + 1 : end])
+        pos = end
+    parts.append(view[pos:])
+    return b"".join(parts), payloads
+
+
+def _data_url(value, param: str, limits: Limits, payloads: list[memoryview]) -> bytes:
     url = value.get("image_url") if isinstance(value, dict) else value
     if not isinstance(url, str) or not url.startswith("data:") or "," not in url:
         raise invalid(f'\'{param}\' must be {{"image_url": "data:image/png;base64,..."}}.', param)
-    encoded = url.split(",", 1)[1]
+    head, _, tail = url.partition(",")
+    encoded = memoryview(tail.encode("ascii", "replace"))
+    if head == "data:;cut" and tail.isdecimal() and int(tail) < len(payloads):
+        encoded = payloads[int(tail)]
     if len(encoded) * 3 // 4 > limits.max_image_bytes:  # checked before decoding
         raise too_large_file("image" if param == "images" else param, limits)
-    try:
-        return base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid(f"'{param}' has invalid base64 data.", param, "invalid_image_file") from None
+    return b64decode_chunked(encoded, param)
 
 
 def _field_text(value) -> str:
@@ -172,6 +231,7 @@ def _field_text(value) -> str:
 
 def parse_json(body: bytes, limits: Limits) -> EditBody:
     """``{"images": [{"image_url": "data:..."}], "mask": {...}, "prompt": ...}``."""
+    body, payloads = cut_data_urls(body)
     items = body.count(b",") + body.count(b"[") + body.count(b"{")
     if items > MAX_JSON_ITEMS:
         raise invalid(f"The JSON body has too many items (over {MAX_JSON_ITEMS}).", None)
@@ -200,10 +260,12 @@ def parse_json(body: bytes, limits: Limits) -> EditBody:
             "image",
             "invalid_value",
         )
-    out = EditBody(images=[Upload("image", _data_url(v, "images", limits)) for v in listed])
+    out = EditBody(
+        images=[Upload("image", _data_url(v, "images", limits, payloads)) for v in listed]
+    )
     for name in ("mask", "markup"):
         if doc.get(name):
-            out.add_file(name, _data_url(doc[name], name, limits))
+            out.add_file(name, _data_url(doc[name], name, limits, payloads))
     for key, value in doc.items():
         if key in ("images", "mask", "markup") or value is None:
             continue
