@@ -6,20 +6,27 @@ capacity for a bounded time with a mix of valid and invalid requests.
 3. load: open loop, valid rows offered at ``--load`` x capacity (default 2x) for ``--duration`` s or
    ``--max-requests``, whichever ends first: ~60% valid edits (b64 or url), ~35% invalid
    (truncated image, missing prompt, wrong key, decompression-bomb header, body over the limit,
-   bad size) and ~5% clients that hang up mid-request;
+   bad size), ~5% clients that hang up mid-request, and hostile uploads: gzip bodies, a large
+   JSON body, a megabyte of multipart preamble, and small files asking for a lot of pixels
+   (2048x2048 and 4096x4096 canvases, n=2) that only the memory budget keeps in check;
+   meanwhile a prober times ``GET /health`` every 50 ms;
 4. settle, then compare with the state after warm-up: RSS of the server process (sampled every
    2 s), open file descriptors, threads, files in the files dir (exactly one per url image served,
    no partial writes).
 
-Pass: every request answered with 200/400/401/413/429/504 (nothing else, no client timeout),
+Pass: every request answered with 200/400/401/413/415/429/504 (nothing else, no client timeout),
 RSS growth <= ``--max-rss-growth-mb``, fd growth <= ``--max-fd-growth``, no orphan files, /health
-200 at the end. Exit status 0 = pass. Loopback only; every loop is bounded in count and time.
+200 at the end and its p99 latency under load <= ``--max-health-p99-ms``, peak RSS (VmHWM) no
+more than ``--memory-budget-mb`` above the RSS after start-up. Exit status 0 = pass. Loopback
+only; every loop is bounded in count and time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import gzip
 import io
 import json
 import os
@@ -37,9 +44,10 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from .memory import vm_hwm_mb
 from .server_process import ServerProcess
 
-EXPECTED = {200, 400, 401, 413, 429, 504}
+EXPECTED = {200, 400, 401, 413, 415, 429, 504}
 
 
 def png(arr: np.ndarray) -> bytes:
@@ -73,7 +81,29 @@ def make_payloads(side: int, region: int) -> dict[str, tuple[dict, list[tuple[st
         "bomb-header": ({"prompt": "x"}, [("image", bomb)]),
         "bad-size": ({"prompt": "x", "size": "100x7"}, [("image", img_png)]),
         "too-big": ({"prompt": "x"}, [("image", img_png + os.urandom(3 * 1024 * 1024))]),
+        # hostile uploads (see ``one`` for how the gzip, JSON and preamble ones are sent)
+        "pixels-2k": (
+            {"prompt": "x", "n": "2"},
+            [("image", canvas(2048)), ("mask", canvas_mask(2048))],
+        ),
+        "pixels-4k": ({"prompt": "x"}, [("image", canvas(4096)), ("mask", canvas_mask(4096))]),
+        "gzip": ({"prompt": "fill"}, [("image", img_png), ("mask", mask_png)]),
+        "json-big": ({"prompt": "fill", "pad": "p" * (1536 * 1024)}, [("image", img_png)]),
+        "preamble": ({"prompt": "fill"}, [("image", img_png), ("mask", mask_png)]),
     }
+
+
+def canvas(side: int) -> bytes:
+    """A smooth side x side image: a small PNG that decodes to many pixels."""
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    img = np.stack([np.add.outer(ramp, ramp) / 2] * 3, -1).astype(np.uint8)
+    return png(img)
+
+
+def canvas_mask(side: int) -> bytes:
+    mask = np.full((side, side, 4), 255, np.uint8)
+    mask[side // 2 - 32 : side // 2 + 32, side // 2 - 32 : side // 2 + 32, 3] = 0
+    return png(mask)
 
 
 MIX = [
@@ -87,6 +117,11 @@ MIX = [
     ("too-big", 3),
     ("wrong-key", 7),
     ("hang-up", 5),
+    ("pixels-2k", 2),
+    ("pixels-4k", 1),
+    ("gzip", 2),
+    ("json-big", 2),
+    ("preamble", 2),
 ]
 
 
@@ -134,12 +169,15 @@ async def one(
     name = "valid" if kind in ("wrong-key", "hang-up") else kind
     fields, files = payloads[name]
     headers = {"Authorization": f"Bearer {'sk-wrong' if kind == 'wrong-key' else key}"}
+    data = hostile_body(kind, fields, files, headers)
+    if data is None:
+        data = form(fields, files)
     try:
         if kind == "hang-up":
             try:
                 async with session.post(
                     f"{base}/v1/images/edits",
-                    data=form(fields, files),
+                    data=data,
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=0.05),
                 ):
@@ -150,7 +188,7 @@ async def one(
             return
         async with session.post(
             f"{base}/v1/images/edits",
-            data=form(fields, files),
+            data=data,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as resp:
@@ -169,6 +207,56 @@ async def one(
     except aiohttp.ClientError as exc:
         # the server may answer 413 and close before the whole body is sent
         stats.record(kind, f"conn-error:{type(exc).__name__}", time.monotonic() - t0)
+
+
+def hostile_body(kind: str, fields: dict, files: list, headers: dict) -> bytes | None:
+    """Raw bodies for the hostile kinds that a form cannot express (``headers`` gets their
+    Content-Type / Content-Encoding); None for the others."""
+    boundary = "soakBoundary" + kind
+    parts = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{n}"; filename="{n}.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + d
+        + b"\r\n"
+        for n, d in files
+    ) + b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    )
+    multipart = parts + f"--{boundary}--\r\n".encode()
+    if kind == "gzip":
+        headers.update(
+            {
+                "Content-Encoding": "gzip",
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+            }
+        )
+        return gzip.compress(multipart)
+    if kind == "preamble":
+        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+        return b"x" * (1024 * 1024) + b"\r\n" + multipart
+    if kind == "json-big":
+        headers["Content-Type"] = "application/json"
+        url = "data:image/png;base64," + base64.b64encode(files[0][1]).decode()
+        return json.dumps({**fields, "images": [{"image_url": url}]}).encode()
+    return None
+
+
+async def probe_health(base: str, stop: asyncio.Event, latencies: list[float]) -> None:
+    """GET /health every 50 ms until ``stop``; each answer's seconds into ``latencies``
+    (a failed probe counts as 10 s)."""
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                async with session.get(
+                    f"{base}/health", timeout=aiohttp.ClientTimeout(total=10)
+                ) as r:
+                    await r.read()
+                    latencies.append(time.monotonic() - t0 if r.status == 200 else 10.0)
+            except (asyncio.TimeoutError, aiohttp.ClientError):
+                latencies.append(10.0)
+            await asyncio.sleep(0.05)
 
 
 def server_state(proc: psutil.Process, files_dir: Path) -> dict:
@@ -265,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, default=15.0, help="seconds of load before the baseline"
     )
     ap.add_argument("--max-rss-growth-mb", type=float, default=64.0)
+    ap.add_argument("--memory-budget-mb", type=float, default=512.0, help="the server's budget")
+    ap.add_argument("--max-health-p99-ms", type=float, default=100.0)
     ap.add_argument("--max-fd-growth", type=int, default=16)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
@@ -288,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             str(args.request_timeout),
             "--max-body-mb",
             "2",
+            "--memory-budget-mb",
+            str(args.memory_budget_mb),
             "--log-level",
             "WARNING",
         ],
@@ -311,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
             f"(max {args.max_requests} requests)"
         )
         samples: list[tuple[float, float]] = []
+        health_latency: list[float] = []
+        started_rss = before["rss_mb"]
 
         async def run_all():
             # warm-up at full load, then the baseline, then the measured soak
@@ -329,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             await asyncio.sleep(2)
             baseline = server_state(proc, files_dir)
+            stop = asyncio.Event()
+            prober = asyncio.ensure_future(probe_health(base, stop, health_latency))
             res = await load(
                 base,
                 key,
@@ -342,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                 files_dir,
                 samples,
             )
+            stop.set()
+            await prober
             return warm, baseline, res
 
         warm, baseline, (stats, sent, elapsed) = asyncio.run(run_all())
@@ -371,6 +469,24 @@ def main(argv: list[str] | None = None) -> int:
                 f"({len(rss)} samples every 2 s)"
             )
         print(f"/health after: {health}")
+        hl = sorted(health_latency)
+        h99 = hl[int(len(hl) * 0.99)] * 1000 if hl else float("nan")
+        print(
+            f"/health under load: {len(hl)} probes, p50 {hl[len(hl) // 2] * 1000:.1f} ms, "
+            f"p99 {h99:.1f} ms, max {hl[-1] * 1000:.1f} ms"
+        )
+        peak = vm_hwm_mb(server.pid)
+        print(
+            f"peak RSS (VmHWM) {peak:.0f} MB = {peak - started_rss:.0f} MB above start-up "
+            f"(memory budget {args.memory_budget_mb:g} MB)"
+        )
+        if h99 > args.max_health_p99_ms:
+            failures.append(f"/health p99 {h99:.0f} ms under load (> {args.max_health_p99_ms:g})")
+        if peak - started_rss > args.memory_budget_mb:
+            failures.append(
+                f"peak RSS {peak - started_rss:.0f} MB above start-up > budget "
+                f"{args.memory_budget_mb:g} MB"
+            )
         growth = after["rss_mb"] - baseline["rss_mb"]
         if stats.unexpected:
             failures.append(
@@ -406,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
                         "rss_samples": samples,
                         "p50_s": p50,
                         "p99_s": p99,
+                        "health_p99_ms": h99,
+                        "peak_rss_mb": peak,
+                        "memory_budget_mb": args.memory_budget_mb,
                         "failures": failures,
                     },
                     indent=1,

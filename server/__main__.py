@@ -13,6 +13,7 @@ from .config import ServerConfig
 from .http.app import create_app
 from .http.serve import serve
 from .logs import setup_logging
+from .service.admission import return_freed_memory
 
 
 def check_provider(config: ServerConfig) -> None:
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             f"No API key configured; generated one for this run:\n\n    {config.auth.api_keys[0]}\n",
             flush=True,
         )
+    return_freed_memory()
     try:
         check_provider(config)
         app = create_app(config)

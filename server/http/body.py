@@ -19,6 +19,7 @@ from aiohttp.helpers import parse_mimetype
 
 from ..config import Limits
 from ..errors import APIError, invalid
+from ..service.admission import Reservation
 from .forms import EditBody, malformed, parse_json, parse_multipart
 
 CHUNK = 64 * 1024
@@ -59,8 +60,12 @@ async def _send_continue(request: web.Request) -> None:
         request.writer.output_size = 0  # the response proper has not started
 
 
-async def read_edit_body(request: web.Request, limits: Limits, executor: Executor) -> EditBody:
-    """Check the Content-Type, read the bytes, parse them off the loop."""
+async def read_edit_body(
+    request: web.Request, limits: Limits, executor: Executor, reservation: Reservation
+) -> EditBody:
+    """Check the Content-Type, read the bytes, parse them off the loop. The body's bytes are
+    held until the answer is sent: they count against the memory budget (``reservation``),
+    reserved from the declared length before ``100 Continue``, or as they arrive."""
     if request.content_length is not None and request.content_length > limits.max_body_bytes:
         raise body_too_large(limits)
     ctype = request.content_type
@@ -80,8 +85,11 @@ async def read_edit_body(request: web.Request, limits: Limits, executor: Executo
             "URLs); got Content-Type " + repr(ctype[:60]) + ".",
             None,
         )
+    declared = request.content_length or 0
+    reservation.add(declared)
     await _send_continue(request)
     raw = await read_raw(request, limits)
+    reservation.add(len(raw) - declared)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(executor, parse, raw, *args)
 

@@ -49,11 +49,7 @@ async def images_edits(request: web.Request) -> web.StreamResponse:
 
 async def _edit(request: web.Request, reservation) -> web.StreamResponse:
     limits = request.app[CONFIG].limits
-    # the body's bytes are held until the answer is sent: they count against the budget
-    reservation.add(request.content_length or 0)
-    body = await read_edit_body(request, limits, request.app[EXECUTOR])
-    if request.content_length is None:
-        reservation.add(sum(len(u.data) for u in body.images) + len(str(body.fields)))
+    body = await read_edit_body(request, limits, request.app[EXECUTOR], reservation)
     edit = parse_edit_fields(body.fields, limits.max_prompt_chars)
     uploads = Uploads(body.images, body.mask, body.markup)
     service = request.app[SERVICE]

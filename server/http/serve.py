@@ -25,6 +25,8 @@ ABORT_S = 1.0
 #: then: how long the runner waits for connections to close
 CLOSE_S = 0.5
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+#: see ``runner_options``
+LINGER_S = 1.0
 
 
 def runner_options(config: ServerConfig) -> dict:
@@ -36,8 +38,10 @@ def runner_options(config: ServerConfig) -> dict:
         "keepalive_timeout": config.http.header_timeout,
         # compressed bodies are refused (415), never inflated
         "auto_decompress": False,
-        # a refused body (401/413/415...) is not drained: the connection closes after the answer
-        "lingering_time": 0,
+        # a refused body (401/413/415...) is not drained: after the answer the connection reads
+        # (and drops, uninflated) what arrives for at most this long, so that a client still
+        # sending sees the answer instead of a reset, then closes
+        "lingering_time": LINGER_S,
     }
 
 

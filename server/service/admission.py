@@ -8,6 +8,7 @@ masks, the composite's float32 intermediates, the encoded outputs), written once
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 
@@ -22,6 +23,22 @@ BYTES_PER_OUTPUT_PIXEL = 40
 #: per output image kept until the response is sent (encoded PNG worst case + its base64)
 BYTES_PER_RESULT_PIXEL = 8
 RETRY_AFTER_S = 2
+
+
+#: glibc mallopt parameters (malloc.h) and the values the server runs with: blocks of 1 MiB and
+#: more always come from (and go back to) mmap, the heap is trimmed past 8 MiB free, and threads
+#: share at most 4 arenas, so that the RSS of a burst of large images returns to the OS
+#: instead of staying with the allocator
+_MALLOPT = {-3: 1 << 20, -1: 8 << 20, -8: 4}  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_ARENA_MAX
+
+
+def return_freed_memory() -> bool:
+    """Tune glibc's allocator as ``_MALLOPT`` says; False where there is no glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return all(libc.mallopt(param, value) == 1 for param, value in _MALLOPT.items())
 
 
 def machine_memory_bytes() -> int:

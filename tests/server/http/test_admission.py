@@ -85,3 +85,9 @@ async def test_queue_is_charged_by_pixels_not_requests(make_client):
 async def test_request_threads_are_bounded_by_configuration(make_client):
     cl = await make_client(request_threads=3)
     assert cl.app[EXECUTOR]._max_workers == 3
+
+
+def test_the_allocator_is_told_to_return_freed_memory():
+    from server.service.admission import return_freed_memory
+
+    assert return_freed_memory() is True  # glibc (Debian): large blocks come from mmap
