@@ -21,6 +21,7 @@ import base64
 import io
 import json
 import random
+import re
 import struct
 import zlib
 from collections import Counter
@@ -81,9 +82,12 @@ def enc(arr_or_im, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def png_header(width: int, height: int, depth: int = 8, color: int = 2, idat: bytes = b"") -> bytes:
-    """A PNG whose IHDR declares width x height; ``idat`` (compressed) may be tiny or empty."""
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
+def png_header(
+    width: int, height: int, depth: int = 8, color: int = 2, idat: bytes = b"", interlace: int = 0
+) -> bytes:
+    """A PNG whose IHDR declares width x height (``interlace`` 1 = Adam7); ``idat`` (compressed)
+    may be tiny or empty."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, interlace)
     body = png_chunk(b"IHDR", ihdr)
     if idat:
         body += png_chunk(b"IDAT", idat)
@@ -99,6 +103,34 @@ def jpeg_with_dims(data: bytes, width: int, height: int) -> bytes:
             out[i + 5 : i + 9] = struct.pack(">HH", height, width)
             return bytes(out)
     raise ValueError("no SOF marker")
+
+
+def jpeg_with_scans(data: bytes, scans: int) -> bytes:
+    """A progressive JPEG (ending in EOI) with its last scan repeated until it has ``scans`` scans.
+
+    The repeated group is everything after the previous scan's data (the tables it needs + SOS +
+    data), so every scan is well-formed; libjpeg decodes such a file (refinements repeat).
+    """
+    count = data.count(b"\xff\xda")  # FF is always followed by 00 or RSTn inside scan data
+    prev = data.find(b"\xff\xda")
+    for _ in range(count - 2):
+        prev = data.find(b"\xff\xda", prev + 2)
+    start = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]").search(data, prev + 2).start()
+    if count < 2 or scans < count or not data.endswith(b"\xff\xd9"):
+        raise ValueError("need a progressive JPEG ending in EOI and scans >= its own scan count")
+    return data[:-2] + data[start:-2] * (scans - count) + b"\xff\xd9"
+
+
+def png_without(data: bytes, kind: bytes) -> bytes:
+    """``data`` (a PNG) with every chunk of type ``kind`` removed."""
+    out, pos = bytearray(data[:8]), 8
+    while pos < len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        end = pos + 12 + length
+        if data[pos + 4 : pos + 8] != kind:
+            out += data[pos:end]
+        pos = end
+    return bytes(out)
 
 
 def webp_vp8x(width: int, height: int) -> bytes:
@@ -249,12 +281,29 @@ class Corpus:
                 len(data) - 2,
                 len(data) - 1,
             ):
-                # PNG/WebP cut inside the pixel data must fail; a cut in a trailer (PNG's IEND)
-                # or in a JPEG's last scan may legitimately still decode
-                sure = cut < len(data) // 2 or (fmt == "webp" and cut < len(data) - 1)
-                self.add(c, f"{fmt}-{cut}", self.edit(data[:cut]), expect=BAD if sure else None)
+                # every cut loses a PNG's IEND, a JPEG's EOI or part of a WebP's RIFF data
+                self.add(c, f"{fmt}-{cut}", self.edit(data[:cut]), expect=BAD)
             # the mask truncated, the image fine
             self.add(c, f"mask-{fmt}", self.edit(self.png, mask=data[: len(data) // 2]), expect=BAD)
+        # a well-formed PNG whose header promises 4096x4096 but whose data holds 16 rows:
+        # refused before a pixel buffer exists (as image, interlaced, and as mask)
+        short = zlib.compress((b"\0" + bytes(4096 * 3)) * 16)
+        self.add(
+            c, "png-4096-short-data", self.edit(png_header(4096, 4096, idat=short)), expect=BAD
+        )
+        interlaced = png_header(4096, 4096, idat=short, interlace=1)
+        self.add(c, "png-4096-interlaced-short-data", self.edit(interlaced), expect=BAD)
+        self.add(
+            c,
+            "mask-png-4096-short-data",
+            self.edit(self.png, mask=png_header(4096, 4096, idat=short)),
+            expect=BAD,
+        )
+        self.add(c, "png-no-iend", self.edit(png_without(self.png, b"IEND")), expect=BAD)
+        big_jpeg = jpeg_with_dims(self.jpeg, 4096, 4096)
+        self.add(c, "jpeg-4096-header-no-eoi", self.edit(big_jpeg[:-2]), expect=BAD)
+        bmp = enc(Image.fromarray(alpha_mask()[..., 3]), "BMP")
+        self.add(c, "mask-bmp-short-rows", self.edit(self.png, mask=bmp[:-100]), expect=BAD)
 
     def corrupt(self, per_format: int = 25) -> None:
         c = "corrupt"
@@ -299,6 +348,46 @@ class Corpus:
         ):
             junk = bytes(self.rng.randrange(256) for _ in range(300))
             self.add(c, f"magic-{tag}", self.edit(magic + junk), expect=BAD)
+        # PNG structure: a wrong CRC, data inflating to more than the header says, a broken
+        # deflate stream, no IDAT, a palette image without PLTE, a flood of empty chunks
+        idat = self.png.index(b"IDAT")  # its CRC follows the type and the payload
+        idat_crc = idat + 4 + struct.unpack_from(">I", self.png, idat - 4)[0]
+        bad_crc = bytearray(self.png)
+        bad_crc[idat_crc] ^= 0xFF
+        self.add(c, "png-idat-bad-crc", self.edit(bytes(bad_crc)), expect=BAD)
+        rows = b"".join(b"\0" + self.img[y].tobytes() for y in range(H))
+        self.add(
+            c,
+            "png-idat-too-much",
+            self.edit(png_header(W, H, idat=zlib.compress(rows * 2))),
+            expect=BAD,
+        )
+        self.add(
+            c, "png-idat-not-deflate", self.edit(png_header(W, H, idat=rows[:500])), expect=BAD
+        )
+        self.add(c, "png-no-idat", self.edit(png_without(self.png, b"IDAT")), expect=BAD)
+        pal = enc(Image.fromarray(self.img).convert("P"), "PNG")
+        self.add(c, "png-palette-no-plte", self.edit(png_without(pal, b"PLTE")), expect=BAD)
+        flood = self.png[:33] + png_chunk(b"prVt", b"") * 70_000 + self.png[33:]
+        self.add(c, "png-70000-chunks", self.edit(flood), expect=BAD)
+        # JPEG: more scans than any encoder writes (each costs a full decoding pass)
+        progressive = enc(self.img, "JPEG", progressive=True)
+        for scans in (65, 500):
+            many = jpeg_with_scans(progressive, scans)
+            self.add(c, f"jpeg-{scans}-scans", self.edit(many), expect=BAD)
+        dqt = self.jpeg.index(b"\xff\xdb")  # stray bytes: Pillow's header parser reads them 1 by 1
+        stray = self.jpeg[:dqt] + b"\0" * 5000 + self.jpeg[dqt:]
+        self.add(c, "jpeg-5000-stray-bytes", self.edit(stray), expect=BAD)
+        self.add(
+            c,
+            "mask-jpeg-500-scans",
+            self.edit(self.png, mask=jpeg_with_scans(progressive, 500)),
+            expect=BAD,
+        )
+        # WebP: a chunk that claims more bytes than the RIFF holds
+        webp = bytearray(self.webp)
+        webp[16:20] = struct.pack("<I", struct.unpack_from("<I", webp, 16)[0] + 1000)
+        self.add(c, "webp-chunk-past-riff", self.edit(bytes(webp)), expect=BAD)
 
     def tiny_and_huge(self) -> None:
         c = "dimensions"
@@ -336,12 +425,12 @@ class Corpus:
             (4096, 4097),
         ):
             # over the pixel limit (or empty): refused from the header; else the data is short
-            exp = BAD if w * h == 0 or w * h > 4096 * 4096 else None
+            # (64 bytes for w x h pixels: truncated), refused before decoding
             self.add(
                 c,
                 f"png-header-{w}x{h}",
                 self.edit(png_header(w, h, idat=zlib.compress(b"\0" * 64))),
-                expect=exp,
+                expect=BAD,
             )
             self.add(
                 c,
@@ -402,6 +491,12 @@ class Corpus:
         self.add(c, "jpeg-gray", self.edit(enc(img.convert("L"), "JPEG")), expect=OK)
         self.add(c, "jpeg-cmyk", self.edit(enc(img.convert("CMYK"), "JPEG")), expect=OK)
         self.add(c, "jpeg-progressive", self.edit(enc(img, "JPEG", progressive=True)), expect=OK)
+        self.add(
+            c,
+            "jpeg-progressive-64-scans",
+            self.edit(jpeg_with_scans(enc(img, "JPEG", progressive=True), 64)),
+            expect=OK,
+        )
         self.add(c, "jpeg-subsampling-444", self.edit(enc(img, "JPEG", subsampling=0)), expect=OK)
         self.add(c, "webp-rgba", self.edit(enc(img.convert("RGBA"), "WEBP")), expect=OK)
         self.add(c, "bmp", self.edit(enc(img, "BMP")), expect=BAD)

@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks.server_process import ServerProcess
+from benchmarks.soak import probe_health
 
 from .client import LOOPBACK, send
 from .corpus import EDITS, MP_TYPE, Case, build_corpus, enc, file_part, multipart, part, scene
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         default=45.0,
         help="how long the slow-upload probe waits for the server's 408 (its read timeout is 30 s)",
     )
+    ap.add_argument("--max-health-p99-ms", type=float, default=100.0)
     args = ap.parse_args(argv)
 
     key = "sk-fuzz-" + secrets.token_hex(12)
@@ -162,12 +164,28 @@ def main(argv: list[str] | None = None) -> int:
         cases = build_corpus()
         t0 = time.monotonic()
 
+        health: list[float] = []
+
         async def campaign():
+            stop = asyncio.Event()
+            prober = asyncio.ensure_future(probe_health(server.base, stop, health))
             slow = asyncio.ensure_future(slow_upload(port, key, args.stall))
             res = await run_corpus(cases, port, key, args.timeout, args.concurrency)
+            stop.set()
+            await prober
             return res, await slow
 
         results, (slow_status, slow_s) = asyncio.run(campaign())
+        hl = sorted(health)
+        h99 = hl[int(len(hl) * 0.99)] * 1000
+        print(
+            f"/health during the corpus: {len(hl)} probes, p50 {hl[len(hl) // 2] * 1000:.1f} ms, "
+            f"p99 {h99:.1f} ms, max {hl[-1] * 1000:.1f} ms"
+        )
+        if h99 > args.max_health_p99_ms:
+            failures.append(
+                f"/health p99 {h99:.0f} ms during the corpus (> {args.max_health_p99_ms:g})"
+            )
         corpus_s = time.monotonic() - t0
         by_status = Counter(status for _, status, _ in results)
         by_cat: dict[str, Counter] = {}

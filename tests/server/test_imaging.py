@@ -1,4 +1,4 @@
-"""Tests for server/imaging.py. Every fixture is generated in code; nothing is read from disk."""
+"""Tests for server/imaging/. Every fixture is generated in code; nothing is read from disk."""
 
 from __future__ import annotations
 
