@@ -11,7 +11,7 @@ PRECISION ?= auto
 TARGET ?= cpu
 SERVE_ARGS ?=
 
-.PHONY: serve test test-slow install install-dev lint export export-tiny benchmark soak fuzz clean
+.PHONY: serve test test-slow install install-dev lint export export-tiny benchmark gpu-check soak fuzz clean
 
 # Stamps: re-install only when pyproject.toml changes.
 $(VENV)/.stamp-runtime: pyproject.toml
@@ -22,6 +22,8 @@ $(VENV)/.stamp-runtime: pyproject.toml
 
 # The real CLIP BPE vocabulary ships inside open-clip-torch; --no-deps keeps its torchvision
 # requirement (which would fight the pinned CPU torch) out. Nothing imports open_clip itself.
+# The dev extra brings the `playwright` package only: the browser tests drive Debian's
+# /usr/bin/chromium (.ci/run installs it), so no `playwright install` browser download.
 $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-runtime
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m pip install -q --no-deps open-clip-torch
@@ -53,6 +55,15 @@ export-tiny: install-dev
 
 benchmark: install-dev
 	$(PY) -m benchmarks --preset $(PRESET)
+
+# GPU check on a lent GPU machine (docs/notes/gpu-check.md): no install step (the device reaches
+# no registry); GPU_PARTS = the folder holding the carried parts (onnxruntime-gpu + wheels +
+# tiny exports), unpacked and installed first. Writes gpu-check.json under $OUT.
+GPU_PY ?= python3
+GPU_PARTS ?=
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PY) -m benchmarks.gpu_carry run $(if $(GPU_PARTS),--parts "$(GPU_PARTS)") -- $(GPU_CHECK_ARGS)
 
 # Overload soak on loopback: 2x measured capacity, valid + invalid mix, ~3 minutes, bounded.
 SOAK_ARGS ?= --duration 150

@@ -22,18 +22,25 @@ Providers:
 - ``OpenVINOProvider``: the OpenVINO runtime reading the ONNX file itself (``pip install
   '.[openvino]'``); precision hint f32/bf16/f16. Under bf16/f16 the sinusoidal time-embedding
   subgraph of the UNet is pinned to fp32 (see ``time_embedding_nodes``). We do not use ORT's OpenVINO EP: it
-  silently falls back to the CPU EP on bad options.
+  silently falls back to the CPU EP on bad options. Compiled graphs are cached on disk
+  (``ov_cache``: ``<model folder>/ov_cache``); optionally one static graph per input shape.
+- ``AutoProvider`` ("auto" without CUDA): per component the fastest runtime and precision the
+  CPU computes natively (``plan.cpu_plan`` over ``cpu_features``), kept only when its output on
+  a fixed sample is within the component's tolerance of fp32 (``accuracy``).
 
 ``select_provider(name)`` raises ``ProviderUnavailable`` (a RuntimeError, not a client error)
 saying what to install when the runtime lacks the provider.
 
 Layout: ``base`` (the ``ExecutionProvider`` interface, ``Session``, ``ProviderUnavailable``),
 ``onnxruntime`` (ORT sessions; CPU, CUDA, TensorRT), ``openvino`` (provider and session),
-``openvino_graph`` (the time-embedding fp32 marks), this module (``select_provider``).
+``openvino_graph`` (the time-embedding fp32 marks), ``ov_cache`` (compiled graphs on disk),
+``plan`` (what auto tries per component, tolerances), ``accuracy`` (the sample and the error
+measure), ``auto`` (``AutoProvider``), this module (``select_provider``).
 """
 
 from __future__ import annotations
 
+from .auto import AutoProvider, available_runtimes
 from .base import ExecutionProvider, ProviderUnavailable, Session
 from .onnxruntime import (
     CPUProvider,
@@ -43,7 +50,7 @@ from .onnxruntime import (
     TensorRTProvider,
     trt_shape_string,
 )
-from .openvino import OpenVINOProvider, OVSession
+from .openvino import OpenVINOProvider, OVSession, effective_precision
 from .openvino_graph import (
     mark_precise_in_ir,
     time_embedding_nodes,
@@ -52,6 +59,7 @@ from .openvino_graph import (
 
 __all__ = [
     "PROVIDER_NAMES",
+    "AutoProvider",
     "CPUProvider",
     "CUDAProvider",
     "ExecutionProvider",
@@ -62,6 +70,8 @@ __all__ = [
     "ProviderUnavailable",
     "Session",
     "TensorRTProvider",
+    "available_runtimes",
+    "effective_precision",
     "mark_precise_in_ir",
     "select_provider",
     "time_embedding_nodes",
@@ -84,19 +94,22 @@ def select_provider(
     "openvino:f32" / "openvino:bf16" / "openvino:f16" also set OpenVINO's precision hint
     (plain "openvino": ``openvino_precision``, else f32). Nothing is read from the environment.
 
-    auto = CUDA when onnxruntime has CUDAExecutionProvider, else CPU (never TensorRT: its
-    engine builds take minutes, so it is opt-in). Raises ``ProviderUnavailable`` saying what to
-    install, ``ValueError`` for an unknown name.
+    auto = CUDA when onnxruntime has CUDAExecutionProvider (never TensorRT: its engine builds
+    take minutes, so it is opt-in), else ``AutoProvider``: per component the fastest precision
+    this CPU computes natively that holds against fp32. Raises ``ProviderUnavailable`` saying
+    what to install, ``ValueError`` for an unknown name.
     """
     name = (name or "auto").lower()
     if name.startswith("openvino:"):  # "openvino:bf16" selects the precision hint
         name, openvino_precision = "openvino", name.split(":", 1)[1]
     if name not in PROVIDER_NAMES:
         raise ValueError(f"unknown provider {name!r}; choose one of {', '.join(PROVIDER_NAMES)}")
+    if name == "auto" and CUDAProvider.available():
+        name = "cuda"
     if name == "auto":
-        name = "cuda" if CUDAProvider.available() else "cpu"
-    if name == "cpu":
-        provider: ExecutionProvider = CPUProvider(threads)
+        provider: ExecutionProvider = AutoProvider(threads)
+    elif name == "cpu":
+        provider = CPUProvider(threads)
     elif name == "cuda":
         provider = CUDAProvider(device_id, threads)
     elif name == "tensorrt":

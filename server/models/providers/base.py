@@ -47,6 +47,14 @@ def _model_folder(path: Path, spec: ComponentSpec | None) -> Path:
     return path.parent.parent
 
 
+def component_name(path: Path, spec: ComponentSpec | None) -> str:
+    """The component a file belongs to: the first folder of ``spec.file`` ("unet/model.onnx"
+    -> "unet"), else the file's folder name."""
+    if spec is not None and len(Path(spec.file).parts) > 1:
+        return Path(spec.file).parts[0]
+    return Path(path).parent.name
+
+
 class ExecutionProvider(ABC):
     """Loads ONNX components into sessions. Subclasses: one per provider."""
 

@@ -1,0 +1,202 @@
+"""``--provider auto`` on the real runtimes with the tiny export: the per-component choice, the
+one-time accuracy check against fp32 and its fallback, what describe() reports, and the
+OpenVINO compiled-graph cache (disk blobs, static per-shape graphs) through its counters and
+the cache folder's content.
+
+The plans come from sample flag sets, the precisions from this machine: where it has no bf16
+units, OpenVINO runs a bf16 hint in f32 and auto must reject it as "not native"; both outcomes
+are asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from server.models.cpu_features import native_unit, read_cpu_flags
+from server.models.manifest import Manifest
+from server.models.providers import AutoProvider, CPUProvider, OpenVINOProvider
+from server.models.providers.accuracy import sample_feeds
+from server.models.providers.plan import FP32_RUNTIME
+
+pytest.importorskip("openvino")
+
+AVX2 = {"avx2", "fma"}
+ZEN4 = AVX2 | {"avx512f", "avx512_bf16"}
+BOTH = {"onnxruntime", "openvino"}
+COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+NATIVE_BF16 = native_unit(read_cpu_flags(), "bf16") is not None
+
+
+@pytest.fixture
+def tiny(tiny_model_fp32, tmp_path):
+    """A private copy of the tiny export (the caches are written into the model folder)."""
+    folder = tmp_path / "tiny"
+    shutil.copytree(tiny_model_fp32, folder)
+    return folder, Manifest.read(folder)
+
+
+def load_all(provider, folder, manifest):
+    return {c: provider.load(folder / s.file, s) for c, s in manifest.components.items()}
+
+
+def cache_files(folder) -> list[str]:
+    return sorted(p.name for p in (folder / "ov_cache").glob("*.blob"))
+
+
+def test_avx2_machine_runs_fp32_with_no_check(tiny):
+    folder, m = tiny
+    auto = AutoProvider(threads=1, flags=AVX2, runtimes=BOTH)
+    sessions = load_all(auto, folder, m)
+    assert auto.checks_run == 0
+    comps = auto.describe()["components"]
+    assert {c: (v["runtime"], v["precision"]) for c, v in comps.items()} == {
+        c: (FP32_RUNTIME[c], "fp32") for c in COMPONENTS
+    }
+    assert "no bf16/fp16 units" in comps["unet"]["why"]
+    spec = m.components["unet"]
+    feeds = sample_feeds(spec)
+    ref = CPUProvider(threads=1).load(folder / spec.file, spec).run(feeds)["out_sample"]
+    out = sessions["unet"].run(feeds)["out_sample"]
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_reduced_precision_within_tolerance_is_kept_and_reported(tiny):
+    folder, m = tiny
+    loose = {c: 0.2 for c in COMPONENTS}
+    auto = AutoProvider(threads=1, flags=ZEN4, runtimes=BOTH, tolerances=loose)
+    sessions = load_all(auto, folder, m)
+    comps = auto.describe()["components"]
+    if not NATIVE_BF16:
+        assert all(v["precision"] == "fp32" for v in comps.values())
+        assert all("not native" in v["why"] for v in comps.values())
+        return
+    assert {c: (v["runtime"], v["precision"]) for c, v in comps.items()} == {
+        c: ("openvino", "bf16") for c in COMPONENTS
+    }
+    assert auto.checks_run == 4
+    for v in comps.values():
+        assert 0 < v["max_rel_err"] <= 0.2 and v["why"].startswith("avx512_bf16 native; max rel")
+    spec = m.components["unet"]
+    feeds = sample_feeds(spec, seed=3)  # not the checked sample
+    ref = CPUProvider(threads=1).load(folder / spec.file, spec).run(feeds)["out_sample"]
+    out = sessions["unet"].run(feeds)["out_sample"]
+    assert 0 < np.abs(out - ref).max() <= 0.2 * np.abs(ref).max()
+    assert sessions["unet"].effective_precision == "bf16"
+
+
+def test_beyond_tolerance_falls_back_to_fp32_and_the_verdict_is_kept(tiny, caplog):
+    folder, m = tiny
+    strict = {c: 1e-9 for c in COMPONENTS}
+    caplog.set_level(logging.WARNING, logger="server.models.providers")
+    auto = AutoProvider(threads=1, flags=ZEN4, runtimes=BOTH, tolerances=strict)
+    load_all(auto, folder, m)
+    comps = auto.describe()["components"]
+    assert {c: v["precision"] for c, v in comps.items()} == {c: "fp32" for c in COMPONENTS}
+    reason = "max rel err" if NATIVE_BF16 else "not native"
+    assert all("fell back from openvino bf16: " in v["why"] for v in comps.values())
+    assert all(reason in v["why"] for v in comps.values())
+    assert sum("fell back" in r.getMessage() for r in caplog.records) == 4
+    # rejected graphs leave no blob behind; the fp32 OpenVINO ones stay for the next start
+    assert cache_files(folder) == sorted(f for f in cache_files(folder) if f.split("-")[1] == "f32")
+    if not NATIVE_BF16:
+        return
+    checks = json.loads((folder / "ov_cache" / "accuracy-checks.json").read_text())
+    assert len(checks) == 4 and all(v["max_rel_err"] > 1e-9 for v in checks.values())
+
+    again = AutoProvider(threads=1, flags=ZEN4, runtimes=BOTH, tolerances=strict)
+    load_all(again, folder, m)
+    assert again.checks_run == 0  # checked once: the kept verdicts decide
+    assert {c: v["precision"] for c, v in again.choices.items()} == {c: "fp32" for c in COMPONENTS}
+    assert all("cached check" in v["why"] for v in again.choices.values())
+    (cache,) = again.describe()["cache"]
+    n_ov = sum(FP32_RUNTIME[c] == "openvino" for c in COMPONENTS)
+    assert (cache["hits"], cache["misses"], cache["stores"]) == (n_ov, 0, 0)
+
+
+def test_openvino_second_load_imports_the_compiled_graph(tiny):
+    folder, m = tiny
+    spec = m.components["unet"]
+    path = folder / spec.file
+    first = OpenVINOProvider("bf16", threads=1)
+    out1 = first.load(path, spec).run(sample_feeds(spec))["out_sample"]
+    cache = first._caches[folder / "ov_cache"]
+    assert (cache.hits, cache.misses, cache.stores) == (0, 1, 1)
+    (blob,) = cache_files(folder)
+    assert blob.startswith("unet-bf16-")
+    meta = json.loads((folder / "ov_cache" / blob).with_suffix(".json").read_text())
+    assert meta["files"] == spec.sha256 and meta["precision"] == "bf16"
+    second = OpenVINOProvider("bf16", threads=1)
+    session = second.load(path, spec)
+    cache2 = second._caches[folder / "ov_cache"]
+    assert (cache2.hits, cache2.misses, cache2.stores) == (1, 0, 0)
+    assert second.precise_nodes == first.precise_nodes >= 4  # the time-embedding pin kept
+    np.testing.assert_array_equal(session.run(sample_feeds(spec))["out_sample"], out1)
+    # another precision is another graph
+    OpenVINOProvider("f32", threads=1).load(path, spec)
+    assert len(cache_files(folder)) == 2
+
+
+def test_static_shapes_compile_once_per_shape_and_persist(tiny):
+    folder, m = tiny
+    spec = m.components["vae_decoder"]
+    path = folder / spec.file
+    rng = np.random.default_rng(0)
+    a = {"latent_sample": rng.standard_normal((1, 4, 8, 8), dtype=np.float32)}
+    b = {"latent_sample": rng.standard_normal((2, 4, 8, 16), dtype=np.float32)}
+    c = {"latent_sample": rng.standard_normal((1, 4, 16, 8), dtype=np.float32)}
+    dynamic = OpenVINOProvider("f32", threads=1, cache=False).load(path, spec)
+    p = OpenVINOProvider("f32", threads=1, static_shapes=2)
+    s = p.load(path, spec)
+    assert s.input_names == ["latent_sample"] and s.output_names == ["sample"]
+    for feeds in (a, a, b, a):
+        np.testing.assert_allclose(
+            s.run(feeds)["sample"], dynamic.run(feeds)["sample"], rtol=1e-4, atol=1e-4
+        )
+    assert s.compiles == 2  # a and b; the repeats reuse their graphs
+    s.run(c)  # a third shape evicts the least recently used (b)
+    assert s.compiles == 3 and len(s.static_shapes) == 2
+    assert [dict(k)["latent_sample"] for k in s.static_shapes] == [(1, 4, 8, 8), (1, 4, 16, 8)]
+    assert len(cache_files(folder)) == 3  # one blob per shape on disk
+    s.run(b)  # back in memory from the disk cache, not recompiled
+    cache = p._caches[folder / "ov_cache"]
+    assert (cache.hits, cache.misses) == (1, 3)
+    restarted = OpenVINOProvider("f32", threads=1, static_shapes=2).load(path, spec)
+    restarted.run(a)
+    assert restarted.compiles == 1 and len(cache_files(folder)) == 3
+
+
+def test_unwritable_cache_still_loads(tiny, caplog):
+    folder, m = tiny
+    spec = m.components["vae_encoder"]
+    not_a_dir = folder / "cache-file"
+    not_a_dir.write_text("x")
+    p = OpenVINOProvider("f32", threads=1, cache_dir=not_a_dir)
+    with caplog.at_level(logging.WARNING, logger="server.models.providers"):
+        out = p.load(folder / spec.file, spec).run(sample_feeds(spec))
+    assert np.isfinite(out["latent_mean"]).all()
+    assert any("not writable" in r.getMessage() for r in caplog.records)
+    assert p.describe()["cache"][0]["enabled"] is False
+
+
+def test_auto_in_the_pipeline_describes_each_component(tiny):
+    from server.models.base import Row
+    from server.models.sd_inpaint import SDInpaintModel
+
+    folder, _ = tiny
+    model = SDInpaintModel.from_folder(folder, name="t", provider="auto", threads=1)
+    d = model.describe()["provider"]
+    assert d["name"] == "auto" and set(d["components"]) == set(COMPONENTS)
+    for choice in d["components"].values():
+        assert choice["runtime"] in ("onnxruntime", "openvino")
+        assert choice["precision"] in ("fp32", "bf16", "f16") and choice["why"]
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), np.float32)
+    mask[8:40, 16:56] = 1
+    (out,) = model.run([Row(image=img, mask=mask, prompt="a cat", seed=1, steps=2)])
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
