@@ -46,10 +46,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     http = config.http
-    print(
-        f"Serving on http://{http.host}:{http.port} (models dir: {config.models.models_dir})",
-        flush=True,
-    )
+    # a bind address a browser can open: wildcards -> loopback, IPv6 in brackets
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(http.host, http.host)
+    base = f"http://{f'[{host}]' if ':' in host else host}:{http.port}"
+    print(f"Serving on {base} (models dir: {config.models.models_dir})", flush=True)
+    # the playground page: with a generated key, an address that logs the browser in
+    if generated:
+        print(f"Playground: {base}/#key={config.auth.api_keys[0]}", flush=True)
+    elif config.auth.no_auth:
+        print(f"Playground: {base}/ (auth is off)", flush=True)
+    else:
+        print(f"Playground: {base}/ (enter your API key on the page)", flush=True)
     asyncio.run(serve(app, config))
     return 0
 

@@ -16,7 +16,7 @@ from ..metrics import Metrics
 from ..models.registry import ModelRegistry, load_registry
 from ..service import EditService
 from ..service.admission import MemoryBudget, default_budget_bytes
-from ..storage import FileStore
+from ..storage import Store, check_config, make_store
 from .middlewares import cors_headers, make_middlewares
 from .playground import routes as playground_routes
 from .routes import routes
@@ -47,6 +47,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
     keys = KeyStore(config.auth.api_keys)
     if not config.auth.no_auth and len(keys) == 0:
         raise ValueError("no API key configured: pass --api-key, or --no-auth for local use")
+    check_config(config.storage)  # bad storage settings fail here, before the start
     metrics = Metrics()
     app = web.Application(
         middlewares=make_middlewares(config, keys, metrics),
@@ -79,7 +80,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
                     default_model=models.default_model,
                 ),
             )
-        store = FileStore(config.storage.files_dir, config.storage.file_ttl)
+        store = make_store(config.storage)  # a local folder, or an S3 bucket (probed)
         batching = config.batching
         batcher = Batcher(
             reg.models,
@@ -116,7 +117,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
     return app
 
 
-async def _sweep_files(store: FileStore, executor) -> None:
+async def _sweep_files(store: Store, executor) -> None:
     loop = asyncio.get_running_loop()
     while True:
         removed = await loop.run_in_executor(executor, store.cleanup)

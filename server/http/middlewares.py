@@ -180,7 +180,8 @@ def make_middlewares(config: ServerConfig, keys: KeyStore, metrics: Metrics) -> 
         origin = request.headers.get("Origin")
         if check_origin and request.method not in ("GET", "HEAD", "OPTIONS") and origin:
             origin_host = host_name(urlsplit(origin).netloc) if origin != "null" else ""
-            if not is_loopback(origin_host) and origin not in origins:
+            same_host = origin_host == host_name(request.host)  # the Host was checked above
+            if not (is_loopback(origin_host) or same_host or origin in origins):
                 raise APIError(
                     403,
                     "Cross-site requests to an unauthenticated local server are refused; "

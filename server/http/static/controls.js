@@ -108,12 +108,10 @@ export class Controls {
       lossy: $("output_format").value !== "png",
     };
     for (const el of document.querySelectorAll("[data-needs]")) el.hidden = !needs[el.dataset.needs];
-    $("model-note").textContent = card
-      ? (caps.reads_prompt
-          ? "Reads the prompt: describe what the painted region should show."
-          : "Ignores the prompt: it fills the painted region from its surroundings.") +
-        (card.description ? ` ${card.description}` : "")
-      : "No model loaded.";
+    const says = caps.reads_prompt
+      ? "Reads the prompt: describe what the painted region should show."
+      : "Ignores the prompt: it fills the painted region from its surroundings.";
+    $("model-note").textContent = card ? card.description || says : "No model loaded.";
     this.#sizes(caps.sizes);
     if (params) {
       for (const [id, name] of [["steps", "steps"], ["guidance_scale", "guidance_scale"], ["strength", "strength"]]) {

@@ -34,7 +34,11 @@ export class Gallery {
     beforeImg.alt = "The input image, for comparison";
     const range = node.querySelector(".compare-range");
     range.setAttribute("aria-label", `Compare result ${index + 1} with the input`);
-    const show = () => node.querySelector(".compare").style.setProperty("--split", `${range.value}%`);
+    const compare = node.querySelector(".compare");
+    const show = () => {
+      compare.style.setProperty("--split", `${range.value}%`);
+      compare.style.setProperty("--seam", range.value > 0 && range.value < 100 ? "1" : "0");
+    };
     range.addEventListener("input", show);
     show();
     node.querySelector(".seed").textContent =
@@ -46,7 +50,10 @@ export class Gallery {
     const reuse = node.querySelector(".reuse");
     reuse.setAttribute("aria-label", `Use result ${index + 1} as the input image`);
     reuse.addEventListener("click", () => this.onReuse(blob, name));
-    this.root.append(node);
+    node.dataset.index = String(index);
+    // completed events may come in any order: keep the gallery in image order
+    const next = [...this.root.children].find((el) => Number(el.dataset.index) > index);
+    this.root.insertBefore(node, next || null);
     return node;
   }
 }

@@ -274,6 +274,8 @@ const gallery = new Gallery($("gallery"), $("result-template"), {
 });
 let previewUrl = null;
 
+let runs = 0;
+
 async function run() {
   if (state.running) return;
   if (!state.source) {
@@ -281,6 +283,17 @@ async function run() {
     return;
   }
   hideError();
+  // busy from the first moment, before anything is awaited: a second click does nothing
+  const abort = new AbortController();
+  state.running = abort;
+  $("submit").disabled = true;
+  $("cancel").disabled = false;
+  runs += 1;
+  $("progress").dataset.run = String(runs);
+  setProgress({ value: 0, state: "running", text: "Sending…", partials: 0, completed: 0 });
+  gallery.clear();
+  $("preview-box").hidden = true;
+
   const card = controls.card();
   const fields = controls.fields();
   const value = (name) => (fields.find(([n]) => n === name) || [])[1];
@@ -288,22 +301,10 @@ async function run() {
   const seed = value("seed") === undefined ? null : Number(value("seed"));
   const partialsEach = Number(value("partial_images") || 0);
   const total = n * (1 + (card?.capabilities?.streams_previews ? partialsEach : 0));
-  const form = new FormData();
-  form.append("image", state.source.blob, imageName());
-  form.append("mask", await mask.toBlob(), "mask.png");
-  for (const [name, v] of fields) form.append(name, v);
-
   const before = state.source.url;
-  const abort = new AbortController();
-  state.running = abort;
-  $("submit").disabled = true;
-  $("cancel").disabled = false;
-  gallery.clear();
-  $("preview-box").hidden = true;
   let partials = 0;
   let completed = 0;
   const started = performance.now();
-  setProgress({ value: 0, state: "running", text: "Sending…", partials, completed });
 
   const onEvent = (type, ev) => {
     const blob = b64ToBlob(ev.b64_json, MIME[ev.output_format] || "image/png");
@@ -313,15 +314,18 @@ async function run() {
       previewUrl = URL.createObjectURL(blob);
       $("preview").src = previewUrl;
       $("preview-box").hidden = false;
-      $("preview-caption").textContent = `Preview ${ev.partial_image_index + 1} of ${partialsEach}`;
+      const which = n > 1 ? ` of image ${(ev.image_index ?? 0) + 1}` : "";
+      $("preview-caption").textContent = `Preview ${ev.partial_image_index + 1} of ${partialsEach}${which}`;
     } else if (type === "image_edit.completed") {
-      gallery.add({ blob, before, seed: seed === null ? null : seed + completed, index: completed });
+      // image_index (this server's extension) says which of the n images it is: image i was
+      // made with seed + i
+      const index = ev.image_index ?? completed;
+      gallery.add({ blob, before, seed: seed === null ? null : seed + index, index });
       completed += 1;
       if (completed === n) $("preview-box").hidden = true;
     }
-    const done = partials + completed;
     setProgress({
-      value: Math.min(1, done / total),
+      value: Math.min(1, (partials + completed) / total),
       text: `${completed} of ${n} image${n > 1 ? "s" : ""} done` + (partials ? `, ${partials} previews` : "") + "…",
       partials,
       completed,
@@ -329,6 +333,10 @@ async function run() {
   };
 
   try {
+    const form = new FormData();
+    form.append("image", state.source.blob, imageName());
+    form.append("mask", await mask.toBlob(), "mask.png");
+    for (const [name, v] of fields) form.append(name, v);
     await streamEdit(form, abort.signal, onEvent);
     const s = ((performance.now() - started) / 1000).toFixed(1);
     setProgress({ value: 1, state: "done", text: `Done: ${completed} image${completed === 1 ? "" : "s"} in ${s} s.` });
