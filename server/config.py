@@ -118,6 +118,63 @@ class StorageConfig:
         None, "where url images are kept; default: a temp dir, lost on restart"
     )
     file_ttl: int = option(3600, "seconds a url image stays available")
+    # S3: credentials come from boto3's chain (AWS_* variables, ~/.aws, roles), never from here
+    s3_bucket: str | None = option(
+        None,
+        "S3-compatible bucket for url images, linked by presigned GETs that expire after "
+        "--file-ttl; default: none (files in --files-dir)",
+    )
+    s3_prefix: str = option("inpaint/", "key prefix in --s3-bucket ('' or ending in '/')")
+    s3_endpoint_url: str | None = option(
+        None, "S3 API endpoint (MinIO, SeaweedFS, R2...); default: AWS"
+    )
+    s3_link_endpoint_url: str | None = option(
+        None,
+        "endpoint written into the links when clients reach the store at another address "
+        "than the server does; default: --s3-endpoint-url",
+    )
+    s3_region: str | None = option(None, "region; default: boto3's (AWS_REGION, ~/.aws/config)")
+    s3_addressing_style: str = option(
+        "auto", "auto, path (most self-hosted stores) or virtual (bucket in the host name)"
+    )
+    s3_no_sweep: bool = option(
+        False,
+        "never list or delete expired objects (leave it to a bucket lifecycle rule; links "
+        "still expire)",
+    )
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    """Asynchronous jobs (``Prefer: respond-async``): where their state lives, leases, webhooks."""
+
+    database_url: str | None = option(
+        None,
+        "job (and shared rate-limit) database: postgresql://user@host/db for any number of "
+        "replicas, or sqlite:///path; default: SQLite jobs.sqlite3 in --files-dir (one "
+        "replica; a temp dir without --files-dir, lost on restart)",
+    )
+    lease_seconds: float = option(
+        30.0,
+        "a running job's lease, renewed while it runs; a job whose replica died is run again "
+        "this long after its last renewal",
+    )
+    max_queued_jobs: int = option(1000, "queued jobs per API key before 429")
+    webhook_secret: str | None = option(
+        None,
+        "Standard Webhooks signing secret, whsec_ + base64 of 24..64 random bytes; "
+        "default: none, webhook_url is refused",
+    )
+    webhook_retries: int = option(6, "webhook attempts after the first before giving up")
+    webhook_backoff: float = option(
+        2.0, "seconds before the first webhook retry, doubled at each further one (max 600)"
+    )
+    webhook_timeout: float = option(10.0, "seconds one webhook attempt may take")
+    webhook_allow_private: bool = option(
+        False,
+        "allow webhook URLs on loopback, private, link-local and other non-public addresses "
+        "(refused by default against SSRF)",
+    )
 
 
 @dataclass(frozen=True)
@@ -180,6 +237,7 @@ class ServerConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     limits: Limits = field(default_factory=Limits)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

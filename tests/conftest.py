@@ -14,6 +14,8 @@ Session-scoped (built once per test run, reused by every test file):
 - ``tiny_model_fp32`` / ``tiny_model_fp16``: exported ONNX model folders of that pipeline
   (``python -m export --tiny``), each with ``manifest.json`` readable by
   ``server.models.manifest.Manifest.read``. target cpu, verified against PyTorch.
+- ``s3_server``: a real S3 server (SeaweedFS on loopback, ~4 s to start; tests/s3.py): endpoint,
+  bucket, credentials, ``client()`` and ``env()``.
 
 The first fixture takes ~5 s, each export ~50 s on 2 busy cores (the fp16 export reuses the
 fp32 traces in-process, ~10 s). Everything lives under one session tmp dir. Treat the folders as
@@ -25,6 +27,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from tests.s3 import s3_server  # noqa: F401 - registers the session fixture everywhere
 
 
 @pytest.fixture(scope="session")

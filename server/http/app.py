@@ -80,7 +80,8 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
                     default_model=models.default_model,
                 ),
             )
-        store = make_store(config.storage)  # a local folder, or an S3 bucket (probed)
+        # a local folder, or an S3 bucket (probed over the network: off the loop)
+        store = await loop.run_in_executor(executor, make_store, config.storage)
         batching = config.batching
         batcher = Batcher(
             reg.models,
@@ -122,5 +123,5 @@ async def _sweep_files(store: Store, executor) -> None:
     while True:
         removed = await loop.run_in_executor(executor, store.cleanup)
         if removed:
-            log.info("removed %d expired image files", removed)
+            log.info("removed %d expired stored files", removed)
         await asyncio.sleep(SWEEP_EVERY_S)

@@ -119,16 +119,24 @@ async def get_model(request: web.Request) -> web.Response:
 
 @routes.get("/v1/images/files/{name}")
 async def get_file(request: web.Request) -> web.StreamResponse:
-    found = request.app[STORE].get(request.match_info["name"])
+    # off the loop: a local lookup stats (and may delete) a file
+    found = await asyncio.get_running_loop().run_in_executor(
+        request.app[EXECUTOR], request.app[STORE].open, request.match_info["name"]
+    )
     if found is None:
         raise APIError(
             404,
-            "No such image file: it never existed or has expired (60 minutes).",
+            "No such image file: it never existed or has expired "
+            f"({request.app[CONFIG].storage.file_ttl // 60} minutes).",
             code="file_not_found",
         )
     path, content_type = found
     return web.FileResponse(
-        path, headers={"Content-Type": content_type, "Cache-Control": "private, max-age=3600"}
+        path,
+        headers={
+            "Content-Type": content_type,
+            "Cache-Control": f"private, max-age={request.app[CONFIG].storage.file_ttl}",
+        },
     )
 
 

@@ -15,7 +15,7 @@ from ..metrics import Metrics
 from ..models.registry import ModelRegistry
 from ..service import EditService
 from ..service.admission import MemoryBudget
-from ..storage import FileStore
+from ..storage import Store
 
 
 @dataclass
@@ -34,7 +34,7 @@ KEYS = web.AppKey("keys", KeyStore)
 METRICS = web.AppKey("metrics", Metrics)
 REGISTRY = web.AppKey("registry", ModelRegistry)
 BATCHER = web.AppKey("batcher", Batcher)
-STORE = web.AppKey("store", FileStore)
+STORE = web.AppKey("store", Store)
 SERVICE = web.AppKey("service", EditService)
 BUDGET = web.AppKey("budget", MemoryBudget)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)

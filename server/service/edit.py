@@ -36,7 +36,7 @@ from ..protocol import (
     PartialImageEvent,
     StreamEvent,
 )
-from ..storage import FileStore
+from ..storage import Store
 from . import encode
 from .admission import Reservation
 from .prepare import PreparedEdit, Uploads, prepare_edit
@@ -53,7 +53,7 @@ class EditService:
         config: ServerConfig,
         registry: ModelRegistry,
         batcher: Batcher,
-        store: FileStore,
+        store: Store,
         metrics: Metrics | None = None,
         executor: Executor | None = None,
     ) -> None:
@@ -132,7 +132,7 @@ class EditService:
         req = prepared.request
         if req.response_format == "url":
             name = self.store.put(encoded, req.output_format)
-            return ImageData(url=f"{base_url}/v1/images/files/{name}")
+            return ImageData(url=self.store.link(name, base_url))
         return ImageData(b64_json=base64.b64encode(encoded).decode("ascii"))
 
     def _observe(self, prepared: PreparedEdit, started: float) -> None:

@@ -124,7 +124,7 @@ async def test_url_responses_are_stored(service):
     out = await service.edit(request(response_format="url"), UPLOADS, "http://host:1")
     url = out.data[0].url
     assert url.startswith("http://host:1/v1/images/files/") and out.data[0].b64_json is None
-    found = service.store.get(url.rsplit("/", 1)[1])
+    found = service.store.open(url.rsplit("/", 1)[1])
     assert found is not None
 
 
