@@ -11,7 +11,7 @@ PRECISION ?= auto
 TARGET ?= cpu
 SERVE_ARGS ?=
 
-.PHONY: serve test test-slow install install-dev lint export export-tiny benchmark gpu-check soak fuzz clean
+.PHONY: serve test test-slow install install-dev lint export export-tiny benchmark gpu-check soak fuzz deploy-check clean
 
 # Stamps: re-install only when pyproject.toml changes.
 $(VENV)/.stamp-runtime: pyproject.toml
@@ -74,6 +74,13 @@ soak: install-dev
 FUZZ_ARGS ?= --max-examples 100
 fuzz: install-dev
 	$(PY) -m tests.fuzz.run_fuzz $(FUZZ_ARGS)
+
+# Container images and Kubernetes manifests (deploy/): render both overlays with kubectl
+# kustomize, validate every object against the Kubernetes and CRD schemas, check the values
+# that must agree with the server's settings, lint the Dockerfiles with hadolint. Offline; the
+# same tests run in `make test`. Builds no image (docs/notes/kubernetes.md).
+deploy-check: install-dev
+	$(PY) -m pytest -q tests/deploy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
