@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from .cli import ConfigError, build_parser, config_from_args
+from .cli import ConfigError, build_parser, config_from_args, unknown_variables
 from .config import ServerConfig
 from .http.app import create_app
 from .http.serve import serve
@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for name in unknown_variables():
+        print(f"warning: {name} is not a setting of this server (ignored)", file=sys.stderr)
     if generated:
         # Printed once, to stdout only (never logged): the caller needs it to make requests.
         print(

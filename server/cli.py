@@ -129,6 +129,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     return p
 
 
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``INPAINT_*`` variables no setting reads (a typo, or a renamed setting)."""
+    environ = os.environ if environ is None else environ
+    known = {s.env for s in settings()}
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+
+
 def config_from_args(args: argparse.Namespace) -> tuple[ServerConfig, bool]:
     """ServerConfig plus whether its API key was generated here (and must be printed once)."""
     values: dict[str, Any] = {}

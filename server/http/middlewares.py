@@ -22,6 +22,8 @@ from ..errors import APIError, to_api_error
 from ..metrics import Metrics
 from ..ratelimit import AuthThrottle, RateLimiter
 
+#: liveness, readiness and metrics: called by orchestrators with whatever Host they use
+PROBE_PATHS = ("/health", "/ready", "/metrics")
 #: Routes anyone may call: probes, docs, and `url` files (unguessable ids, like signed links).
 #: The playground page too (http/playground.py): its API calls carry the key the user enters.
 PUBLIC_PREFIXES = (
@@ -170,7 +172,8 @@ def make_middlewares(config: ServerConfig, keys: KeyStore, metrics: Metrics) -> 
                 "uncompressed.",
                 code="unsupported_content_encoding",
             )
-        if hosts is not None and host_name(request.host) not in hosts:
+        probe = request.path in PROBE_PATHS  # kubelet and Prometheus send the pod's address
+        if hosts is not None and not probe and host_name(request.host) not in hosts:
             raise APIError(
                 400,
                 f"Unknown Host {request.host[:64]!r}: this server answers to "

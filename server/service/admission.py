@@ -45,9 +45,27 @@ def machine_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+#: where a container's memory limit is (cgroup v2, then v1)
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def available_memory_bytes() -> int:
+    """The machine's memory, or the container's limit when that is lower."""
+    total = machine_memory_bytes()
+    for path in CGROUP_LIMITS:
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdecimal():
+            total = min(total, int(text))
+    return total
+
+
 def default_budget_bytes() -> int:
-    """A quarter of the machine's memory, at least 1 GiB."""
-    return max(1 << 30, machine_memory_bytes() // 4)
+    """A quarter of the memory available to the process (a container's limit counts), at
+    least 1 GiB."""
+    return max(1 << 30, available_memory_bytes() // 4)
 
 
 def edit_bytes(input_pixels: int, output_pixels: int, n: int) -> int:

@@ -113,3 +113,14 @@ def test_binds_to_loopback_by_default(monkeypatch):
     monkeypatch.delenv("HOST", raising=False)
     assert ServerConfig().http.host == "127.0.0.1"
     assert build_parser({}).parse_args([]).__dict__["http.host"] == "127.0.0.1"
+
+
+def test_unknown_prefixed_variables_are_reported(capsys, monkeypatch):
+    from server.cli import unknown_variables
+
+    env = {"INPAINT_PORT": "1", "INPAINT_MAX_QUEU": "3", "PORT": "2"}
+    assert unknown_variables(env) == ["INPAINT_MAX_QUEU"]
+    monkeypatch.setenv("INPAINT_MAX_QUEU", "3")
+    monkeypatch.setenv("INPAINT_PROVIDER", "bogus")
+    assert main([]) == 2  # (stops at the bogus provider, after the warning)
+    assert "INPAINT_MAX_QUEU is not a setting" in capsys.readouterr().err

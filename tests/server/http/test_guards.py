@@ -33,9 +33,11 @@ async def test_allowed_host_list(make_client):
     cl = await make_client(allowed_hosts=("images.example.com",))
     assert await raw_status(cl, "images.example.com:443") == 200
     assert await raw_status(cl, "127.0.0.1") == 400
-    resp = await cl.get("/health", headers={"Host": "other.example"})
+    resp = await cl.get("/v1/models", headers={"Host": "other.example", **AUTH})
     body = await expect_error(resp, 400, code="invalid_host", param=None)
     assert "images.example.com" in body["message"]
+    for probe in ("/health", "/ready", "/metrics"):  # kubelet and Prometheus use the pod's IP
+        assert (await cl.get(probe, headers={"Host": "10.1.2.3:8000"})).status == 200
 
 
 async def test_any_host_when_bound_to_all_interfaces(make_client):
