@@ -3,9 +3,8 @@ answers 200, else print why and exit 1.
 
 The slim images carry no curl, so this is Python. It resolves the address exactly as the
 server does (its own flag parser: ``INPAINT_PORT``, ``INPAINT_HOST``, defaults from
-``server/config.py``), and sends the first ``INPAINT_ALLOWED_HOSTS`` name as the Host header
-when that list is set (the server answers other names with 400). Kubernetes does not run
-this; the Deployment's probes call /health and /ready themselves.
+``server/config.py``); /health answers whatever Host it is called with. Kubernetes does not
+run this; the Deployment's probes call /health and /ready themselves.
 
 Usage: ``python healthcheck.py [timeout seconds, default 5]``.
 """
@@ -21,25 +20,22 @@ from server.cli import build_parser
 ANY_ADDRESS = ("0.0.0.0", "::", "")
 
 
-def health_url() -> tuple[str, dict[str, str]]:
-    """(URL of /health, extra headers) from the server's own settings."""
+def health_url() -> str:
+    """The URL of /health from the server's own settings."""
     args = build_parser().parse_args([])
     host = getattr(args, "http.host")
     port = getattr(args, "http.port")
-    allowed = getattr(args, "http.allowed_hosts")
     target = "127.0.0.1" if host in ANY_ADDRESS else host
     if ":" in target:  # an IPv6 literal
         target = f"[{target}]"
-    headers = {"Host": allowed[0]} if allowed else {}
-    return f"http://{target}:{port}/health", headers
+    return f"http://{target}:{port}/health"
 
 
 def main(argv: list[str]) -> int:
     timeout = float(argv[0]) if argv else 5.0
-    url, headers = health_url()
+    url = health_url()
     try:
-        request = urllib.request.Request(url, headers=headers)
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             if response.status == 200:
                 return 0
             print(f"unhealthy: {url} answered {response.status}", file=sys.stderr)
