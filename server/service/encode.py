@@ -17,12 +17,18 @@ TOKEN_CELL = 8
 
 
 def compose(prepared: PreparedEdit, generated: np.ndarray) -> np.ndarray:
-    """Paste a work-size uint8 HxWx3 image back; uint8 HxWx3 (or HxWx4) at the output size."""
+    """Paste a work-size uint8 HxWx3 image back; uint8 HxWx3 (or HxWx4) at the output size.
+
+    Only the work box is composited: the edit region lies inside it with at least 32 px of kept
+    context on every side that is not the image's border (``imaging.plan_work_region``), more
+    than the seam feather reaches, so the result equals compositing the whole canvas."""
     x0, y0, x1, y1 = prepared.box
-    canvas_rgb = np.ascontiguousarray(prepared.canvas[:, :, :3])
-    full = canvas_rgb.copy()
-    full[y0:y1, x0:x1] = imaging.resize_image(generated, x1 - x0, y1 - y0)
-    out = imaging.composite(canvas_rgb, full, prepared.edit)
+    out = np.ascontiguousarray(prepared.canvas[:, :, :3])  # a copy: the canvas is RGBA
+    out[y0:y1, x0:x1] = imaging.composite(
+        out[y0:y1, x0:x1],
+        imaging.resize_image(generated, x1 - x0, y1 - y0),
+        prepared.edit[y0:y1, x0:x1],
+    )
     alpha = prepared.canvas[:, :, 3] if prepared.had_transparency else None
     req = prepared.request
     return imaging.apply_background(out, alpha, prepared.edit, req.background, req.output_format)

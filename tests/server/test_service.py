@@ -154,3 +154,29 @@ async def test_single_pass_models_ignore_sampling_fields(service):
         request(model="opencv-telea-inpaint", steps=1000, strength=5), UPLOADS, "http://x"
     )
     assert len(out.data) == 1
+
+
+def test_compositing_the_work_box_equals_compositing_the_canvas():
+    """service/encode.compose composites only the work box: the crop rule leaves enough kept
+    context around the edit region that the seam feather never reaches the box's edge."""
+    from server import imaging
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(100, 400, 2))
+        edit = np.zeros((h, w), np.float32)
+        for _ in range(int(rng.integers(1, 4))):
+            cx, cy, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(2, 40))
+            edit[max(0, cy - r) : cy + r, max(0, cx - r) : cx + r] = 1
+        x0, y0, x1, y1 = imaging.plan_work_region(
+            edit, native_side=64, max_work_side=96, multiple=8
+        ).box
+        canvas = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        patch = rng.integers(0, 255, (y1 - y0, x1 - x0, 3), dtype=np.uint8)
+        full = canvas.copy()
+        full[y0:y1, x0:x1] = patch
+        boxed = canvas.copy()
+        boxed[y0:y1, x0:x1] = imaging.composite(
+            canvas[y0:y1, x0:x1].copy(), patch, edit[y0:y1, x0:x1]
+        )
+        assert np.array_equal(imaging.composite(canvas, full, edit), boxed)
