@@ -31,6 +31,7 @@ from typing import Any
 from . import report
 from .assets import ROOT, AssetError, export_dir, export_name, pipeline_dir
 from .lock import BenchmarkLocked, exclusive
+from .oneshot import PRESETS as ONESHOT_PRESETS
 from .presets import PRESETS, BaselineVariant, OursVariant, Preset
 from .stats import summarize
 
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="ci")
+    p.add_argument("--preset", choices=sorted(PRESETS) + sorted(ONESHOT_PRESETS), default="ci")
     p.add_argument("--list", action="store_true", help="describe the presets and exit")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default %(default)s)")
     p.add_argument("--skip-baseline", action="store_true", help="no diffusers/PyTorch runs")
@@ -811,6 +812,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(describe_presets())
         return 0
+    if args.preset in ONESHOT_PRESETS:  # LaMa-style one-shot networks: benchmarks/oneshot.py
+        from .oneshot import main_from_args
+
+        return main_from_args(args)
     preset = PRESETS[args.preset].with_overrides(budget_s=args.budget_s)
     if args.concurrency and any(c < 1 for c in args.concurrency):
         print("error: --concurrency levels must be >= 1", file=sys.stderr)

@@ -6,6 +6,15 @@ Examples::
     python -m export --model stable-diffusion-v1-5/stable-diffusion-inpainting \\
         --precision fp16 --target cuda                              # a real model (needs the hub)
     python -m export --preset sd15-random --out /tmp/sd15r          # full size, random weights
+    python -m export --model stable-diffusion-v1-5/stable-diffusion-inpainting \\
+        --tiny-vae madebyollin/taesd                                # + TAESD: fast previews
+    python -m export --model runwayml/stable-diffusion-inpainting \\
+        --lora latent-consistency/lcm-lora-sdv1-5                   # fused LCM-LoRA: quality=low
+                                                                    # runs lcm, 4 steps, no CFG
+
+    python -m export --onnx big-lama.onnx --kind one-shot --signature lama --name lama
+                                                                    # a one-shot network (LaMa,
+                                                                    # MI-GAN): export/oneshot.py
 
 Exit status: 0 on success (or "up to date"), 1 on a failed verification or a bad argument.
 """
@@ -18,11 +27,14 @@ import sys
 from pathlib import Path
 
 from .exporter import Options, main_run
+from .lora import parse_fast_preset, parse_lora
+from .oneshot import OneShotOptions, add_oneshot_arguments, oneshot_options
+from .oneshot import main_run as oneshot_main_run
 
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset in torch 2.13; ORT >= 1.16 runs it
 
 
-def parse_args(argv: list[str] | None = None) -> Options:
+def parse_args(argv: list[str] | None = None) -> Options | OneShotOptions:
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="hub id or local diffusers folder (an inpainting pipeline)")
@@ -32,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         choices=["tiny", "sd15-random"],
         help="build a random-weight pipeline: tiny, or the full SD 1.5-inpainting architecture",
     )
+    add_oneshot_arguments(p, src)  # --onnx / --torch FILE --kind one-shot (export/oneshot.py)
     p.add_argument("--revision", help="hub revision (branch, tag or commit)")
     p.add_argument("--name", help="model name (default: last component of --model / the preset)")
     p.add_argument("--out", type=Path, help="output folder (default: models/<name>)")
@@ -62,16 +75,47 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     p.add_argument("--seed", type=int, default=0, help="seed for presets and sample inputs")
     p.add_argument(
+        "--tiny-vae",
+        metavar="PATH_OR_HUB_ID",
+        help="also export a tiny autoencoder (diffusers AutoencoderTiny, e.g. madebyollin/taesd) "
+        "as taesd_decoder / taesd_encoder: previews decode with it, and the fast preset's images",
+    )
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH_OR_HUB_ID[:SCALE]",
+        help="fuse a LoRA (diffusers/peft format: LCM-LoRA, TCD-LoRA, a style LoRA) into the UNet "
+        "(and the text encoder when it has weights for it) before export, scaled by SCALE "
+        "(default 1.0); repeatable, fused in order. See export/lora.py",
+    )
+    p.add_argument(
+        "--fast-preset",
+        metavar="SCHEDULER:STEPS[:GUIDANCE]",
+        help="the few-step recipe the server's quality=low runs, e.g. lcm:4:1.0 (guidance "
+        "default 1.0: no classifier-free guidance), or none. Default: lcm:4:1.0 / tcd:4:1.0 "
+        "when a --lora's name (its last path component or hub repo name) contains "
+        "'lcm' / 'tcd', else none",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=min(2, os.cpu_count() or 1),
         help="torch / ORT CPU threads (not part of the export arguments)",
     )
     a = p.parse_args(argv)
+    if a.kind == "one-shot" or a.onnx or a.torch:
+        return oneshot_options(a, p.error)
     preset = "tiny" if a.tiny else a.preset
     if a.tolerance is not None and a.tolerance < 0:
         p.error("--tolerance must be >= 0")
     name = a.name or (preset and f"{preset}-sd-inpaint") or Path(a.model.rstrip("/")).name
+    try:
+        loras = tuple(parse_lora(x) for x in a.lora)
+        if a.fast_preset not in (None, "none"):
+            parse_fast_preset(a.fast_preset)
+    except ValueError as exc:
+        p.error(str(exc))
     precision = a.precision if a.precision != "auto" else ("fp16" if a.target == "cuda" else "fp32")
     return Options(
         model=None if preset else a.model,
@@ -87,11 +131,15 @@ def parse_args(argv: list[str] | None = None) -> Options:
         seed=a.seed,
         force=a.force,
         threads=a.threads,
+        tiny_vae=a.tiny_vae,
+        loras=loras,
+        fast_preset=a.fast_preset,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_run(parse_args(argv))
+    opts = parse_args(argv)
+    return oneshot_main_run(opts) if isinstance(opts, OneShotOptions) else main_run(opts)
 
 
 if __name__ == "__main__":

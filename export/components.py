@@ -1,5 +1,6 @@
-"""The four ONNX components: I/O specs (the contract in docs/CONVENTIONS.md), PyTorch wrappers
-that give each graph exactly that signature, and random sample inputs.
+"""The four ONNX components (+ the tiny autoencoder's two, ``export/taesd.py``): I/O specs (the
+contract in docs/CONVENTIONS.md), PyTorch wrappers that give each graph exactly that signature,
+and random sample inputs.
 
 All tensors are NCHW. Images are float32 in [-1, 1]; latents are float32
 (batch, latent_channels, h, w) with h = H / vae_scale_factor. ``timestep`` is float32 (batch,):
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 
 from server.models.manifest import TensorSpec
+
+from .taesd import TaesdDecoder, TaesdEncoder
 
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 #: transformers' ``model_max_length`` when a tokenizer config sets none (int(1e30)); anything
@@ -165,7 +168,12 @@ def io_specs(component: str, d: Dims) -> tuple[list[TensorSpec], list[TensorSpec
                 TensorSpec(name="latent_std", dtype=f32, shape=lat),
             ],
         )
-    if component == "vae_decoder":
+    if component == "taesd_encoder":  # deterministic: one latent, no distribution
+        return (
+            [TensorSpec(name="sample", dtype=f32, shape=img)],
+            [TensorSpec(name="latent_sample", dtype=f32, shape=lat)],
+        )
+    if component in ("vae_decoder", "taesd_decoder"):
         return (
             [TensorSpec(name="latent_sample", dtype=f32, shape=lat)],
             [TensorSpec(name="sample", dtype=f32, shape=img)],
@@ -273,12 +281,15 @@ class VaeDecoder(nn.Module):
 
 
 def wrap(component: str, pipe) -> nn.Module:
-    """The eval-mode wrapper for ``component`` of a StableDiffusionInpaintPipeline."""
+    """The eval-mode wrapper for ``component`` of a StableDiffusionInpaintPipeline (the taesd_*
+    components wrap ``pipe.tiny_vae``, set by the exporter when ``--tiny-vae`` is given)."""
     module = {
         "text_encoder": lambda: TextEncoder(pipe.text_encoder),
         "unet": lambda: UNet(pipe.unet),
         "vae_encoder": lambda: VaeEncoder(pipe.vae),
         "vae_decoder": lambda: VaeDecoder(pipe.vae),
+        "taesd_encoder": lambda: TaesdEncoder(pipe.tiny_vae),
+        "taesd_decoder": lambda: TaesdDecoder(pipe.tiny_vae),
     }[component]()
     return module.eval()
 
@@ -291,7 +302,7 @@ def sample_inputs(
     Ranges mimic real use: token ids as ``sample_token_ids``, timesteps spread over
     [0, num_train_timesteps) (distinct per row), images uniform in [-1, 1], latents ~ N(0, 1)
     (decoder: real inputs are N(0, 1) / scaling_factor, but N(0, 1) keeps random-weight outputs
-    moderate).
+    moderate; the tiny decoder's real inputs are the UNet's N(0, 1)-like latents as they are).
     """
     g = torch.Generator().manual_seed(seed)
     h, w = height // d.scale, width // d.scale
@@ -305,9 +316,9 @@ def sample_inputs(
             "timestep": t.float(),
             "encoder_hidden_states": torch.randn(batch, d.text_len, d.hidden, generator=g),
         }
-    if component == "vae_encoder":
+    if component in ("vae_encoder", "taesd_encoder"):
         return {"sample": torch.rand(batch, 3, height, width, generator=g) * 2 - 1}
-    if component == "vae_decoder":
+    if component in ("vae_decoder", "taesd_decoder"):
         return {"latent_sample": torch.randn(batch, d.latent_channels, h, w, generator=g)}
     raise KeyError(component)
 

@@ -29,6 +29,8 @@ from server.models.manifest import (
     Verification,
 )
 
+from . import lora
+from .lora import LoraArg
 from .tokenizer_files import save_tokenizer
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 EXPORTER_VERSION = 1
 #: export_args keys that only affect verification: changing them re-verifies, never re-exports.
 VERIFY_KEYS = ("verify", "tolerance")
+#: export_args keys that only affect manifest.json: changing them rewrites it, nothing else.
+MANIFEST_KEYS = ("fast_preset",)
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 LIBRARIES = (
     "torch",
@@ -76,8 +80,18 @@ class Options:
     seed: int
     force: bool
     threads: int = 2  # torch / ORT CPU threads; not an export argument
+    tiny_vae: str | None = None  # AutoencoderTiny folder or hub id (export/taesd.py)
+    loras: tuple[LoraArg, ...] = ()  # fused in order before export (export/lora.py)
+    fast_preset: str | None = None  # --fast-preset as given; None = automatic from the LoRAs
 
     def export_args(self) -> dict:
+        # "tiny_vae" only when given: folders exported before the option stay "up to date"
+        extra = {"tiny_vae": self.tiny_vae} if self.tiny_vae else {}
+        # likewise the LoRAs (source as given + scale) and an explicit fast preset
+        if self.loras:
+            extra["loras"] = [[lora.source, lora.scale] for lora in self.loras]
+        if self.fast_preset is not None:
+            extra["fast_preset"] = self.fast_preset
         return {
             "model": self.model,
             "revision": self.revision,
@@ -90,6 +104,7 @@ class Options:
             "verify": self.verify,
             "tolerance": self.tolerance,
             "exporter_version": EXPORTER_VERSION,
+            **extra,
         }
 
 
@@ -144,13 +159,16 @@ def run(opts: Options) -> Manifest:
     existing = _read_existing(opts.out)
     if existing is not None and not opts.force:
         old = dict(existing.export_args)
-        same_graphs = {k: v for k, v in old.items() if k not in VERIFY_KEYS} == {
-            k: v for k, v in args.items() if k not in VERIFY_KEYS
+        same_graphs = {k: v for k, v in old.items() if k not in VERIFY_KEYS + MANIFEST_KEYS} == {
+            k: v for k, v in args.items() if k not in VERIFY_KEYS + MANIFEST_KEYS
         }
-        if same_graphs and files_match(opts.out, existing):
+        # a LoRA file changed in place (same path and scale) means new weights: export again
+        if same_graphs and files_match(opts.out, existing) and not lora.changed(existing.loras):
             if old == args:
                 print(f"{opts.out}: up to date", flush=True)
                 return existing
+            if all(old.get(k) == args.get(k) for k in VERIFY_KEYS):
+                return _rewrite_manifest(opts, existing, log)
             if existing.target == "cpu":
                 return _reverify(opts, existing, log)
         if not same_graphs:
@@ -207,11 +225,25 @@ def _load_pipeline(opts: Options, tmp: Path, log: Clock):
     )
     if any(p.dtype != torch.float32 for p in pipe.unet.parameters()):
         pipe.to(torch.float32)  # reference and exported graphs are fp32 (fp16 conversion is ours)
+    try:  # fused before tracing: the graphs (and their verification) carry the LoRA weights
+        pipe.lora_records = lora.fuse_loras(pipe, opts.loras, log)
+    except ValueError as exc:
+        raise ExportError(f"--lora {exc}") from exc
     try:
         dims = Dims.from_pipeline(pipe)
     except ValueError as exc:
         raise ExportError(f"{where}: {exc}") from exc
     log(f"pipeline dims: {dims}")
+    if opts.tiny_vae:
+        from .taesd import check_compatible, load_tiny_vae
+
+        log(f"loading AutoencoderTiny from {opts.tiny_vae}")
+        try:
+            tiny = load_tiny_vae(opts.tiny_vae)
+            check_compatible(tiny, dims)
+        except ValueError as exc:
+            raise ExportError(f"--tiny-vae {opts.tiny_vae}: {exc}") from exc
+        pipe.tiny_vae = tiny  # what components.wrap exports as taesd_decoder / taesd_encoder
     return pipe, source, dims
 
 
@@ -222,6 +254,7 @@ def _export(opts: Options, log: Clock) -> Manifest:
     from . import optimize
     from .components import io_specs
     from .onnx_export import export_component
+    from .taesd import TINY_COMPONENTS, manifest_entry
     from .verify import verify_component
 
     out = opts.out
@@ -240,16 +273,18 @@ def _export(opts: Options, log: Clock) -> Manifest:
             notes.append(
                 f"random weights ({opts.preset} preset, seed {opts.seed}): not a real model"
             )
-        for comp in COMPONENTS:
+        for comp in COMPONENTS + (TINY_COMPONENTS if opts.tiny_vae else ()):
             log(f"{comp}: exporting fp32 graph (torch.onnx.export, dynamo, opset {opts.opset})")
             work = tmp / comp
             fp32_path = work / "fp32" / "model.onnx"
             key = (opts.preset, opts.seed, opts.opset, comp)
-            if opts.preset == "tiny" and key in _TINY_FP32:
+            # the tiny VAE is not the preset's, and fused LoRAs change its weights
+            memo = opts.preset == "tiny" and comp in COMPONENTS and not opts.loras
+            if memo and key in _TINY_FP32:
                 model = onnx.load_from_string(_TINY_FP32[key])
             else:
                 model = export_component(comp, pipe, dims, opts.opset)
-                if opts.preset == "tiny":
+                if memo:
                     _TINY_FP32[key] = model.SerializeToString()
             optimize.save(model, fp32_path)
             del model
@@ -261,7 +296,8 @@ def _export(opts: Options, log: Clock) -> Manifest:
             final = partial / comp / "model.onnx"
             optimization, requires = "none", None
             verify_graph = "final"
-            if opts.target == "cuda":
+            if opts.target == "cuda" and comp in optimize.ORT_MODEL_TYPE:
+                # (the tiny VAE is plain conv/ReLU: no attention or GroupNorm to fuse)
                 log(f"{comp}: ORT transformer fusions for CUDA")
                 files, desc = optimize.fuse_guarded(comp, fp32_path, final, fp16)
                 optimization = desc
@@ -318,6 +354,9 @@ def _export(opts: Options, log: Clock) -> Manifest:
         tokenizer=tokenizer_files,
         components=specs,
         source=source,
+        tiny_vae=manifest_entry(opts.tiny_vae, pipe.tiny_vae) if opts.tiny_vae else None,
+        loras=pipe.lora_records,
+        fast_preset=lora.fast_preset(opts.fast_preset, opts.loras),
         versions=versions(),
         verification=checks,
         notes=notes,
@@ -359,10 +398,28 @@ def _reverify(opts: Options, existing: Manifest, log: Clock) -> Manifest:
     if not opts.verify:
         notes.append("verification skipped (--no-verify)")
     manifest = existing.model_copy(
-        update={"verification": checks, "notes": notes, "export_args": opts.export_args()}
+        update={
+            "verification": checks,
+            "notes": notes,
+            "export_args": opts.export_args(),
+            "fast_preset": lora.fast_preset(opts.fast_preset, opts.loras),
+        }
     )
     manifest.write(opts.out)
     log(f"{opts.out}: graphs unchanged, verification settings updated")
+    return manifest
+
+
+def _rewrite_manifest(opts: Options, existing: Manifest, log: Clock) -> Manifest:
+    """Same graphs and verification, another fast preset: only manifest.json changes."""
+    manifest = existing.model_copy(
+        update={
+            "export_args": opts.export_args(),
+            "fast_preset": lora.fast_preset(opts.fast_preset, opts.loras),
+        }
+    )
+    manifest.write(opts.out)
+    log(f"{opts.out}: graphs unchanged, fast preset updated ({manifest.fast_preset})")
     return manifest
 
 

@@ -35,10 +35,10 @@ def _dynamic_shapes(component: str, dims: Dims) -> dict:
             "timestep": {0: batch},
             "encoder_hidden_states": {0: batch},
         }
-    if component == "vae_encoder":
+    if component in ("vae_encoder", "taesd_encoder"):
         # pixel sides are multiples of the VAE scale factor
         return {"sample": {0: batch, 2: dims.scale * lh, 3: dims.scale * lw}}
-    if component == "vae_decoder":
+    if component in ("vae_decoder", "taesd_decoder"):
         return {"latent_sample": {0: batch, 2: lh, 3: lw}}
     raise KeyError(component)
 

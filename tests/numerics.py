@@ -9,6 +9,8 @@ tests/export/test_export_custom_text_encoder.py; import it after
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from diffusers import (
@@ -16,7 +18,9 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     PNDMScheduler,
+    TCDScheduler,
 )
 from diffusers.schedulers import scheduling_lms_discrete
 from PIL import Image
@@ -46,7 +50,14 @@ REF = {
     "lms": (scheduling_lms_discrete.LMSDiscreteScheduler, {}),
     "dpmpp_2m": (DPMSolverMultistepScheduler, {**DPMPP, "use_karras_sigmas": False}),
     "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {**DPMPP, "use_karras_sigmas": True}),
+    "lcm": (LCMScheduler, {}),
+    "tcd": (TCDScheduler, {}),
 }
+#: the schedulers whose steps draw noise (from the generator / the row's NoiseSource)
+NOISY = ("euler_a", "lcm", "tcd")
+#: StableDiffusionInpaintPipeline passes its own ``eta`` (default 0.0) to a scheduler whose
+#: ``step`` takes one; our TCD runs at TCDScheduler.step's default gamma, so pass that.
+PIPE_KWARGS = {"tcd": {"eta": inspect.signature(TCDScheduler.step).parameters["eta"].default}}
 
 # ---------------------------------------------------------------- pipeline parity runs
 
@@ -97,5 +108,6 @@ def run_diffusers(pipe, scheduler, img, mask, *, prompt, negative_prompt, guidan
         strength=strength,
         generator=torch.Generator().manual_seed(SEED),
         output_type="np",
+        **PIPE_KWARGS.get(scheduler, {}),
     )
     return out.images[0]

@@ -61,6 +61,9 @@ class Row:
     #: number of partial previews wanted (0..3); the model calls ``on_preview`` that many times.
     partial_images: int = 0
     on_preview: PreviewCallback | None = None
+    #: called by the step-level batcher after each denoising step of this row, in the model's
+    #: worker thread (async jobs count progress with it); must be quick and must not raise
+    on_step: Callable[[], None] | None = None
     #: free slot for the model's per-row state (scheduler, latents...).
     state: Any = None
     meta: dict[str, Any] = field(default_factory=dict)

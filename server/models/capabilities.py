@@ -8,7 +8,7 @@ extension-field ranges from them. Nothing else restates a model's bounds.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..protocol import TIERS, ProtocolError, Range
 
@@ -69,6 +69,8 @@ class Sampling:
     default_scheduler: str | None
     default_guidance_scale: float
     quality_presets: Mapping[str, Preset]
+    #: schedulers that run fewer steps than ``steps`` allows (distilled ones: LCM, TCD)
+    max_steps: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if set(self.quality_presets) != set(TIERS):
@@ -107,6 +109,15 @@ class Sampling:
             raise ProtocolError(
                 f"Unknown scheduler '{scheduler[:40]}'. Supported: {', '.join(self.schedulers)}.",
                 "scheduler",
+            )
+        used = scheduler or preset.scheduler or self.default_scheduler
+        cap = self.max_steps.get(used)
+        if cap is not None and steps > cap:
+            raise ProtocolError(
+                f"{steps} is greater than the maximum of {cap} - 'steps' (the '{used}' scheduler "
+                f"runs at most {cap} steps; few-step sampling uses 2-8).",
+                "steps",
+                "integer_above_max_value",
             )
         return Settings(steps, g, s, scheduler or preset.scheduler, preset.tiny_vae)
 
@@ -151,6 +162,7 @@ class Capabilities:
                 "strength": {**s.strength.schema(), "default": 1.0},
             }
             out["schedulers"] = list(s.schedulers)
+            out["max_steps_by_scheduler"] = dict(s.max_steps)
             out["default_scheduler"] = s.default_scheduler
             out["quality_presets"] = {
                 tier: {k: v for k, v in vars(p).items() if v is not None}

@@ -21,13 +21,18 @@ The steps, as in diffusers (numbers match the comments in the code):
    Latent sample = mean + std * noise, times the VAE scaling factor.
 6. Initial latents: strength 1 -> noise * init_noise_sigma; else add_noise(image latents, noise,
    first timestep).
-7. ``step``: per row ``scale_model_input``; UNet input = cat(latents, mask, masked-image latents)
-   (9 channels), duplicated [uncond, cond] for guidance rows; one UNet call with a per-row
-   timestep vector; guidance per row; each row's scheduler steps its own slice (its noise draws
-   come from the row's noise source, after those of step 5). Previews decode the scheduler's
-   ``pred_original_sample`` at ``partial_images`` evenly spaced steps.
+7. ``step``: UNet input = cat(scaled latents, mask, masked-image latents) (9 channels) for
+   every row, then a second (unconditional) copy for each guidance row; one UNet call with a
+   per-row timestep vector; guidance combined for all guidance rows at once; rows whose
+   schedulers share a ``batch_key`` advance in one ``step_batch`` (each row's noise draws come
+   from its own noise source, after those of step 5). The input buffer, text embeddings and
+   stacked latents are kept (``_StepBatch``) while the same rows step together. Previews decode
+   the scheduler's ``pred_original_sample`` (LCM: ``denoised``) at ``partial_images`` evenly
+   spaced steps.
 8. ``finish``: VAE-decode latents / scaling factor; (x / 2 + 0.5) clipped to [0, 1];
-   uint8 = round(x * 255).
+   uint8 = round(x * 255). With a tiny autoencoder in the folder (``taesd_decoder``), rows with
+   ``row.tiny_vae`` (the fast preset) decode with it instead, as diffusers with
+   ``vae=AutoencoderTiny`` does (latents / its own scaling factor), and previews always do.
 
 Noise injection: ``row.meta["noise"]`` may hold any object with ``randn(shape) -> float32``
 (``schedulers.NoiseSource``); default ``NumpyNoise(row.seed)``. Tests pass a torch-Generator
@@ -51,6 +56,7 @@ from .manifest import Manifest
 from .providers import ExecutionProvider, select_provider
 from .schedulers import (
     NumpyNoise,
+    batch_groups,
     default_scheduler_name,
     make_scheduler,
     scheduler_names,
@@ -65,6 +71,28 @@ GUIDANCE_SCALE = Range(0, 30)
 STRENGTH = Range(0, 1, lo_exclusive=True)  # 1 = repaint fully; 0 would leave no step
 DEFAULT_GUIDANCE = 7.5
 QUALITY_PRESETS = {"low": Preset(12), "medium": Preset(25), "high": Preset(50)}
+#: the tiny-autoencoder decoder component; the fast preset decodes with it when present
+TINY_VAE_DECODER = "taesd_decoder"
+
+
+def quality_presets(manifest: Manifest) -> dict[str, Preset]:
+    """``QUALITY_PRESETS`` with "low" replaced by the model's few-step fast preset when its
+    manifest has one (``python -m export --lora`` / ``--fast-preset``): its scheduler, steps and
+    guidance, decoded with the tiny autoencoder when the folder has one. ValueError (saying how to
+    fix the export) when the preset is outside what this server runs."""
+    fast = manifest.fast_preset
+    if fast is None:
+        return dict(QUALITY_PRESETS)
+    if fast.scheduler not in scheduler_names():
+        raise ValueError(
+            f"manifest fast_preset names scheduler {fast.scheduler!r}, which this server does not "
+            f"have ({', '.join(scheduler_names())}); re-export with --fast-preset NAME:STEPS:GUIDANCE"
+        )
+    STEPS.check("steps", fast.steps)
+    GUIDANCE_SCALE.check("guidance_scale", fast.guidance_scale)
+    tiny = TINY_VAE_DECODER in manifest.components
+    low = Preset(fast.steps, fast.scheduler, fast.guidance_scale, tiny_vae=tiny)
+    return {**QUALITY_PRESETS, "low": low}
 
 
 @dataclass
@@ -88,6 +116,33 @@ class _RowState:
     @property
     def cfg(self) -> bool:
         return self.uncond is not None
+
+
+@dataclass
+class _StepBatch:
+    """What the rows stepping together reuse at every step until the set of rows changes.
+
+    Batch order: the rows sorted by their scheduler's ``config_key`` (stable), so that rows one
+    ``step_batch`` call can advance are adjacent (slices, not gathers). UNet rows: every row's
+    conditional input (B), then an unconditional copy for each guidance row (C): with guidance
+    on every row the combine is two slices, without it one.
+    """
+
+    uids: tuple[int, ...]  # of the rows in the caller's order
+    order: list[int]  # batch position -> index in the caller's list
+    states: list[_RowState]  # in batch order
+    latents: np.ndarray  # (B, 4, h, w) float32; each state's ``latents`` is a view of its row
+    sample: np.ndarray  # (B + C, 9, h, w) float32 UNet input; mask channels written once
+    timestep: np.ndarray  # (B + C,) float32
+    cfg: slice | np.ndarray  # the guidance rows: all of them (a slice: views) or an index array
+    guidance: np.ndarray  # (C, 1, 1, 1) float32, their guidance scales
+    text: Any  # encoder_hidden_states [cond x B, uncond x C] as a session device handle
+
+    def holds(self, rows: list[Row]) -> bool:
+        """Same rows, and no row's latents replaced since (each still a view of ours)."""
+        return self.uids == tuple(r.state.uid for r in rows) and all(
+            r.state.latents.base is self.latents for r in rows
+        )
 
 
 def preview_schedule(total: int, k: int) -> dict[int, list[int]]:
@@ -151,7 +206,8 @@ class SDInpaintModel:
                 schedulers=tuple(scheduler_names()),
                 default_scheduler=default_scheduler_name(self.scheduler_config),
                 default_guidance_scale=DEFAULT_GUIDANCE,
-                quality_presets=QUALITY_PRESETS,
+                quality_presets=quality_presets(manifest),
+                max_steps=self._scheduler_step_limits(),
             ),
         )
         self.tokenizer = CLIPTokenizer(self._tokenizer_dir(), max_length=manifest.text_max_length)
@@ -163,8 +219,7 @@ class SDInpaintModel:
             if comp not in self.sessions:
                 raise ValueError(f"{folder}: manifest lacks component {comp!r}; re-export")
         self._uids = itertools.count()
-        self._emb_key: tuple | None = None
-        self._emb_handle: Any = None
+        self._batch: _StepBatch | None = None
 
     @classmethod
     def from_folder(
@@ -190,6 +245,10 @@ class SDInpaintModel:
             "precision": self.manifest.precision,
             "provider": self.provider.describe(),
             "source": self.manifest.source.model,
+            # the tiny autoencoder's source when one was exported (previews use it), else None
+            "tiny_vae": self._tiny_vae_source(),
+            # LoRAs fused into the weights at export (python -m export --lora), in order
+            "loras": [{"source": x.source, "scale": x.scale} for x in self.manifest.loras],
         }
 
     def count_tokens(self, prompt: str) -> int:
@@ -202,7 +261,7 @@ class SDInpaintModel:
 
     def close(self) -> None:
         self.sessions.clear()
-        self._emb_handle = None
+        self._batch = None
 
     # ------------------------------------------------------------------ 1. validation
 
@@ -223,7 +282,26 @@ class SDInpaintModel:
             raise ValueError(f"image sides must be multiples of {self.vae_scale}, got {w}x{h}")
         if row.mask.shape != (h, w):
             raise ValueError(f"mask must be HxW = {h}x{w}, got {row.mask.shape}")
+        self._schedule(settings)  # scheduler-specific limits (LCM / TCD: at most 50 steps)
         return settings
+
+    def _scheduler_step_limits(self) -> dict[str, int]:
+        """Schedulers that run fewer steps than ``STEPS`` allows, and their limits."""
+        limits = {
+            name: make_scheduler(self.scheduler_config, name).max_steps
+            for name in scheduler_names()
+        }
+        return {name: n for name, n in limits.items() if n < STEPS.hi}
+
+    def _schedule(self, settings: Settings) -> tuple[Any, np.ndarray]:
+        """3. The row's scheduler and the timesteps it runs; ``ProtocolError`` on ``steps``
+        when the scheduler cannot run that many."""
+        sched = make_scheduler(self.scheduler_config, settings.scheduler)
+        try:
+            ts = np.asarray(strength_timesteps(sched, settings.steps, settings.strength))
+        except ValueError as exc:
+            raise ProtocolError(f"{exc}.", "steps") from exc
+        return sched, ts
 
     # ------------------------------------------------------------------ helpers
 
@@ -243,10 +321,29 @@ class SDInpaintModel:
         hidden = self._run("text_encoder", {"input_ids": ids})["last_hidden_state"]
         return {t: hidden[i : i + 1].astype(np.float32) for i, t in enumerate(unique)}
 
-    def _decode(self, latents: np.ndarray) -> np.ndarray:
-        """8. scaled latents (B, 4, h, w) -> float32 (B, H, W, 3) in [0, 1]."""
-        out = self._run("vae_decoder", {"latent_sample": latents / self.scaling})["sample"]
-        out = np.clip(out.astype(np.float32) / 2 + 0.5, 0, 1)
+    @property
+    def has_tiny_vae(self) -> bool:
+        """Whether the folder has a tiny autoencoder decoder (``python -m export --tiny-vae``)."""
+        return TINY_VAE_DECODER in self.sessions
+
+    def _tiny_vae_source(self) -> str | None:
+        if not self.has_tiny_vae:
+            return None
+        tiny = self.manifest.tiny_vae
+        return tiny.source.model if tiny is not None else "unknown"
+
+    def _decode(self, latents: np.ndarray, tiny: bool = False) -> np.ndarray:
+        """8. UNet-scaled latents float32 (B, 4, h, w) -> float32 (B, H, W, 3) in [0, 1].
+
+        ``tiny``: with ``taesd_decoder`` instead of ``vae_decoder``. Each decoder takes the
+        latents divided by its own VAE's scaling factor, as diffusers' pipeline does with
+        ``vae=AutoencoderTiny`` (TAESD's is 1.0: it decodes the UNet's latents as they are)."""
+        if tiny:
+            factor = self.manifest.tiny_vae.scaling_factor if self.manifest.tiny_vae else 1.0
+            out = self._run(TINY_VAE_DECODER, {"latent_sample": latents / np.float32(factor)})
+        else:
+            out = self._run("vae_decoder", {"latent_sample": latents / self.scaling})
+        out = np.clip(out["sample"].astype(np.float32) / 2 + 0.5, 0, 1)
         return out.transpose(0, 2, 3, 1)
 
     # ------------------------------------------------------------------ prepare
@@ -269,13 +366,8 @@ class SDInpaintModel:
 
         # 3. schedulers and timesteps
         scheds, timesteps = [], []
-        for row, st in zip(rows, settings, strict=True):
-            sched = make_scheduler(self.scheduler_config, row.scheduler)
-            ts = np.asarray(strength_timesteps(sched, st.steps, st.strength))
-            if len(ts) < 1:
-                raise ProtocolError(
-                    "steps * strength leaves no step; raise steps or strength.", "strength"
-                )
+        for st in settings:
+            sched, ts = self._schedule(st)
             scheds.append(sched)
             timesteps.append(ts)
 
@@ -355,69 +447,101 @@ class SDInpaintModel:
         return st is not None and st.index >= len(st.timesteps)
 
     def step(self, rows: list[Row]) -> None:
-        """7. One UNet call over all (not yet done) rows; each row's scheduler steps its slice."""
+        """7. One UNet call over all (not yet done) rows; rows whose schedulers share a
+        ``batch_key`` advance together in one ``step_batch``."""
         rows = [r for r in rows if not self.is_done(r)]
         if not rows:
             return
-        samples, tvec, slots = [], [], []
-        for row in rows:
-            st: _RowState = row.state
-            t = st.timesteps[st.index]
-            x = st.scheduler.scale_model_input(st.latents, t)
-            x = np.concatenate([x, st.mask, st.masked_latents], axis=1).astype(np.float32)
-            n = 2 if st.cfg else 1
-            slots.append((len(samples), n))
-            samples.extend([x] * n)
-            tvec.extend([np.float32(t)] * n)
-        feeds = {
-            "sample": np.concatenate(samples, axis=0),
-            "timestep": np.asarray(tvec, dtype=np.float32),
-            "encoder_hidden_states": self._text_batch(rows),
-        }
-        pred = self._run("unet", feeds)["out_sample"].astype(np.float32)
+        b = self._step_batch(rows)
+        rows = [rows[i] for i in b.order]
+        states, n_rows, c = b.states, len(rows), b.latents.shape[1]
+        scheds = [st.scheduler for st in states]
+        ts = [st.timesteps[st.index] for st in states]
+        groups = batch_groups(scheds, ts)
+        for sel, idx in groups:
+            group = [scheds[i] for i in idx]
+            tg = [ts[i] for i in idx]
+            b.sample[sel, :c] = type(group[0]).scale_model_input_batch(group, b.latents[sel], tg)
+        b.timestep[:n_rows] = ts
+        uncond_rows = len(b.timestep) - n_rows
+        if uncond_rows:  # the unconditional copies of the guidance rows
+            b.sample[n_rows:, :c] = b.sample[b.cfg, :c]
+            b.timestep[n_rows:] = b.timestep[b.cfg]
+        feeds = {"sample": b.sample, "timestep": b.timestep, "encoder_hidden_states": b.text}
+        pred = self._run("unet", feeds)["out_sample"].astype(np.float32, copy=False)
+        eps = pred[:n_rows]
+        if uncond_rows:  # classifier-free guidance
+            uncond = pred[n_rows:]
+            guided = uncond + b.guidance * (eps[b.cfg] - uncond)
+            if uncond_rows == n_rows:
+                eps = guided
+            else:
+                eps[b.cfg] = guided
 
         previews: list[tuple[Row, list[int], np.ndarray]] = []
-        for row, (start, n) in zip(rows, slots, strict=True):
-            st = row.state
-            t = st.timesteps[st.index]
-            if n == 2:  # classifier-free guidance: [uncond, cond]
-                uncond, cond = pred[start : start + 1], pred[start + 1 : start + 2]
-                eps = uncond + np.float32(st.guidance) * (cond - uncond)
-            else:
-                eps = pred[start : start + 1]
-            out = st.scheduler.step(eps, t, st.latents, st.noise)
-            st.latents = np.asarray(out.prev_sample, dtype=np.float32)
-            st.index += 1
-            wanted = st.previews.get(st.index)
-            if wanted and row.on_preview is not None:
-                x0 = out.pred_original_sample
-                x0 = st.latents if x0 is None else np.asarray(x0, dtype=np.float32)
-                previews.append((row, wanted, x0))
+        for sel, idx in groups:
+            group = [scheds[i] for i in idx]
+            noises = [states[i].noise for i in idx]
+            tg = [ts[i] for i in idx]
+            out = type(group[0]).step_batch(group, eps[sel], tg, b.latents[sel], noises)
+            b.latents[sel] = out.prev_sample
+            for j, i in enumerate(idx):
+                st = states[i]
+                st.index += 1
+                wanted = st.previews.get(st.index)
+                if wanted and rows[i].on_preview is not None:
+                    x0 = out.pred_original_sample
+                    x0 = st.latents if x0 is None else _f32(x0[j : j + 1]).copy()
+                    previews.append((rows[i], wanted, x0))
         if previews:
             self._emit_previews(previews)
 
-    def _text_batch(self, rows: list[Row]) -> Any:
-        """encoder_hidden_states for the step's rows ([uncond, cond] for guidance rows).
+    def _step_batch(self, rows: list[Row]) -> _StepBatch:
+        """The kept arrays for these rows, rebuilt when the rows change (a row joined or left).
 
-        Kept as a device handle (``session.to_device``) and reused while the same rows step
-        together: on CUDA the embeddings are uploaded once per batch, not once per step.
+        Rebuilding copies each row's latents once into the stacked array (the rows' ``latents``
+        become views of it), writes the mask channels of the UNet input and uploads the text
+        embeddings (``session.to_device``: once per batch on CUDA, not once per step).
         """
-        key = tuple((r.state.uid, r.state.cfg) for r in rows)
-        if key != self._emb_key:
-            parts = []
-            for r in rows:
-                if r.state.cfg:
-                    parts.append(r.state.uncond)
-                parts.append(r.state.cond)
-            self._emb_handle = self.sessions["unet"].to_device(
-                np.concatenate(parts, axis=0).astype(np.float32)
-            )
-            self._emb_key = key
-        return self._emb_handle
+        if self._batch is not None and self._batch.holds(rows):
+            return self._batch
+        self._batch = None  # free the old arrays before allocating the new ones
+        order = sorted(range(len(rows)), key=lambda i: rows[i].state.scheduler.config_key)
+        states: list[_RowState] = [rows[i].state for i in order]
+        n_rows = len(states)
+        guided = [i for i, st in enumerate(states) if st.cfg]
+        cfg = slice(0, n_rows) if len(guided) == n_rows else np.asarray(guided, dtype=np.int64)
+        latents = _f32(np.concatenate([st.latents for st in states], axis=0))
+        for i, st in enumerate(states):
+            st.latents = latents[i : i + 1]
+        c, h, w = latents.shape[1:]
+        extra = np.concatenate(
+            [np.concatenate([st.mask, st.masked_latents], axis=1) for st in states], axis=0
+        )
+        sample = np.empty((n_rows + len(guided), c + extra.shape[1], h, w), np.float32)
+        sample[:n_rows, c:] = extra
+        sample[n_rows:, c:] = extra[cfg]
+        text = [st.cond for st in states] + [states[i].uncond for i in guided]
+        self._batch = _StepBatch(
+            uids=tuple(r.state.uid for r in rows),
+            order=order,
+            states=states,
+            latents=latents,
+            sample=sample,
+            timestep=np.empty(n_rows + len(guided), np.float32),
+            cfg=cfg,
+            guidance=_f32([states[i].guidance for i in guided]).reshape(-1, 1, 1, 1),
+            text=self.sessions["unet"].to_device(np.concatenate(text, axis=0).astype(np.float32)),
+        )
+        return self._batch
 
     def _emit_previews(self, previews: list[tuple[Row, list[int], np.ndarray]]) -> None:
+        """Decode previews with the tiny autoencoder whenever the folder has one: a preview is
+        a rough look at the current estimate, and TAESD's decoder does 1/18 of the full VAE
+        decoder's arithmetic (141 vs 2515 GFLOP at 512x512; benchmarks/taesd_quality.py)."""
         for group in _group_by_shape(previews, lambda p: p[2].shape):
-            images = to_uint8(self._decode(np.concatenate([p[2] for p in group], axis=0)))
+            latents = np.concatenate([p[2] for p in group], axis=0)
+            images = to_uint8(self._decode(latents, tiny=self.has_tiny_vae))
             for (row, indices, _), img in zip(group, images, strict=True):
                 for j in indices:
                     row.on_preview(j, img)
@@ -425,12 +549,20 @@ class SDInpaintModel:
     # ------------------------------------------------------------------ finish
 
     def finish_float(self, rows: list[Row]) -> list[np.ndarray]:
-        """8. VAE-decode: one float32 HxWx3 image in [0, 1] per row (diffusers' output_type="np")."""
+        """8. VAE-decode: one float32 HxWx3 image in [0, 1] per row (diffusers' output_type="np").
+
+        Rows with ``row.tiny_vae`` (the fast preset) decode with the tiny autoencoder when the
+        folder has one, the others with the full VAE: one decoder call per (size, decoder)."""
         out: dict[int, np.ndarray] = {}
         indexed = list(enumerate(rows))
-        for group in _group_by_shape(indexed, lambda p: p[1].state.latents.shape):
+
+        def key(p):
+            return p[1].state.latents.shape, bool(p[1].tiny_vae and self.has_tiny_vae)
+
+        for group in _group_by_shape(indexed, key):
             lat = np.concatenate([r.state.latents for _, r in group], axis=0)
-            for (i, _), img in zip(group, self._decode(lat), strict=True):
+            decoded = self._decode(lat, tiny=True) if key(group[0])[1] else self._decode(lat)
+            for (i, _), img in zip(group, decoded, strict=True):
                 out[i] = img
         return [out[i] for i in range(len(rows))]
 
@@ -462,6 +594,10 @@ class SDInpaintModel:
                     raise img
                 out[i] = img
         return [out[i] for i in range(len(rows))]
+
+
+def _f32(x: Any) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)
 
 
 def _group_by_shape(items: list, key) -> list[list]:

@@ -150,3 +150,18 @@ def test_a_fast_preset_brings_its_scheduler_guidance_and_decoder():
     s = sampling.resolve(tier="low", guidance_scale=3.0, scheduler="euler", steps=6)
     assert (s.steps, s.scheduler, s.guidance_scale, s.tiny_vae) == (6, "euler", 3.0, True)
     assert sampling.resolve(tier="medium").tiny_vae is False
+
+
+def test_a_scheduler_step_limit_is_checked_before_queueing():
+    sampling = Sampling(**{**SAMPLING.__dict__, "max_steps": {"euler": 8}})
+    assert sampling.resolve(scheduler="euler", steps=8).steps == 8
+    with pytest.raises(ProtocolError) as info:
+        sampling.resolve(scheduler="euler", steps=9)
+    assert (info.value.param, info.value.code) == ("steps", "integer_above_max_value")
+    assert sampling.resolve(scheduler="ddim", steps=100).steps == 100
+    fast = Preset(4, scheduler="euler")
+    tiered = Sampling(
+        **{**sampling.__dict__, "quality_presets": {**SAMPLING.quality_presets, "low": fast}}
+    )
+    with pytest.raises(ProtocolError):
+        tiered.resolve(tier="low", steps=20)  # the preset's scheduler carries its limit

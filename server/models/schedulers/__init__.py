@@ -19,7 +19,12 @@ Layout (adding a scheduler family = one module + one line in ``_NAMES`` below):
 - ``alpha_bar``: the family indexed by integer training timestep; ``ddim``, ``pndm``.
 - ``sigma``: the family stepping through a sigma table; ``euler`` (Euler, Euler ancestral),
   ``lms``, ``dpm_solver`` (DPM++ 2M, Karras variant).
+- ``lcm``, ``tcd``: few-step samplers of consistency-distilled models (LCM-LoRA, TCD-LoRA),
+  on the distillation schedule (at most ``original_inference_steps`` = 50 steps).
 - this module: the registry of public names and ``strength_timesteps``.
+
+Batching: ``Scheduler.step_batch`` advances rows whose schedulers share a ``batch_key`` with
+one array operation per update term; ``step`` is the one-row case of the same code.
 """
 
 from __future__ import annotations
@@ -32,21 +37,26 @@ from .base import NoiseSource, NumpyNoise, Scheduler, SchedulerConfigError, Step
 from .ddim import DDIM
 from .dpm_solver import DPMSolverMultistep
 from .euler import Euler, EulerAncestral
+from .lcm import LCM
 from .lms import LMS
 from .pndm import PNDM
+from .tcd import TCD
 
 __all__ = [
     "DDIM",
     "DPMSolverMultistep",
     "Euler",
     "EulerAncestral",
+    "LCM",
     "LMS",
     "PNDM",
+    "TCD",
     "NoiseSource",
     "NumpyNoise",
     "Scheduler",
     "SchedulerConfigError",
     "StepOutput",
+    "batch_groups",
     "default_scheduler_name",
     "make_scheduler",
     "scheduler_names",
@@ -63,6 +73,8 @@ _NAMES: dict[str, tuple[type[Scheduler], dict[str, Any]]] = {
     "lms": (LMS, {}),
     "dpmpp_2m": (DPMSolverMultistep, {**_DPMPP_2M, "use_karras_sigmas": False}),
     "dpmpp_2m_karras": (DPMSolverMultistep, {**_DPMPP_2M, "use_karras_sigmas": True}),
+    "lcm": (LCM, {}),
+    "tcd": (TCD, {}),
 }
 
 #: diffusers ``_class_name`` -> our class (for ``make_scheduler(config)`` without a name)
@@ -135,3 +147,22 @@ def strength_timesteps(
         )
     scheduler.set_begin_index(t_start * scheduler.order)
     return timesteps
+
+
+def batch_groups(
+    schedulers: list[Scheduler], timesteps: list[Any]
+) -> list[tuple[slice | np.ndarray, list[int]]]:
+    """Rows that one ``step_batch`` call can advance: [(selector, row indices)], rows grouped
+    by ``batch_key`` at their timesteps, in first-row order. The selector indexes the stacked
+    rows: a slice when the group's rows are contiguous (views, no gather), else an index array.
+    """
+    if len(schedulers) == 1:
+        return [(slice(0, 1), [0])]
+    groups: dict[Any, list[int]] = {}
+    for i, (s, t) in enumerate(zip(schedulers, timesteps, strict=True)):
+        groups.setdefault(s.batch_key(t), []).append(i)
+    out: list[tuple[slice | np.ndarray, list[int]]] = []
+    for idx in groups.values():
+        contiguous = idx[-1] - idx[0] + 1 == len(idx)
+        out.append((slice(idx[0], idx[-1] + 1) if contiguous else np.asarray(idx), idx))
+    return out

@@ -15,10 +15,12 @@ class _AlphaBarScheduler(Scheduler):
     def _final_alpha_cumprod(self) -> np.float32:
         return _ONE if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
 
-    def _x0(self, model_output: np.ndarray, t: int, sample: np.ndarray) -> np.ndarray:
-        a = self.alphas_cumprod[t]
+    @classmethod
+    def _x0(cls, schedulers, model_output: np.ndarray, ts, sample: np.ndarray) -> np.ndarray:
+        """Textbook x0 estimate of stacked rows, row i at integer timestep ``ts[i]``."""
+        a = _per_row([s.alphas_cumprod[t] for s, t in zip(schedulers, ts, strict=True)], 4)
         b = _ONE - a
-        pt = self.config["prediction_type"]
+        pt = schedulers[0].config["prediction_type"]
         if pt == "epsilon":
             return (sample - np.sqrt(b) * model_output) / np.sqrt(a)
         if pt == "v_prediction":

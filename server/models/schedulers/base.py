@@ -1,11 +1,16 @@
 """The scheduler base class, its data types and the float32 helpers every family shares.
 
-``Scheduler`` is stateful, one instance per image row; see the package docstring.
+``Scheduler`` is stateful, one instance per image row; see the package docstring. Each family
+writes its update once, in ``step_batch``, over rows stacked on the batch axis with per-row
+coefficients shaped (G, 1, 1, 1); ``step`` is ``step_batch`` of one row. Per-row coefficients
+are computed with the same float32 scalar arithmetic as before stacking, so a row gives the
+same bits alone and stacked with others.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -117,13 +122,58 @@ def _threshold(x: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
 
 
 def _as_int(t: Any) -> int:
+    if isinstance(t, (int, np.integer)):
+        return int(t)
     return int(np.asarray(t).reshape(-1)[0])
 
 
-def _per_row(values: np.ndarray, ndim: int) -> np.ndarray:
-    """Flattened per-row coefficients shaped to broadcast over (batch, ...) of ``ndim`` dims."""
+def _per_row(values: Any, ndim: int) -> np.ndarray | np.float32:
+    """Flattened per-row coefficients shaped to broadcast over (batch, ...) of ``ndim`` dims.
+
+    One value stays a float32 scalar: the same result bits, and numpy's scalar arithmetic on
+    coefficients is several times cheaper than on tiny arrays (a lone row's step)."""
+    if isinstance(values, (list, tuple)) and len(values) == 1:
+        return F32(values[0])
     v = np.asarray(values, dtype=np.float32).reshape(-1)
+    if v.size == 1:
+        return v[0]
     return v.reshape((-1,) + (1,) * (ndim - 1))
+
+
+def _columns(rows: Sequence[Sequence[Any]], ndim: int) -> list[Any]:
+    """Per-row tuples of float32 scalars -> one ``_per_row`` coefficient per tuple position.
+    Coefficients are derived per row in scalar arithmetic first: numpy ops on tiny (G, 1, 1, 1)
+    arrays cost ~10x a scalar op, and the bits are the same either way."""
+    return [_per_row(col, ndim) for col in zip(*rows, strict=True)]
+
+
+def _row_slices(x: np.ndarray, rows: int) -> list[np.ndarray]:
+    """``x`` split on the batch axis into ``rows`` equal views (one per scheduler; a lone
+    scheduler may own a batch of several images, as in ``step`` on a (2, ...) array)."""
+    k = x.shape[0] // rows
+    return [x[i * k : (i + 1) * k] for i in range(rows)]
+
+
+def _stack(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-row arrays concatenated on the batch axis (a lone part is returned as is)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def _same_branch(values: Sequence[Any], who: str) -> Any:
+    """The branch every row of a ``step_batch`` call takes; ValueError when they differ (the
+    caller grouped rows without ``batch_key``)."""
+    if any(v != values[0] for v in values):
+        raise ValueError(f"{who}: rows at different solver branches; group them by batch_key")
+    return values[0]
+
+
+def _draw(noises: Sequence[NoiseSource | None], shape: tuple[int, ...], who: str) -> np.ndarray:
+    """One standard-normal block per row (each from the row's own source, shape ``shape``
+    split evenly between the rows), stacked on the batch axis. float32."""
+    if any(n is None for n in noises):
+        raise ValueError(f"{who} steps draw noise: pass a NoiseSource for every row")
+    k = shape[0] // len(noises)
+    return _stack([_f32(n.randn((k,) + tuple(shape[1:]))) for n in noises])  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- base class
@@ -163,6 +213,9 @@ class Scheduler:
         self.num_inference_steps: int | None = None
         self._begin_index: int | None = None
         self._step_index: int | None = None
+        #: class and configuration as one orderable string: rows whose schedulers have equal
+        #: keys may share ``step_batch`` calls (the server keeps such rows adjacent)
+        self.config_key = f"{type(self).__name__}:{sorted(self.config.items())!r}"
 
     # -- config ------------------------------------------------------------------------
     @classmethod
@@ -227,7 +280,7 @@ class Scheduler:
         self._begin_index = int(begin_index)
 
     def scale_model_input(self, sample: np.ndarray, timestep: Any) -> np.ndarray:
-        return _f32(sample)
+        return type(self).scale_model_input_batch([self], sample, [timestep])
 
     def step(
         self,
@@ -236,6 +289,37 @@ class Scheduler:
         sample: np.ndarray,
         noise: NoiseSource | None = None,
     ) -> StepOutput:
+        return type(self).step_batch([self], model_output, [timestep], sample, [noise])
+
+    # -- batched API (several rows, one array operation) ----------------------------------
+    def batch_key(self, timestep: Any) -> Hashable:
+        """Rows whose schedulers give equal keys at their current timesteps may be advanced by
+        one ``step_batch`` / ``scale_model_input_batch`` call: same class and configuration and
+        (multistep families, which override this) a state taking the same branch. Pure."""
+        return self.config_key
+
+    @classmethod
+    def scale_model_input_batch(
+        cls, schedulers: Sequence[Scheduler], sample: np.ndarray, timesteps: Sequence[Any]
+    ) -> np.ndarray:
+        """``scale_model_input`` of stacked rows: ``sample`` float32 (G, C, h, w), row i
+        belonging to ``schedulers[i]`` at ``timesteps[i]``. Base: no scaling (``sample`` is
+        returned as is, not copied)."""
+        return _f32(sample)
+
+    @classmethod
+    def step_batch(
+        cls,
+        schedulers: Sequence[Scheduler],
+        model_output: np.ndarray,
+        timesteps: Sequence[Any],
+        sample: np.ndarray,
+        noises: Sequence[NoiseSource | None],
+    ) -> StepOutput:
+        """``step`` of stacked rows (float32 (G, C, h, w); row i belongs to ``schedulers[i]``
+        at ``timesteps[i]`` and draws from ``noises[i]``); every scheduler has the same
+        ``batch_key``. Advances each scheduler's state. The caller may overwrite
+        ``model_output`` and ``sample`` afterwards: a scheduler copies what it keeps."""
         raise NotImplementedError
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, timestep: Any) -> np.ndarray:
@@ -245,6 +329,11 @@ class Scheduler:
     def _require_timesteps(self) -> None:
         if self.num_inference_steps is None:
             raise RuntimeError("call set_timesteps() before stepping")
+
+    @property
+    def max_steps(self) -> int:
+        """The most inference steps this scheduler (with its config) can run."""
+        return int(self.config["num_train_timesteps"])
 
     def _check_steps(self, n: int) -> int:
         n = int(n)

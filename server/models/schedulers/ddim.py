@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from .alpha_bar import _AlphaBarScheduler
-from .base import _COMMON_DEFAULTS, _ONE, _ZERO, F32, StepOutput, _as_int, _f32, _threshold
+from .base import (
+    _COMMON_DEFAULTS,
+    _ONE,
+    _ZERO,
+    F32,
+    StepOutput,
+    _as_int,
+    _f32,
+    _per_row,
+    _threshold,
+)
 
 
 class DDIM(_AlphaBarScheduler):
@@ -37,14 +47,20 @@ class DDIM(_AlphaBarScheduler):
         self.timesteps = np.ascontiguousarray(ts)
         self.num_inference_steps = n
 
-    def step(self, model_output, timestep, sample, noise=None) -> StepOutput:
+    def _alphas(self, timestep) -> tuple[np.float32, np.float32]:
+        """(alpha_bar at t, alpha_bar at the previous timestep) of this row; float32."""
         self._require_timesteps()
-        c = self.config
-        model_output, sample = _f32(model_output), _f32(sample)
         t = _as_int(timestep)
-        prev_t = t - int(c["num_train_timesteps"]) // self.num_inference_steps
-        a_t = self.alphas_cumprod[t]
+        prev_t = t - int(self.config["num_train_timesteps"]) // self.num_inference_steps
         a_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self._final_alpha_cumprod()
+        return self.alphas_cumprod[t], a_prev
+
+    @classmethod
+    def step_batch(cls, schedulers, model_output, timesteps, sample, noises) -> StepOutput:
+        c = schedulers[0].config
+        model_output, sample = _f32(model_output), _f32(sample)
+        pairs = [s._alphas(t) for s, t in zip(schedulers, timesteps, strict=True)]
+        a_t, a_prev = (_per_row(v, sample.ndim) for v in zip(*pairs, strict=True))
         b_t = _ONE - a_t
         pt = c["prediction_type"]
         if pt == "epsilon":

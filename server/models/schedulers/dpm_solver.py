@@ -13,10 +13,14 @@ from .base import (
     F32,
     SchedulerConfigError,
     StepOutput,
+    _columns,
     _f32,
     _karras_sigmas,
     _per_row,
+    _row_slices,
+    _same_branch,
     _sigma_to_t,
+    _stack,
     _threshold,
 )
 from .sigma import _SigmaScheduler
@@ -123,7 +127,8 @@ class DPMSolverMultistep(_SigmaScheduler):
         return int(hits[1] if len(hits) > 1 else hits[0])
 
     # dpmsolver++ ignores input scaling
-    def scale_model_input(self, sample: np.ndarray, timestep: Any) -> np.ndarray:
+    @classmethod
+    def scale_model_input_batch(cls, schedulers, sample, timesteps) -> np.ndarray:
         return _f32(sample)
 
     @property
@@ -147,10 +152,13 @@ class DPMSolverMultistep(_SigmaScheduler):
         sigma_t = sigma * alpha_t
         return (alpha_t * original + sigma_t * noise).astype(np.float32)
 
-    def _convert(self, model_output: np.ndarray, sample: np.ndarray) -> np.ndarray:
-        c = self.config
+    @classmethod
+    def _convert(cls, schedulers, model_output: np.ndarray, sample: np.ndarray) -> np.ndarray:
+        """x0 estimates of stacked rows (each at its own step index)."""
+        c = schedulers[0].config
         pt = c["prediction_type"]
-        alpha_t, sigma_t = self._alpha_sigma(self.sigmas[self._step_index])
+        pairs = [s._alpha_sigma(s.sigmas[s._step_index]) for s in schedulers]
+        alpha_t, sigma_t = (_per_row(v, sample.ndim) for v in zip(*pairs, strict=True))
         if pt == "epsilon":
             if c["variance_type"] in ("learned", "learned_range"):
                 model_output = model_output[:, :3]
@@ -158,17 +166,15 @@ class DPMSolverMultistep(_SigmaScheduler):
         elif pt == "v_prediction":
             x0 = alpha_t * sample - sigma_t * model_output
         else:
-            x0 = model_output
+            x0 = model_output.copy()  # kept as history: the caller may reuse model_output
         if c["thresholding"]:
             x0 = _threshold(x0, c["dynamic_thresholding_ratio"], c["sample_max_value"])
         return _f32(x0)
 
-    def step(self, model_output, timestep, sample, noise=None) -> StepOutput:
-        self._require_timesteps()
-        self._init_step_index(timestep)
+    def _order_now(self, timestep: Any) -> int:
+        """The solver order (1, 2 or 3) this row's next step uses (its branch). Pure."""
         c = self.config
-        model_output, sample = _f32(model_output), _f32(sample)
-        i = self._step_index
+        i = self._peek_step_index(timestep)
         n = len(self.timesteps)
         order = int(c["solver_order"])
         lower_final = (i == n - 1) and (
@@ -177,52 +183,84 @@ class DPMSolverMultistep(_SigmaScheduler):
             or c["final_sigmas_type"] == "zero"
         )
         lower_second = (i == n - 2) and c["lower_order_final"] and n < 15
-        x0 = self._convert(model_output, sample)
-        self.model_outputs = self.model_outputs[1:] + [x0]
         if order == 1 or self.lower_order_nums < 1 or lower_final:
-            prev = self._first_order(x0, sample)
-        elif order == 2 or self.lower_order_nums < 2 or lower_second:
-            prev = self._second_order(sample)
+            return 1
+        if order == 2 or self.lower_order_nums < 2 or lower_second:
+            return 2
+        return 3
+
+    def batch_key(self, timestep: Any) -> tuple:
+        return (self.config_key, self._order_now(timestep))
+
+    @classmethod
+    def step_batch(cls, schedulers, model_output, timesteps, sample, noises) -> StepOutput:
+        for s in schedulers:
+            s._require_timesteps()
+        pairs = zip(schedulers, timesteps, strict=True)
+        branch = _same_branch([s._order_now(t) for s, t in pairs], "DPM-Solver++")
+        for s, t in zip(schedulers, timesteps, strict=True):
+            s._init_step_index(t)
+        model_output, sample = _f32(model_output), _f32(sample)
+        x0 = cls._convert(schedulers, model_output, sample)
+        for s, row in zip(schedulers, _row_slices(x0, len(schedulers)), strict=True):
+            s.model_outputs = s.model_outputs[1:] + [row]
+        solver = {1: cls._first_order, 2: cls._second_order, 3: cls._third_order}[branch]
+        coeffs = [solver(s) for s in schedulers]
+        cv = _columns(coeffs, sample.ndim)
+        m = [x0] + [_stack([s.model_outputs[-k] for s in schedulers]) for k in (2, 3)[: branch - 1]]
+        if branch == 1:
+            a, b = cv
+            prev = a * sample - b * m[0]
+        elif branch == 2:
+            a, b, inv_r0, k = cv
+            d0, d1 = m[0], inv_r0 * (m[0] - m[1])
+            x = a * sample - b * d0
+            # midpoint: k = 0.5 * alpha_t * e, subtracted; heun: k = alpha_t * (e / h + 1), added
+            prev = x - k * d1 if schedulers[0].config["solver_type"] == "midpoint" else x + k * d1
         else:
-            prev = self._third_order(sample)
-        if self.lower_order_nums < order:
-            self.lower_order_nums += 1
-        self._step_index += 1
+            a, b, c1_0, c1_1, c_r, c_2, k1, k2 = cv
+            d1_0, d1_1 = c1_0 * (m[0] - m[1]), c1_1 * (m[1] - m[2])
+            d1 = d1_0 + c_r * (d1_0 - d1_1)
+            d2 = c_2 * (d1_0 - d1_1)
+            prev = a * sample - b * m[0] + k1 * d1 - k2 * d2
+        order = int(schedulers[0].config["solver_order"])
+        for s in schedulers:
+            if s.lower_order_nums < order:
+                s.lower_order_nums += 1
+            s._step_index += 1
         return StepOutput(_f32(prev), x0)
 
-    def _first_order(self, m0, sample):
+    # Per-row float32 scalar coefficients of each solver order (diffusers' expressions).
+    def _first_order(self) -> tuple:
         i = self._step_index
         alpha_t, sigma_t, lam_t = self._lambda(i + 1)
         _, sigma_s, lam_s = self._lambda(i)
         h = lam_t - lam_s
-        return (sigma_t / sigma_s) * sample - (alpha_t * (np.exp(-h) - _ONE)) * m0
+        return sigma_t / sigma_s, alpha_t * (np.exp(-h) - _ONE)
 
-    def _second_order(self, sample):
+    def _second_order(self) -> tuple:
         i = self._step_index
         alpha_t, sigma_t, lam_t = self._lambda(i + 1)
         _, sigma_s0, lam_s0 = self._lambda(i)
         _, _, lam_s1 = self._lambda(i - 1)
-        m0, m1 = self.model_outputs[-1], self.model_outputs[-2]
         h, h_0 = lam_t - lam_s0, lam_s0 - lam_s1
         with np.errstate(divide="ignore", invalid="ignore"):  # h = 0 when sigma repeats
             r0 = h_0 / h
             inv_r0 = _ONE / r0
-        d0, d1 = m0, inv_r0 * (m0 - m1)
         e = np.exp(-h) - _ONE
-        x = (sigma_t / sigma_s0) * sample - (alpha_t * e) * d0
         if self.config["solver_type"] == "midpoint":
-            return x - F32(0.5) * (alpha_t * e) * d1
-        with np.errstate(divide="ignore", invalid="ignore"):
-            k1 = alpha_t * (e / h + _ONE)
-        return x + k1 * d1
+            k = F32(0.5) * (alpha_t * e)
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                k = alpha_t * (e / h + _ONE)
+        return sigma_t / sigma_s0, alpha_t * e, inv_r0, k
 
-    def _third_order(self, sample):
+    def _third_order(self) -> tuple:
         i = self._step_index
         alpha_t, sigma_t, lam_t = self._lambda(i + 1)
         _, sigma_s0, lam_s0 = self._lambda(i)
         _, _, lam_s1 = self._lambda(i - 1)
         _, _, lam_s2 = self._lambda(i - 2)
-        m0, m1, m2 = self.model_outputs[-1], self.model_outputs[-2], self.model_outputs[-3]
         h, h_0, h_1 = lam_t - lam_s0, lam_s0 - lam_s1, lam_s1 - lam_s2
         with np.errstate(divide="ignore", invalid="ignore"):
             r0, r1 = h_0 / h, h_1 / h
@@ -232,7 +270,4 @@ class DPMSolverMultistep(_SigmaScheduler):
             e = np.exp(-h) - _ONE
             k1 = alpha_t * (e / h + _ONE)
             k2 = alpha_t * ((e + h) / (h * h) - F32(0.5))
-        d1_0, d1_1 = c1_0 * (m0 - m1), c1_1 * (m1 - m2)
-        d1 = d1_0 + c_r * (d1_0 - d1_1)
-        d2 = c_2 * (d1_0 - d1_1)
-        return (sigma_t / sigma_s0) * sample - (alpha_t * e) * m0 + k1 * d1 - k2 * d2
+        return sigma_t / sigma_s0, alpha_t * e, c1_0, c1_1, c_r, c_2, k1, k2

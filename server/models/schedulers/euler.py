@@ -10,6 +10,8 @@ from .base import (
     _ONE,
     SchedulerConfigError,
     StepOutput,
+    _columns,
+    _draw,
     _f32,
     _karras_sigmas,
     _sigma_to_t,
@@ -66,18 +68,23 @@ class Euler(_SigmaScheduler):
         self._step_index = None
         self._begin_index = None
 
-    def step(self, model_output, timestep, sample, noise=None) -> StepOutput:
+    def _sigma_dt(self, timestep) -> tuple[np.float32, np.float32]:
+        """(sigma, next sigma - sigma) of this row's current step; advances the step index."""
         self._require_timesteps()
         self._init_step_index(timestep)
-        model_output, sample = _f32(model_output), _f32(sample)
         i = self._step_index
-        sigma = self.sigmas[i]
-        sigma_hat = sigma  # s_churn = 0 -> gamma = 0, sigma_hat = sigma
-        x0 = self._x0_from_sigma(model_output, sigma, sample)
-        derivative = (sample - x0) / sigma_hat
-        dt = self.sigmas[i + 1] - sigma_hat
-        prev = sample + derivative * dt
         self._step_index += 1
+        sigma_hat = self.sigmas[i]  # s_churn = 0 -> gamma = 0, sigma_hat = sigma
+        return sigma_hat, self.sigmas[i + 1] - sigma_hat
+
+    @classmethod
+    def step_batch(cls, schedulers, model_output, timesteps, sample, noises) -> StepOutput:
+        model_output, sample = _f32(model_output), _f32(sample)
+        rows = [s._sigma_dt(t) for s, t in zip(schedulers, timesteps, strict=True)]
+        sigma, dt = _columns(rows, sample.ndim)
+        x0 = schedulers[0]._x0_from_sigma(model_output, sigma, sample)
+        derivative = (sample - x0) / sigma
+        prev = sample + derivative * dt
         return StepOutput(prev.astype(np.float32), _f32(x0))
 
 
@@ -98,22 +105,27 @@ class EulerAncestral(_SigmaScheduler):
         self._step_index = None
         self._begin_index = None
 
-    def step(self, model_output, timestep, sample, noise=None) -> StepOutput:
+    def _sigmas_up_down(self, timestep) -> tuple[np.float32, np.float32, np.float32]:
+        """(sigma, sigma_up, sigma_down - sigma) of this row's current step; advances the step
+        index."""
         self._require_timesteps()
-        if noise is None:
-            raise ValueError("Euler ancestral steps draw noise: pass a NoiseSource")
         self._init_step_index(timestep)
-        model_output, sample = _f32(model_output), _f32(sample)
         i = self._step_index
-        sigma = self.sigmas[i]
-        x0 = self._x0_from_sigma(model_output, sigma, sample)
         s_from, s_to = self.sigmas[i], self.sigmas[i + 1]
         s_from2, s_to2 = s_from * s_from, s_to * s_to
         sigma_up = np.sqrt(s_to2 * (s_from2 - s_to2) / s_from2)
         sigma_down = np.sqrt(s_to2 - sigma_up * sigma_up)
-        derivative = (sample - x0) / sigma
-        prev = sample + derivative * (sigma_down - sigma)
-        eps = _f32(noise.randn(tuple(model_output.shape)))
-        prev = prev + eps * sigma_up
         self._step_index += 1
+        return s_from, sigma_up, sigma_down - s_from
+
+    @classmethod
+    def step_batch(cls, schedulers, model_output, timesteps, sample, noises) -> StepOutput:
+        model_output, sample = _f32(model_output), _f32(sample)
+        eps = _draw(noises, model_output.shape, "Euler ancestral")
+        rows = [s._sigmas_up_down(t) for s, t in zip(schedulers, timesteps, strict=True)]
+        sigma, sigma_up, down_step = _columns(rows, sample.ndim)
+        x0 = schedulers[0]._x0_from_sigma(model_output, sigma, sample)
+        derivative = (sample - x0) / sigma
+        prev = sample + derivative * down_step
+        prev = prev + eps * sigma_up
         return StepOutput(prev.astype(np.float32), _f32(x0))

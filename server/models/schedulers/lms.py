@@ -13,7 +13,11 @@ from .base import (
     StepOutput,
     _f32,
     _karras_sigmas,
+    _per_row,
+    _row_slices,
+    _same_branch,
     _sigma_to_t,
+    _stack,
 )
 from .sigma import _SigmaScheduler
 
@@ -62,22 +66,45 @@ class LMS(_SigmaScheduler):
                 prod = prod * (tau - s[t - k]) / (s[t - cur] - s[t - k])
         return float(0.5 * (b - a) * np.sum(self._gl_w * prod))
 
-    def step(self, model_output, timestep, sample, noise=None) -> StepOutput:
-        self._require_timesteps()
-        self._init_step_index(timestep)
+    def _terms(self, timestep: Any) -> int:
+        """How many past derivatives this row's next step combines (its branch)."""
+        i = self._peek_step_index(timestep)
+        return min(i + 1, self.lms_order, len(self.derivatives) + 1)
+
+    def batch_key(self, timestep: Any) -> tuple:
+        return (self.config_key, self._terms(timestep))
+
+    @classmethod
+    def step_batch(cls, schedulers, model_output, timesteps, sample, noises) -> StepOutput:
         model_output, sample = _f32(model_output), _f32(sample)
-        i = self._step_index
-        sigma = self.sigmas[i]
-        x0 = self._x0_from_sigma(model_output, sigma, sample)
-        self.derivatives.append((sample - x0) / sigma)
-        if len(self.derivatives) > self.lms_order:
-            self.derivatives.pop(0)
-        order = min(i + 1, self.lms_order)
-        coeffs = [self._coefficient(order, i, k) for k in range(order)]
-        acc: Any = 0
+        n = len(schedulers)
+        for s in schedulers:
+            s._require_timesteps()
+        pairs = zip(schedulers, timesteps, strict=True)
+        terms = _same_branch([s._terms(t) for s, t in pairs], "LMS")
+        sigma, coeffs = [], []
+        for s, t in zip(schedulers, timesteps, strict=True):
+            s._init_step_index(t)
+            i = s._step_index
+            order = min(i + 1, s.lms_order)
+            sigma.append(s.sigmas[i])
+            coeffs.append([s._coefficient(order, i, k) for k in range(order)])
+        sigma_v = _per_row(sigma, sample.ndim)
+        x0 = schedulers[0]._x0_from_sigma(model_output, sigma_v, sample)
+        derivative = (sample - x0) / sigma_v
+        history = []  # per row: its derivatives, newest first (this step's included)
+        for s, d in zip(schedulers, _row_slices(derivative, n), strict=True):
+            s.derivatives.append(d)
+            if len(s.derivatives) > s.lms_order:
+                s.derivatives.pop(0)
+            history.append(s.derivatives[::-1])
         # like diffusers: after a begin_index jump there can be fewer derivatives than coeffs
-        for coeff, d in zip(coeffs, reversed(self.derivatives), strict=False):
-            acc = acc + F32(coeff) * d
+        # (``terms`` = min(order, derivatives kept))
+        acc: Any = 0
+        for k in range(terms):
+            d = derivative if k == 0 else _stack([h[k] for h in history])
+            acc = acc + _per_row([F32(c[k]) for c in coeffs], sample.ndim) * d
         prev = sample + acc
-        self._step_index += 1
+        for s in schedulers:
+            s._step_index += 1
         return StepOutput(_f32(prev), _f32(x0))

@@ -7,7 +7,17 @@ from typing import Any
 import numpy as np
 
 from .alpha_bar import _AlphaBarScheduler
-from .base import _COMMON_DEFAULTS, _ONE, StepOutput, _as_int, _f32
+from .base import (
+    _COMMON_DEFAULTS,
+    _ONE,
+    StepOutput,
+    _as_int,
+    _f32,
+    _per_row,
+    _row_slices,
+    _same_branch,
+    _stack,
+)
 
 
 class PNDM(_AlphaBarScheduler):
@@ -53,18 +63,38 @@ class PNDM(_AlphaBarScheduler):
         self.cur_model_output: Any = 0
         self.cur_sample: np.ndarray | None = None
 
-    def step(self, model_output, timestep, sample, noise=None) -> StepOutput:
-        self._require_timesteps()
+    def _in_prk(self) -> bool:
+        return self.counter < len(self.prk_timesteps) and not self.config["skip_prk_steps"]
+
+    def _plms_branch(self) -> int:
+        """Which PLMS update the next step makes: 0 (first step), 1 (second step: average with
+        the first), 2 / 3 / 4 (the multistep formula over that many model outputs)."""
+        n_ets = len(self.ets) if self.counter == 1 else min(len(self.ets), 3) + 1
+        return self.counter if n_ets == 1 and self.counter in (0, 1) else n_ets
+
+    def batch_key(self, timestep: Any) -> tuple:
+        # PRK warm-up rows (never in the server: it sets skip_prk_steps) group by position
+        if self._in_prk():
+            return (self.config_key, "prk", self.counter)
+        return (self.config_key, self._plms_branch())
+
+    @classmethod
+    def step_batch(cls, schedulers, model_output, timesteps, sample, noises) -> StepOutput:
+        for s in schedulers:
+            s._require_timesteps()
         model_output, sample = _f32(model_output), _f32(sample)
-        t = _as_int(timestep)
-        x0 = _f32(self._x0(model_output, t, sample))
-        if self.counter < len(self.prk_timesteps) and not self.config["skip_prk_steps"]:
-            prev = self._step_prk(model_output, t, sample)
+        ts = [_as_int(t) for t in timesteps]
+        x0 = _f32(cls._x0(schedulers, model_output, ts, sample))
+        n = len(schedulers)
+        if _same_branch([s._in_prk() for s in schedulers], "PNDM"):
+            outs, xs = _row_slices(model_output, n), _row_slices(sample, n)
+            prev = _stack([s._step_prk(outs[i], ts[i], xs[i]) for i, s in enumerate(schedulers)])
         else:
-            prev = self._step_plms(model_output, t, sample)
+            prev = cls._step_plms(schedulers, model_output, ts, sample)
         return StepOutput(prev.astype(np.float32), x0)
 
     def _step_prk(self, model_output, t, sample):
+        """One Runge-Kutta warm-up step of this row (its own slices of the arrays)."""
         big_t = int(self.config["num_train_timesteps"])
         diff = 0 if self.counter % 2 else big_t // self.num_inference_steps // 2
         prev_t = t - diff
@@ -72,52 +102,68 @@ class PNDM(_AlphaBarScheduler):
         k = self.counter % 4
         if k == 0:
             self.cur_model_output = self.cur_model_output + (1 / 6) * model_output
-            self.ets.append(model_output)
-            self.cur_sample = sample
+            self.ets.append(model_output.copy())
+            self.cur_sample = sample.copy()
         elif k in (1, 2):
             self.cur_model_output = self.cur_model_output + (1 / 3) * model_output
         else:
             model_output = self.cur_model_output + (1 / 6) * model_output
             self.cur_model_output = 0
         cur = self.cur_sample if self.cur_sample is not None else sample
-        prev = self._prev_sample(cur, t, prev_t, model_output)
+        prev = type(self)._prev_sample([self], cur, [t], [prev_t], model_output)
         self.counter += 1
         return prev
 
-    def _step_plms(self, model_output, t, sample):
-        if not self.config["skip_prk_steps"] and len(self.ets) < 3:
+    @classmethod
+    def _step_plms(cls, schedulers, model_output, ts, sample):
+        if any(not s.config["skip_prk_steps"] and len(s.ets) < 3 for s in schedulers):
             raise RuntimeError("PNDM PLMS steps need the 12 PRK warm-up steps first")
-        big_t = int(self.config["num_train_timesteps"])
-        prev_t = t - big_t // self.num_inference_steps
-        if self.counter != 1:
-            self.ets = self.ets[-3:]
-            self.ets.append(model_output)
+        branch = _same_branch([s._plms_branch() for s in schedulers], "PNDM")
+        big_t = int(schedulers[0].config["num_train_timesteps"])
+        kept = _row_slices(model_output.copy(), len(schedulers))  # the caller may reuse its array
+        t_eff, prev_t = [], []
+        for s, t, m in zip(schedulers, ts, kept, strict=True):
+            jump = big_t // s.num_inference_steps
+            if s.counter != 1:
+                s.ets = s.ets[-3:] + [m]
+                t_eff.append(t)
+                prev_t.append(t - jump)
+            else:
+                t_eff.append(t + jump)
+                prev_t.append(t)
+
+        def ets(k: int) -> np.ndarray:  # every row's k-th latest model output, stacked
+            return model_output if k == 1 else _stack([s.ets[-k] for s in schedulers])
+
+        if branch == 0:
+            for s, x in zip(schedulers, _row_slices(sample, len(schedulers)), strict=True):
+                s.cur_sample = x.copy()
+        elif branch == 1:
+            model_output = (model_output + _stack([s.ets[-1] for s in schedulers])) / 2
+            sample = _stack([s.cur_sample for s in schedulers])
+            for s in schedulers:
+                s.cur_sample = None
+        elif branch == 2:
+            model_output = (3 * ets(1) - ets(2)) / 2
+        elif branch == 3:
+            model_output = (23 * ets(1) - 16 * ets(2) + 5 * ets(3)) / 12
         else:
-            prev_t = t
-            t = t + big_t // self.num_inference_steps
-        ets = self.ets
-        if len(ets) == 1 and self.counter == 0:
-            self.cur_sample = sample
-        elif len(ets) == 1 and self.counter == 1:
-            model_output = (model_output + ets[-1]) / 2
-            sample = self.cur_sample
-            self.cur_sample = None
-        elif len(ets) == 2:
-            model_output = (3 * ets[-1] - ets[-2]) / 2
-        elif len(ets) == 3:
-            model_output = (23 * ets[-1] - 16 * ets[-2] + 5 * ets[-3]) / 12
-        else:
-            model_output = (1 / 24) * (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4])
-        prev = self._prev_sample(sample, t, prev_t, model_output)
-        self.counter += 1
+            model_output = (1 / 24) * (55 * ets(1) - 59 * ets(2) + 37 * ets(3) - 9 * ets(4))
+        prev = cls._prev_sample(schedulers, sample, t_eff, prev_t, model_output)
+        for s in schedulers:
+            s.counter += 1
         return prev
 
-    def _prev_sample(self, sample, t, prev_t, model_output):
-        a_t = self.alphas_cumprod[t]
-        a_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self._final_alpha_cumprod()
+    @classmethod
+    def _prev_sample(cls, schedulers, sample, ts, prev_ts, model_output):
+        a_t, a_prev = [], []
+        for s, t, p in zip(schedulers, ts, prev_ts, strict=True):
+            a_t.append(s.alphas_cumprod[t])
+            a_prev.append(s.alphas_cumprod[p] if p >= 0 else s._final_alpha_cumprod())
+        a_t, a_prev = _per_row(a_t, sample.ndim), _per_row(a_prev, sample.ndim)
         b_t = _ONE - a_t
         b_prev = _ONE - a_prev
-        if self.config["prediction_type"] == "v_prediction":
+        if schedulers[0].config["prediction_type"] == "v_prediction":
             model_output = np.sqrt(a_t) * model_output + np.sqrt(b_t) * sample
         sample_coeff = np.sqrt(a_prev / a_t)
         denom = a_t * np.sqrt(b_prev) + np.sqrt(a_t * b_t * a_prev)

@@ -62,10 +62,22 @@ class _SigmaScheduler(Scheduler):
         sigma = _per_row(self.sigmas[self._add_noise_indices(timestep)], original.ndim)
         return (original + noise * sigma).astype(np.float32)
 
-    def scale_model_input(self, sample: np.ndarray, timestep: Any) -> np.ndarray:
-        self._init_step_index(timestep)
-        sigma = self.sigmas[self._step_index]
-        return (_f32(sample) / np.sqrt(sigma * sigma + _ONE)).astype(np.float32)
+    def _peek_step_index(self, timestep: Any) -> int:
+        """The step index ``_init_step_index`` would set, without setting it."""
+        if self._step_index is not None:
+            return self._step_index
+        if self._begin_index is not None:
+            return self._begin_index
+        return self._index_for_timestep(timestep)
+
+    @classmethod
+    def scale_model_input_batch(cls, schedulers, sample, timesteps) -> np.ndarray:
+        denom = []
+        for s, t in zip(schedulers, timesteps, strict=True):
+            s._init_step_index(t)
+            sigma = s.sigmas[s._step_index]
+            denom.append(np.sqrt(sigma * sigma + _ONE))
+        return (_f32(sample) / _per_row(denom, np.ndim(sample))).astype(np.float32)
 
     @property
     def init_noise_sigma(self) -> float:
