@@ -45,6 +45,38 @@ class Metrics:
         self.model_errors = Counter(
             "inpaint_model_errors", "Model calls that failed", ["model"], registry=r
         )
+        # async jobs (server/jobs): the queue lives in the database, shared by all replicas
+        self.jobs_queued = Gauge(
+            "inpaint_jobs_queued",
+            "Queued jobs in the job database (every replica reports the same count: use max)",
+            registry=r,
+        )
+        self.jobs_running = Gauge(
+            "inpaint_jobs_running", "Jobs this replica is running", registry=r
+        )
+        self.jobs_submitted = Counter(
+            "inpaint_jobs_submitted", "Jobs created (idempotent replays excluded)", registry=r
+        )
+        self.jobs_finished = Counter(
+            "inpaint_jobs_finished", "Jobs this replica settled, by status", ["status"], registry=r
+        )
+        self.jobs_claimed = Counter(
+            "inpaint_jobs_claimed", "Jobs this replica took from the queue", registry=r
+        )
+        self.jobs_lease_renewals = Counter(
+            "inpaint_jobs_lease_renewals", "Lease renewals of running jobs", registry=r
+        )
+        self.jobs_recovered = Counter(
+            "inpaint_jobs_recovered",
+            "Jobs run again after their replica died (lease expired, or requeued at start)",
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "inpaint_webhook_deliveries",
+            "Webhook attempts: success, retry (failed, another comes), failed (gave up)",
+            ["result"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

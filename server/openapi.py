@@ -153,6 +153,85 @@ def _error_responses(*statuses: int) -> dict:
     }
 
 
+# ---------------------------------------------------------------- async jobs (server/jobs)
+
+WEBHOOK_URL = {
+    "type": "string",
+    "format": "uri",
+    "maxLength": 2048,
+    "description": "Extension, with Prefer: respond-async: an http(s) URL called (Standard "
+    "Webhooks signature) when the job succeeds, fails or is cancelled; public addresses only "
+    "unless the server allows others.",
+}
+ASYNC_HEADERS = [
+    {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "respond-async (RFC 7240): answer 202 with a job instead of waiting "
+        "(ignored with stream=true).",
+    },
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "maxLength": 255},
+        "description": "With Prefer: respond-async: the same key and request give the same "
+        "job again; the same key with another request is a 422.",
+    },
+]
+JOB = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["image.edit.job"]},
+        "status": {
+            "type": "string",
+            "enum": ["queued", "running", "succeeded", "failed", "cancelled"],
+        },
+        "model": {"type": "string"},
+        "created_at": {"type": "integer"},
+        "started_at": {"type": "integer", "nullable": True},
+        "completed_at": {"type": "integer", "nullable": True},
+        "expires_at": {"type": "integer", "nullable": True},
+        "progress": {
+            "type": "object",
+            "properties": {"steps_done": {"type": "integer"}, "steps_total": {"type": "integer"}},
+        },
+        "attempts": {"type": "integer"},
+        "cancel_requested": {"type": "boolean"},
+        "webhook": {"type": "object"},
+        "result": {"$ref": "#/components/schemas/ImageResponse"},
+        "error": ERROR["properties"]["error"],
+    },
+    "required": ["id", "object", "status", "model", "created_at", "progress"],
+}
+_JOB_ANSWER = {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}
+_JOB_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+JOB_PATH = {
+    "get": {
+        "summary": "An async edit job (result once succeeded); per API key",
+        "security": [{"BearerAuth": []}],
+        "parameters": [_JOB_ID],
+        "responses": {
+            "200": {"description": "The job", "content": _JOB_ANSWER},
+            **_error_responses(401, 404),
+        },
+    },
+    "delete": {
+        "summary": "Cancel a queued or running job (a running one stops at its next step)",
+        "security": [{"BearerAuth": []}],
+        "parameters": [_JOB_ID],
+        "responses": {
+            "200": {"description": "The cancelled job", "content": _JOB_ANSWER},
+            "202": {"description": "Cancel requested, not settled yet", "content": _JOB_ANSWER},
+            **_error_responses(401, 404, 409),
+        },
+    },
+}
+
+
 def openapi_document(registry: Any = None) -> dict:
     """The document for the models in ``registry`` (a ModelRegistry; None = no models)."""
     models = list(registry.models.values()) if registry is not None else []
@@ -183,6 +262,7 @@ def openapi_document(registry: Any = None) -> dict:
     }
     for name in EditRequest.model_fields:
         props[name] = descriptions[name]
+    props["webhook_url"] = WEBHOOK_URL
     image_item = {
         "type": "object",
         "properties": {
@@ -239,7 +319,15 @@ def openapi_document(registry: Any = None) -> dict:
                             },
                         },
                     },
+                    "parameters": ASYNC_HEADERS,
                     "responses": {
+                        "202": {
+                            "description": "With Prefer: respond-async: the queued job "
+                            "(Location: /v1/images/jobs/{id}, Preference-Applied: respond-async)",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/Job"}}
+                            },
+                        },
                         "200": {
                             "description": "Edited images (JSON), or an SSE stream when stream=true",
                             "content": {
@@ -249,11 +337,12 @@ def openapi_document(registry: Any = None) -> dict:
                                 "text/event-stream": {"schema": {"type": "string"}},
                             },
                         },
-                        **_error_responses(400, 401, 404, 413, 429, 500, 503, 504),
+                        **_error_responses(400, 401, 404, 413, 422, 429, 500, 503, 504),
                     },
                     "security": [{"BearerAuth": []}],
                 }
             },
+            "/v1/images/jobs/{id}": JOB_PATH,
             "/v1/models": {
                 "get": {
                     "summary": "List models",
@@ -312,6 +401,7 @@ def openapi_document(registry: Any = None) -> dict:
                     },
                 },
                 "Error": ERROR,
+                "Job": JOB,
             },
             "securitySchemes": {"BearerAuth": {"type": "http", "scheme": "bearer"}},
         },

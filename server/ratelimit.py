@@ -1,11 +1,22 @@
-"""Per-minute limits kept in memory: requests per API key, and failed authentications per client
-address (so that guessing keys is throttled)."""
+"""Per-minute limits: requests per API key, and failed authentications per client address (so
+that guessing keys is throttled).
+
+The request window is kept in memory (``SlidingWindow``), or, when replicas share a PostgreSQL
+job database (``--database-url``), in that database (``SqlWindow``, see ``rate_limiter``), so
+the limit holds across replicas. The auth-failure throttle stays per replica: it protects each
+process from key guessing at its own door, and a shared one would let one address's failures
+lock out a whole NAT on every replica.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections import defaultdict, deque
+from pathlib import Path
 
+from .config import ServerConfig
 from .errors import APIError
 
 WINDOW_S = 60.0
@@ -40,6 +51,13 @@ class SlidingWindow:
                 del self._hits[k]
         self._hits[key].append(time.monotonic())
 
+    def take(self, key: str) -> int | None:
+        """Count one event for ``key`` if it has room (None), else the seconds until it has."""
+        retry = self.retry_after(key)
+        if retry is None:
+            self.hit(key)
+        return retry
+
 
 def too_many(retry_after: int, message: str) -> APIError:
     return APIError(
@@ -52,20 +70,111 @@ def too_many(retry_after: int, message: str) -> APIError:
 
 
 class RateLimiter:
-    """``check(key_id)`` raises a 429 with Retry-After past ``per_minute`` requests; 0 = off."""
+    """``check(key_id)`` raises a 429 with Retry-After past ``per_minute`` requests; 0 = off.
+    ``window``: where the counts live (default: this process's memory)."""
 
-    def __init__(self, per_minute: int) -> None:
-        self.window = SlidingWindow(per_minute)
+    def __init__(self, per_minute: int, window: SlidingWindow | SqlWindow | None = None) -> None:
+        self.window = window if window is not None else SlidingWindow(per_minute)
+
+    async def acheck(self, key_id: str) -> None:
+        """``check`` from the event loop: a database window's round trip runs in a thread."""
+        if isinstance(self.window, SqlWindow):
+            await asyncio.get_running_loop().run_in_executor(None, self.check, key_id)
+        else:
+            self.check(key_id)
 
     def check(self, key_id: str) -> None:
-        retry = self.window.retry_after(key_id)
+        retry = self.window.take(key_id)
         if retry is not None:
             raise too_many(
                 retry,
                 f"Rate limit reached: {self.window.per_minute} requests per minute for this API "
                 "key. Retry after the number of seconds in the Retry-After header.",
             )
-        self.window.hit(key_id)
+
+
+class SqlWindow:
+    """Requests per key in the job database, shared by every replica that uses it.
+
+    Counts are kept per fixed minute (``inpaint_rate_windows``); the last 60 s are estimated as
+    this minute's count plus the previous minute's, weighted by how much of it is still inside
+    the 60 s (the usual sliding-window approximation). ``take`` counts and checks in one
+    transaction (the row lock orders concurrent replicas), and takes the count back when over
+    the limit, so refused requests do not count. Blocking: one round trip per call (the auth
+    middleware makes it in a thread: ``RateLimiter.acheck``). The engine is made on first use;
+    ``clock`` is ``time.time`` (tests pass a fake one).
+    """
+
+    def __init__(self, per_minute: int, database_url: str, clock=time.time) -> None:
+        self.per_minute = per_minute
+        self.database_url = database_url
+        self.clock = clock
+        self._engine = None
+        self._lock = threading.Lock()
+        self._swept = -1
+
+    def _connect(self):
+        with self._lock:
+            if self._engine is None:
+                from .jobs.database import engine_url, make_engine
+
+                self._engine = make_engine(engine_url(self.database_url, Path(".")))
+            return self._engine
+
+    def take(self, key: str) -> int | None:
+        if self.per_minute <= 0:
+            return None
+        import sqlalchemy as sa
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        from .jobs.database import rate_windows as t
+
+        now = self.clock()
+        window, into = divmod(now, WINDOW_S)
+        window = int(window)
+        engine = self._connect()
+        dialect = sqlite if engine.dialect.name == "sqlite" else postgresql
+        upsert = dialect.insert(t).values(key=key, window=window, hits=1)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[t.c.key, t.c.window], set_={"hits": t.c.hits + 1}
+        ).returning(t.c.hits)
+        with engine.begin() as conn:
+            hits = conn.execute(upsert).scalar_one()
+            previous = (
+                conn.execute(
+                    sa.select(t.c.hits).where(t.c.key == key, t.c.window == window - 1)
+                ).scalar_one_or_none()
+                or 0
+            )
+            weight = 1.0 - into / WINDOW_S
+            if hits + previous * weight <= self.per_minute:
+                if window != self._swept:  # once a minute per replica: old windows go
+                    self._swept = window
+                    conn.execute(sa.delete(t).where(t.c.window < window - 1))
+                return None
+            conn.execute(
+                sa.update(t).where(t.c.key == key, t.c.window == window).values(hits=t.c.hits - 1)
+            )
+        return max(1, int(_seconds_to_room(hits - 1, previous, into, self.per_minute)) + 1)
+
+
+def _seconds_to_room(current: int, previous: int, into: float, per_minute: int) -> float:
+    """Seconds until ``current + previous * (1 - (into + t) / 60) + 1 <= per_minute``; past the
+    minute's end, until the next minute starts (the estimate then restarts from this one)."""
+    if previous > 0 and current + 1 <= per_minute:
+        needed = 1.0 - (per_minute - 1 - current) / previous  # the weight fraction to pass
+        return max(0.0, needed * WINDOW_S - into)
+    return WINDOW_S - into
+
+
+def rate_limiter(config: ServerConfig) -> RateLimiter:
+    """The request limiter the settings ask for: counts in the job database when it is a
+    PostgreSQL one (shared by replicas), else in memory (one replica)."""
+    per_minute = config.auth.rate_limit
+    url = config.jobs.database_url
+    if per_minute > 0 and url is not None and url.startswith(("postgresql", "postgres:")):
+        return RateLimiter(per_minute, SqlWindow(per_minute, url))
+    return RateLimiter(per_minute)
 
 
 class AuthThrottle:

@@ -47,6 +47,9 @@ class StepLevelWorker(ModelWorker):
                 self._record(active, time.perf_counter() - t0)
                 if self.metrics is not None:
                     self.metrics.steps.labels(model.name).inc(len(active))
+                for it in active:
+                    if it.row.on_step is not None:
+                        it.row.on_step()
             except Exception as exc:  # noqa: BLE001 - fails exactly the stepped rows
                 self._fail(active, exc)
                 return True

@@ -115,6 +115,11 @@ class ModelWorker:
             self._cond.notify()
         return job
 
+    def depth(self) -> int:
+        """Rows queued or running (what the queue-depth gauge shows)."""
+        with self._cond:
+            return len(self._pending) + len(self._running)
+
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new work, fail what is still queued, let the running batch finish."""
         with self._cond:
@@ -249,9 +254,9 @@ class ModelWorker:
                     self.metrics.model_errors.labels(self.model.name).inc()
                 log.error("model %s: bad output for one row: %s", self.model.name, image)
             outcomes.append((item, image))
-        self._settle(outcomes)
-        if self.metrics is not None:
+        if self.metrics is not None:  # counted before the answers go out
             self.metrics.images.labels(self.model.name).inc(len(items))
+        self._settle(outcomes)
 
     def _fail(self, items: list[QueuedRow], exc: BaseException) -> None:
         """A model call failed: count it once, log it, fail exactly ``items``."""

@@ -17,6 +17,7 @@ from ..models.registry import ModelRegistry, load_registry
 from ..service import EditService
 from ..service.admission import MemoryBudget, default_budget_bytes
 from ..storage import Store, check_config, make_store
+from .jobs import setup_jobs
 from .middlewares import cors_headers, make_middlewares
 from .playground import routes as playground_routes
 from .routes import routes
@@ -114,6 +115,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
         app[STATE].draining = True  # new edits get 503 while in-flight ones finish
 
     app.cleanup_ctx.append(resources)
+    setup_jobs(app)  # async jobs: routes, and a context started after resources
     app.on_shutdown.append(drain)
     return app
 

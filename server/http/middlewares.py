@@ -20,7 +20,7 @@ from ..auth import KeyStore, authenticate
 from ..config import ServerConfig
 from ..errors import APIError, to_api_error
 from ..metrics import Metrics
-from ..ratelimit import AuthThrottle, RateLimiter
+from ..ratelimit import AuthThrottle, rate_limiter
 
 #: liveness, readiness and metrics: called by orchestrators with whatever Host they use
 PROBE_PATHS = ("/health", "/ready", "/metrics")
@@ -124,8 +124,13 @@ async def cors_headers(request: web.Request, response: web.StreamResponse) -> No
     response.headers["Vary"] = "Origin"  # caches must not serve one origin's answer to another
     if origin:
         response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = (
+            "Authorization, Content-Type, Prefer, Idempotency-Key"
+        )
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        response.headers["Access-Control-Expose-Headers"] = (
+            "Location, Preference-Applied, Retry-After"
+        )
 
 
 def _route_label(request: web.Request) -> str:
@@ -134,7 +139,7 @@ def _route_label(request: web.Request) -> str:
 
 
 def make_middlewares(config: ServerConfig, keys: KeyStore, metrics: Metrics) -> list:
-    limiter = RateLimiter(config.auth.rate_limit)
+    limiter = rate_limiter(config)
     throttle = AuthThrottle(config.auth.auth_failures_per_minute)
     origins = set(config.http.cors_origins)
     no_auth = config.auth.no_auth
@@ -204,7 +209,7 @@ def make_middlewares(config: ServerConfig, keys: KeyStore, metrics: Metrics) -> 
         except APIError:
             throttle.failed(address)
             raise
-        limiter.check(key_id)
+        await limiter.acheck(key_id)
         return await handler(request)
 
     # outermost first: count sees the final status of everything, errors included

@@ -14,6 +14,7 @@ from ..openapi import openapi_document
 from ..protocol import ModelCard, ModelList, parse_edit_fields
 from ..service import Uploads
 from .body import no_continue, read_edit_body
+from .jobs import submit_job, wants_async
 from .state import BUDGET, CONFIG, EXECUTOR, METRICS, REGISTRY, SERVICE, STATE, STORE
 
 routes = web.RouteTableDef()
@@ -51,6 +52,8 @@ async def _edit(request: web.Request, reservation) -> web.StreamResponse:
     limits = request.app[CONFIG].limits
     body = await read_edit_body(request, limits, request.app[EXECUTOR], reservation)
     edit = parse_edit_fields(body.fields, limits.max_prompt_chars)
+    if wants_async(request, edit):  # Prefer: respond-async -> 202 + a job (http/jobs.py)
+        return await submit_job(request, body, edit, reservation, _base_url(request))
     uploads = Uploads(body.images, body.mask, body.markup)
     service = request.app[SERVICE]
 

@@ -2,8 +2,10 @@
 
 On SIGTERM (or SIGINT) the server drains: new edits get 503 at once while the listener stays
 up (a load balancer sees /ready fail and moves traffic); edits in flight get up to
-``--shutdown-grace`` seconds to finish; past it, each still waiting gets a 503 (an SSE ``error``
-event on a stream) and the process exits, within the grace plus ``ABORT_S`` + ``CLOSE_S``.
+``--shutdown-grace`` seconds to finish (async jobs running here too); past it, each request
+still waiting gets a 503 (an SSE ``error`` event on a stream), each job goes back to the queue
+(another replica runs it), and the process exits within the grace plus ``ABORT_S`` +
+``CLOSE_S`` (+ the job runner's ``STOP_WAIT_S``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from aiohttp import web
 
 from ..config import ServerConfig
+from .jobs import JOBS
 from .state import SERVICE, STATE
 
 log = logging.getLogger("server.serve")
@@ -67,11 +70,23 @@ async def serve(app: web.Application, config: ServerConfig) -> None:
 async def drain(app: web.Application, grace_s: float) -> None:
     """Refuse new edits, let the ones in flight finish for up to ``grace_s``, abort the rest."""
     state = app[STATE]
-    state.draining = True
-    log.info("draining: %d requests in flight, up to %g s", state.in_flight, grace_s)
+    state.draining = True  # the job runner claims nothing more either
+    jobs = app.get(JOBS)
+
+    def running_jobs() -> int:
+        return len(jobs.runner.active) if jobs is not None else 0
+
+    log.info(
+        "draining: %d requests and %d async jobs in flight, up to %g s",
+        state.in_flight,
+        running_jobs(),
+        grace_s,
+    )
     end = time.monotonic() + grace_s
-    while state.in_flight and time.monotonic() < end:
+    while (state.in_flight or running_jobs()) and time.monotonic() < end:
         await asyncio.sleep(0.05)
+    if running_jobs():
+        log.warning("%d async jobs outlast the grace: back to the queue", running_jobs())
     if state.in_flight:
         log.warning("%d requests outlast the %g s grace: they get 503", state.in_flight, grace_s)
         service = app.get(SERVICE)

@@ -103,9 +103,14 @@ class EditService:
         base_url: str,
         cancelled: Callable[[], bool] | None = None,
         reservation: Reservation | None = None,
+        on_prepared: Callable[[PreparedEdit], None] | None = None,
     ) -> ImagesResponse:
+        """The JSON path. ``on_prepared`` sees the rows before they are queued (async jobs hook
+        their progress on them)."""
         started = time.perf_counter()
         prepared = await self._blocking(self.prepare, request, uploads, reservation)
+        if on_prepared is not None:
+            on_prepared(prepared)
         generated = await self.generate(prepared, cancelled)
 
         def finish() -> tuple[list[ImageData], str]:
