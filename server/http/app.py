@@ -40,7 +40,7 @@ log = logging.getLogger("server.app")
 #: how often expired `url` files are removed
 SWEEP_EVERY_S = 60.0
 #: how long the model threads get to notice the stop at the very end (they are daemons)
-STOP_TIMEOUT_S = 0.5
+STOP_TIMEOUT_S = 0.3
 
 
 def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> web.Application:

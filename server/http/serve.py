@@ -24,9 +24,9 @@ from .state import SERVICE, STATE
 log = logging.getLogger("server.serve")
 
 #: after the grace: how long aborted requests get to send their 503s
-ABORT_S = 1.0
+ABORT_S = 0.8
 #: then: how long the runner waits for connections to close
-CLOSE_S = 0.5
+CLOSE_S = 0.4
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 #: see ``runner_options``
 LINGER_S = 1.0

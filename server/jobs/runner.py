@@ -54,7 +54,7 @@ RENEW_MAX_S = 1.0
 SWEEP_S = 60.0
 #: how long stop() waits for stopped jobs to be put back in the queue (part of the exit
 #: margin after --shutdown-grace; a job that has not stopped by then is requeued by its lease)
-STOP_WAIT_S = 0.5
+STOP_WAIT_S = 0.4
 #: why a running job stops early
 CANCEL, LOST, STOP, NO_ROOM = "cancel", "lost", "stop", "no room"
 #: after a job found no room (memory budget, batcher queue): seconds before claiming again
