@@ -119,8 +119,9 @@ def test_requests_outlasting_the_grace_get_503_and_the_process_exits_in_time(
     image = _png(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     mask = np.full((64, 64, 4), 255, np.uint8)
     mask[16:48, 16:48, 3] = 0
-    # 4 images x 150 steps each, one row per UNet call: seconds of work per request
-    slow = {"prompt": "x", "steps": "150", "seed": "1", "n": "4"}
+    # 10 images x 150 steps each, one row per UNet call: 1500 tiny-UNet calls, several seconds
+    # of work per request (the grace is 1.5 s)
+    slow = {"prompt": "x", "steps": "150", "seed": "1", "n": "10"}
     json_body, ctype = _multipart(slow, {"image": image, "mask": _png(mask)})
     stream_body, _ = _multipart({**slow, "stream": "true"}, {"image": image, "mask": _png(mask)})
     results: dict[str, tuple[int, bytes]] = {}
