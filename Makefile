@@ -11,7 +11,7 @@ PRECISION ?= auto
 TARGET ?= cpu
 SERVE_ARGS ?=
 
-.PHONY: serve test test-slow install install-dev lint export export-tiny benchmark gpu-check soak fuzz deploy-check clean
+.PHONY: serve test test-slow install install-dev lint export export-tiny benchmark gpu-check soak fuzz deploy-check cluster clean
 
 # Stamps: re-install only when pyproject.toml changes.
 $(VENV)/.stamp-runtime: pyproject.toml
@@ -81,6 +81,17 @@ fuzz: install-dev
 # same tests run in `make test`. Builds no image (docs/notes/kubernetes.md).
 deploy-check: install-dev
 	$(PY) -m pytest -q tests/deploy
+
+# A cluster on this machine: REPLICAS servers on loopback behind HAProxy (balancer on
+# 127.0.0.1:CLUSTER_PORT), sharing PostgreSQL (a fresh schema, dropped at the end) and a
+# SeaweedFS S3 bucket; prints how to use it, runs until Ctrl-C, then stops everything
+# (docs/notes/cluster.md). Needs haproxy (apt-get install -y haproxy). CLUSTER_ARGS: more
+# launcher flags (--lease-seconds, --api-key, --models-dir, -- <server flags>).
+REPLICAS ?= 3
+CLUSTER_PORT ?= 8080
+CLUSTER_ARGS ?=
+cluster: install-dev
+	$(PY) -m benchmarks.cluster --replicas $(REPLICAS) --port $(CLUSTER_PORT) $(CLUSTER_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
