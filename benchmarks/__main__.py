@@ -2,12 +2,15 @@
 
     python -m benchmarks --preset ci            # tiny model, ~2 min (make benchmark)
     python -m benchmarks --preset cpu           # full SD 1.5 architecture, random weights
+    python -m benchmarks --preset cpu-512       # fast paths at 512 px vs the best baselines
+    python -m benchmarks --preset cpu-512-smoke # the same code paths on the tiny model
     python -m benchmarks --preset gpu           # 512 px, 20/50 steps, fp16, CUDA + TensorRT
     python -m benchmarks --list                 # what each preset measures
 
 One run measures, on the same inputs and weights: our pipeline in-process per provider, the
 diffusers baseline(s), our server over HTTP (closed loop at each concurrency, batching on and
-off, then Poisson open loop), FLOPs per UNet call and the machine's matmul peak. Results:
+off, then Poisson open loop), FLOPs per component and the machine's matmul peak per precision,
+and, for presets that declare them, the Targets table (``targets.py``). Results:
 ``<out>/<timestamp>-<preset>.json`` + ``.md`` + PNG plots. Only one benchmark runs at a time
 (``benchmarks/results/.lock``). Exit status: 0 ok, 1 a measurement failed, 2 bad arguments,
 3 another benchmark is running.
@@ -29,10 +32,21 @@ from pathlib import Path
 from typing import Any
 
 from . import report
-from .assets import ROOT, AssetError, export_dir, export_name, pipeline_dir
+from .assets import (
+    ROOT,
+    AssetError,
+    export_dir,
+    export_name,
+    fast_export_args,
+    fused_pipeline_dir,
+    lora_dir,
+    pipeline_dir,
+    taesd_dir,
+)
 from .lock import BenchmarkLocked, exclusive
 from .oneshot import PRESETS as ONESHOT_PRESETS
 from .presets import PRESETS, BaselineVariant, OursVariant, Preset
+from .recipes import Recipe
 from .stats import summarize
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -63,8 +77,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--torch-compile",
         action="store_true",
-        help="also measure diffusers with torch.compile'd UNet (compile ~75 s on CPU, "
-        "counted as warm-up)",
+        help="presets without a compiled baseline: also measure diffusers with torch.compile "
+        "(+ freezing; compile ~75 s per shape on CPU, reported apart)",
+    )
+    p.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="drop the preset's torch.compile baselines (they cost ~1-2 min of compile each)",
+    )
+    p.add_argument(
+        "--skip-optimum",
+        action="store_true",
+        help="no optimum-intel baseline (and no venv for it)",
     )
     p.add_argument(
         "--threads",
@@ -128,6 +152,7 @@ def provider_available(provider: str) -> bool:
     from server.models import providers as pv
 
     cls = {
+        "auto": pv.AutoProvider,
         "cpu": pv.CPUProvider,
         "cuda": pv.CUDAProvider,
         "tensorrt": pv.TensorRTProvider,
@@ -171,14 +196,18 @@ class Runner:
             return self.p.budget_s
         return self.p.budget_s - (time.perf_counter() - self.t_measure)
 
-    def run_phase(self, kind: str, args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def run_phase(
+        self, kind: str, args: dict[str, Any], timeout_s: float, python: Path | None = None
+    ) -> dict[str, Any]:
+        """Run one measurement in a fresh interpreter (``python``: another venv's, e.g. the
+        optimum-intel one; default: ours)."""
         from .memory import GpuSampler
 
         tmp = Path(tempfile.mkdtemp(prefix="phase-", dir=self.log_dir))
         src, dst = tmp / "in.json", tmp / "out.json"
         src.write_text(json.dumps({"kind": kind, "args": args}, default=str))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.phase", str(src), str(dst)],
+            [str(python or sys.executable), "-m", "benchmarks.phase", str(src), str(dst)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -237,26 +266,52 @@ class Runner:
         ours = self._available(p.ours) if not a.skip_inprocess else []
         http = self._available(p.http) if not a.skip_http else []
         baselines = [] if a.skip_baseline else list(p.baselines)
-        if a.torch_compile and baselines:
+        has_compile = any(b.compile for b in baselines)
+        if a.torch_compile and baselines and not has_compile:
             first = baselines[0]
             baselines.append(BaselineVariant(first.device, first.dtype, compile=True))
-        elif baselines and not a.torch_compile:
+        elif baselines and not has_compile:
             self.notes.append("torch.compile baseline not run (opt-in: --torch-compile)")
+        if a.no_compile and has_compile:
+            self.skip("torch.compile baselines: not run (--no-compile)")
+            baselines = [b for b in baselines if not b.compile]
+        if a.skip_optimum and any(b.impl == "optimum" for b in baselines):
+            self.skip("optimum-intel baseline: not run (--skip-optimum)")
+        if a.skip_optimum:
+            baselines = [b for b in baselines if b.impl != "optimum"]
 
         # ---- models (excluded from the time budget)
         try:
             source = a.pipeline or pipeline_dir(p.model, log=self.log)
+            model = p.model if not a.pipeline else a.pipeline.name
+            extra: list[str] = []
+            self.baseline_source, self.tiny_vae = source, None
+            if p.fast_model:
+                lora = lora_dir(source, model, log=self.log)
+                self.tiny_vae = taesd_dir(p.model, log=self.log)
+                extra = fast_export_args(lora, self.tiny_vae)
+                # the baselines compute with the weights our export fused (same fuse code)
+                self.baseline_source = fused_pipeline_dir(source, lora, model, log=self.log)
+                self.notes.append(
+                    "fast model: a random LCM-style LoRA (UNet attention projections) fused at "
+                    "export (--lora) and into the baselines' pipeline by the same code; a "
+                    "random-weight TAESD (--tiny-vae; full TAESD architecture unless the tiny "
+                    "model)"
+                )
             exports: dict[tuple[str, str], Path] = {}
             for v in ours + http:
                 key = (v.precision, v.target)
                 if key not in exports:
-                    name = export_name(p.model if not a.pipeline else a.pipeline.name, *key)
+                    name = export_name(model, *key, fast=p.fast_model)
                     self.log(f"export {name} (cached when up to date) ...")
-                    exports[key] = export_dir(source, name, *key, threads=threads, log=self.log)
+                    exports[key] = export_dir(
+                        source, name, *key, threads=threads, log=self.log, extra=extra
+                    )
         except (AssetError, OSError) as exc:
             print(f"error: preparing the models failed: {exc}", file=sys.stderr)
             return 1
         self.exports = exports
+        baselines = self._prepare_optimum(baselines, model)
         if a.prepare_only:
             self.log(
                 f"models ready: pipeline {source}; exports "
@@ -282,16 +337,46 @@ class Runner:
             )
             done += 1
         for b in baselines:
-            self._baseline(b, source, inproc_budget, n_inproc - done)
+            if b.impl == "optimum":
+                self._optimum(b, inproc_budget, n_inproc - done)
+            else:
+                self._baseline(b, self.baseline_source, inproc_budget, n_inproc - done)
             done += 1
         modes = [(v, mbs) for v in http for mbs in p.batch_sizes]
         for i, (v, mbs) in enumerate(modes):
             self._http(v, exports[(v.precision, v.target)], mbs, len(modes) - i, first=i == 0)
 
         self._compute_floor(a.peak_gflops)
+        if p.targets:
+            from .targets import evaluate
+
+            self.results["targets"] = evaluate(p, self.results, machine)
         settings = self._settings(source, exports, ours, http, baselines)
         doc = report.document(machine, versions(), settings, self.results, self.notes)
         return self._write(doc)
+
+    def _prepare_optimum(self, baselines: list[BaselineVariant], model: str):
+        """The optimum-intel venv and export (once, outside the time budget); on failure the
+        baseline is dropped with the reason."""
+        from . import optimum_venv
+
+        self.optimum_dir: Path | None = None
+        self.optimum_python: Path | None = None
+        if not any(b.impl == "optimum" for b in baselines):
+            return baselines
+        try:
+            self.optimum_python = optimum_venv.ensure_venv(log=self.log)
+            self.optimum_dir = optimum_venv.export_dir(
+                self.optimum_python,
+                self.baseline_source,
+                f"{model}{'-lcm-taesd' if self.p.fast_model else ''}",
+                tiny_vae=self.tiny_vae,
+                log=self.log,
+            )
+        except (AssetError, OSError) as exc:
+            self.skip(f"optimum-intel baseline: not run: {exc}")
+            return [b for b in baselines if b.impl != "optimum"]
+        return baselines
 
     def _available(self, variants) -> list[OursVariant]:
         out = []
@@ -307,6 +392,8 @@ class Runner:
 
     # ------------------------------------------------------------------ phases
     def _flops(self, exports, variants) -> None:
+        """FLOPs per component at each recipe's shapes (UNet at the recipe's batch), counted
+        from the exported graphs: ``results.flops.by_recipe["<name>@<WxH>"][component]``."""
         from .flops import count_flops
 
         if not variants:
@@ -316,10 +403,10 @@ class Runner:
         manifest = json.loads((folder / "manifest.json").read_text())
         hidden = manifest["text_hidden_size"]
         scale = manifest["vae_scale_factor"]
-        b = 2 if self.p.guidance > 1 else 1
-        sizes = {(self.p.width, self.p.height), (self.p.http_width, self.p.http_height)}
-        by_size = {}
-        for w, h in sorted(sizes):
+        has_tiny = (folder / "taesd_decoder" / "model.onnx").is_file()
+        by_recipe: dict[str, dict[str, Any]] = {}
+        for r in self._flop_recipes():
+            w, h, b = r.width, r.height, r.unet_batch
             lh, lw = h // scale, w // scale
             shapes = {
                 "unet": {
@@ -331,6 +418,8 @@ class Runner:
                 "vae_encoder": {"sample": [1, 3, h, w]},
                 "vae_decoder": {"latent_sample": [1, 4, lh, lw]},
             }
+            if has_tiny:
+                shapes["taesd_decoder"] = {"latent_sample": [1, 4, lh, lw]}
             comp = {}
             for name, inputs in shapes.items():
                 t = time.perf_counter()
@@ -340,24 +429,43 @@ class Runner:
                     self.skip(f"FLOP count of {name} at {w}x{h}: {type(exc).__name__}: {exc}")
                     continue
                 self.log(
-                    f"FLOPs {name} @ {w}x{h}: {comp[name]['gflops']:.2f} GFLOP "
+                    f"FLOPs {name} @ {w}x{h} (UNet batch {b}): {comp[name]['gflops']:.2f} GFLOP "
                     f"({time.perf_counter() - t:.1f} s)"
                 )
-            by_size[f"{w}x{h}"] = comp
-        self.results["flops"] = {"by_size": by_size, "unet_batch": b, "graph": str(folder.name)}
-        main = by_size.get(f"{self.p.width}x{self.p.height}", {})
+            by_recipe[_flop_key(r.name, w, h)] = comp
+        self.results["flops"] = {"by_recipe": by_recipe, "graph": str(folder.name)}
+        first = self.p.all_recipes[0]
+        main = by_recipe.get(_flop_key(first.name, first.width, first.height), {})
         if "unet" in main:
             self.results["flops"]["unet"] = main["unet"]
-            steps = self.p.steps[0]
-            self.results["flops"]["per_image_steps"] = steps
+            self.results["flops"]["unet_batch"] = first.unet_batch
+            self.results["flops"]["per_image_steps"] = first.steps
+            decoder = "taesd_decoder" if first.tiny_vae and has_tiny else "vae_decoder"
             self.results["flops"]["per_image_gflops"] = (
                 sum(
-                    main[k]["gflops"]
-                    for k in ("text_encoder", "vae_encoder", "vae_decoder")
-                    if k in main
+                    main[k]["gflops"] for k in ("text_encoder", "vae_encoder", decoder) if k in main
                 )
-                + steps * main["unet"]["gflops"]
+                + first.steps * main["unet"]["gflops"]
             )
+
+    def _flop_recipes(self) -> list[Recipe]:
+        out = list(self.p.all_recipes)
+        http = self._http_recipe()
+        if http is not None and all(
+            (r.name, r.width, r.height) != (http.name, http.width, http.height) for r in out
+        ):
+            out.append(http)
+        for b in self.p.baselines:  # older presets: baselines at their own sizes
+            for w, h, n in b.configs:
+                if all((r.width, r.height) != (w, h) for r in out):
+                    out.append(Recipe("default", w, h, n, guidance=self.p.guidance))
+        return out
+
+    def _http_recipe(self) -> Recipe | None:
+        p = self.p
+        if not p.http or p.http_quality:
+            return None
+        return Recipe("default", p.http_width, p.http_height, p.http_steps, guidance=p.guidance)
 
     def _probe(self, machine) -> None:
         gpu = self.p.device_class == "gpu"
@@ -368,11 +476,14 @@ class Runner:
             return
         res["source"] = "measured (matmul probe)"
         self.results["peak"] = res
+        for name, pr in res.get("probes", {}).items():
+            self.log(f"  probe {name}: {pr['gflops']:.1f} GFLOP/s (computes {pr['precision']})")
         self.log(
-            f"peak: numpy fp32 {res.get('numpy_fp32_gflops') or 0:.1f}, torch fp32 "
-            f"{res.get('torch_fp32_gflops') or 0:.1f}, torch bf16 "
-            f"{res.get('torch_bf16_gflops') or 0:.1f} GFLOP/s"
-            + (f", CUDA fp16 {res.get('cuda_fp16_gflops')}" if gpu else "")
+            "peaks: "
+            + ", ".join(
+                f"{k} {v['gflops']:.1f} GFLOP/s ({v['source']})"
+                for k, v in res.get("peaks", {}).items()
+            )
         )
 
     def _soft_deadline(self, inproc_budget: float, phases_left: int) -> float:
@@ -380,13 +491,18 @@ class Runner:
         share = (inproc_budget - used) / max(1, phases_left)
         return max(share, 0.0)
 
-    def _configs_for(self, with_http_shape: bool) -> list[dict[str, int]]:
-        p = self.p
-        cfgs = [{"width": p.width, "height": p.height, "steps": s} for s in p.steps]
-        http_cfg = {"width": p.http_width, "height": p.http_height, "steps": p.http_steps}
-        if with_http_shape and http_cfg not in cfgs:
-            cfgs.append(http_cfg)
-        return cfgs
+    def _configs_for(
+        self, with_http_shape: bool, names: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
+        """Recipe dicts for a phase: the preset's recipes (those in ``names``; () = all), plus
+        the HTTP shape when that variant is also served (older presets: its own size)."""
+        out = [_cfg(r) for r in self.p.all_recipes if not names or r.name in names]
+        http = self._http_recipe()
+        if with_http_shape and http is not None:
+            key = (http.width, http.height, http.steps)
+            if all((c["width"], c["height"], c["steps"]) != key for c in out):
+                out.append(_cfg(http))
+        return out
 
     def _common(self) -> dict[str, Any]:
         p, a = self.p, self.args
@@ -414,8 +530,9 @@ class Runner:
             "folder": str(folder),
             "name": folder.name,
             "provider": v.provider,
-            "configs": self._configs_for(with_http_shape),
+            "configs": self._configs_for(with_http_shape, v.recipes),
             "deadline_s": soft,
+            "check_error": v.check_error,
             **self._common(),
         }
         res = self.run_phase("ours", args, timeout_s=max(self.remaining(), 0) + 120)
@@ -438,6 +555,7 @@ class Runner:
             "compile": b.compile,
             "configs": self._baseline_configs(b),
             "deadline_s": soft,
+            "tiny_vae_dir": str(self.tiny_vae) if self.tiny_vae else None,
             **common,
         }
         hard = min(max(self.remaining(), 0) + 180, 1.5 * soft + 120)
@@ -451,10 +569,35 @@ class Runner:
             res, "diffusers", b.label, b.device_class, dataclasses.asdict(b), want=common["repeats"]
         )
 
-    def _baseline_configs(self, b: BaselineVariant) -> list[dict[str, int]]:
+    def _baseline_configs(self, b: BaselineVariant) -> list[dict[str, Any]]:
         if b.configs:
-            return [{"width": w, "height": h, "steps": n} for w, h, n in b.configs]
-        return self._configs_for(False)
+            return [
+                _cfg(Recipe("default", w, h, n, guidance=self.p.guidance)) for w, h, n in b.configs
+            ]
+        images = [
+            _cfg(r)
+            for r in self.p.all_recipes
+            if (r.name in b.recipes if b.recipes else r.name not in b.unet_step)
+        ]
+        steps = [_cfg(r, "unet_step") for r in self.p.all_recipes if r.name in b.unet_step]
+        return images + steps
+
+    def _optimum(self, b: BaselineVariant, inproc_budget: float, phases_left: int) -> None:
+        """optimum-intel's pipeline, in its own venv's interpreter (``optimum_pipe.py``)."""
+        soft = self._soft_deadline(inproc_budget, phases_left)
+        self.log(f"baseline {b.label} (soft budget {soft:.0f} s) ...")
+        args = {
+            "model_dir": str(self.optimum_dir),
+            "configs": self._baseline_configs(b),
+            "deadline_s": soft,
+            "precision": b.dtype,
+            **self._common(),
+        }
+        hard = min(max(self.remaining(), 0) + 180, 1.5 * soft + 120)
+        res = self.run_phase("optimum", args, timeout_s=hard, python=self.optimum_python)
+        if res.get("ok"):
+            self.results.setdefault("baseline_versions", {})["optimum"] = res.get("versions")
+        self._record_inprocess(res, "optimum", b.label, b.device_class, dataclasses.asdict(b))
 
     def _fit_emulated_bf16(self, b: BaselineVariant, common: dict, soft: float) -> dict:
         """bf16 without AVX512-BF16/AMX is emulated by torch: many times slower than fp32.
@@ -509,6 +652,8 @@ class Runner:
             self.failed = self.failed or impl == "ours"
             self.skip(f"{label}: {res.get('error')}")
             return
+        from .attribution import component_precisions
+
         for r in res["runs"]:
             r.update(
                 impl=impl,
@@ -518,17 +663,31 @@ class Runner:
                 peak_rss_mb=res.get("peak_rss_mb"),
                 gpu_peak_mb=res.get("gpu_peak_mb"),
             )
-            want = want or self._common()["repeats"]
+            if impl == "diffusers":
+                r["precisions"] = component_precisions("diffusers", variant)
+            recipe = self.p.recipe(r.get("recipe", "default"))
+            want = (
+                (recipe.repeats if recipe is not None and r.get("mode") != "unet_step" else None)
+                or want
+                or self._common()["repeats"]
+            )
             if r["latency_s"]["n"] < want:
                 self.skip(
                     f"{label} {r['width']}x{r['height']}/{r['steps']}: {r['latency_s']['n']}"
                     f" of {want} timed runs (time budget)"
                 )
             self.results["inprocess"].append(r)
+            what = "UNet step" if r.get("mode") == "unet_step" else "image"
             self.log(
-                f"  {label} {r['width']}x{r['height']}/{r['steps']} steps: median "
-                f"{r['latency_s']['median']:.3f} s, per step {r['per_step_s']['median']:.4f}"
-                f" s, peak RSS {res.get('peak_rss_mb', 0):.0f} MB"
+                f"  {label} {r.get('recipe', 'default')} {r['width']}x{r['height']}/{r['steps']}"
+                f" steps, {what}: median {r['latency_s']['median']:.3f} s, per step "
+                f"{r['per_step_s']['median']:.4f} s, peak RSS {res.get('peak_rss_mb', 0):.0f} MB"
+                + (
+                    f"; {r['extrapolated']['steps']} steps extrapolated "
+                    f"{r['extrapolated']['latency_s']:.2f} s"
+                    if r.get("extrapolated")
+                    else ""
+                )
             )
 
     # ------------------------------------------------------------------ HTTP
@@ -538,21 +697,20 @@ class Runner:
 
         p = self.p
         w, h = p.http_width, p.http_height
-        return Payload(
-            png_bytes(scene(w, h)),
-            mask_png(edit_mask(w, h)),
-            {
-                "model": model_name,
-                "prompt": p.prompt,
-                "n": "1",
-                "size": f"{w}x{h}",
-                "seed": str(p.seed),
-                "steps": str(p.http_steps),
-                "guidance_scale": str(p.guidance),
-                "response_format": "b64_json",
-                "output_format": "png",
-            },
-        )
+        fields = {
+            "model": model_name,
+            "prompt": p.prompt,
+            "n": "1",
+            "size": f"{w}x{h}",
+            "seed": str(p.seed),
+            "response_format": "b64_json",
+            "output_format": "png",
+        }
+        if p.http_quality:  # the model's preset for that tier (low: the fast recipe)
+            fields["quality"] = p.http_quality
+        else:
+            fields.update(steps=str(p.http_steps), guidance_scale=str(p.guidance))
+        return Payload(png_bytes(scene(w, h)), mask_png(edit_mask(w, h)), fields)
 
     def _plan(self, l1: float, available_s: float) -> tuple[list[int], int, int, int]:
         """(levels, requests per client, repeats, open-loop requests) that fit ``available_s``."""
@@ -604,6 +762,8 @@ class Runner:
             "width": p.http_width,
             "height": p.http_height,
             "steps": p.http_steps,
+            "quality": p.http_quality,
+            "recipe": "fast" if p.http_quality == "low" and p.fast_model else "default",
             "closed_loop": [],
             "open_loop": None,
         }
@@ -705,44 +865,26 @@ class Runner:
 
     # ------------------------------------------------------------------ compute floor
     def _compute_floor(self, stated: float | None) -> None:
-        fl = self.results.get("flops", {}).get("by_size", {})
-        peak = self.results.get("peak", {})
+        """Each configuration against the peak of the precision it computes in, per component
+        (``attribution.compute_floor``)."""
+        from .attribution import compute_floor
+
+        fl = self.results.get("flops", {}).get("by_recipe", {})
+        peaks = self.results.get("peak", {}).get("peaks", {})
         if stated:
-            peak["source"] = f"stated (--peak-gflops {stated:g})"
+            self.results.setdefault("peak", {})["source"] = f"stated (--peak-gflops {stated:g})"
         for r in self.results["inprocess"]:
-            unet = fl.get(f"{r['width']}x{r['height']}", {}).get("unet")
-            if not unet:
+            comps = fl.get(_flop_key(r.get("recipe", "default"), r["width"], r["height"]))
+            if not comps or "unet" not in comps:
                 continue
-            if stated:
-                pk = stated
-            elif r["device_class"] == "gpu":
-                pk = peak.get("cuda_fp16_gflops")
-            else:
-                pk = peak.get("cpu_fp32_peak_gflops")
-            call = r["unet_call_s"]["median"]
-            achieved = unet["gflops"] / call if call else None
-            comps = fl.get(f"{r['width']}x{r['height']}", {})
-            image_gflop = (
-                sum(
-                    comps[k]["gflops"]
-                    for k in ("text_encoder", "vae_encoder", "vae_decoder")
-                    if k in comps
-                )
-                + r["steps"] * unet["gflops"]
+            flops = {k: v["gflops"] for k, v in comps.items()}
+            row = compute_floor(r, flops, peaks, stated)
+            row["label"] = (
+                f"{r['label']} {r.get('recipe', 'default')} {r['width']}x{r['height']}/"
+                f"{r['steps']}" + (" (UNet step)" if r.get("mode") == "unet_step" else "")
             )
-            self.results["compute_floor"].append(
-                {
-                    "label": f"{r['label']} {r['width']}x{r['height']}/{r['steps']}",
-                    "unet_gflop_per_call": unet["gflops"],
-                    "unet_call_s": call,
-                    "achieved_gflops": achieved,
-                    "peak_gflops": pk,
-                    "fraction_of_peak": (achieved / pk) if (achieved and pk) else None,
-                    "image_gflop": image_gflop,
-                    "image_floor_s": image_gflop / pk if pk else None,
-                    "image_median_s": r["latency_s"]["median"],
-                }
-            )
+            row["precisions"] = r.get("precisions")
+            self.results["compute_floor"].append(row)
 
     # ------------------------------------------------------------------ output
     def _settings(self, source, exports, ours, http, baselines) -> dict[str, Any]:
@@ -797,6 +939,18 @@ class Runner:
         for k, val in summary.items():
             self.log(f"speedup {k}: {val:.2f}x" if val else f"speedup {k}: -")
         return 1 if self.failed else 0
+
+
+def _cfg(r: Recipe, mode: str = "image") -> dict[str, Any]:
+    """A recipe as the measuring phase takes it."""
+    d = dataclasses.asdict(r)
+    d["recipe"] = d.pop("name")
+    d["mode"] = mode
+    return d
+
+
+def _flop_key(recipe: str, width: int, height: int) -> str:
+    return f"{recipe}@{width}x{height}"
 
 
 def _merge_errors(runs) -> dict[str, int]:

@@ -1,9 +1,22 @@
 """The baseline a user would otherwise pick: diffusers ``StableDiffusionInpaintPipeline`` in
 PyTorch, on the very pipeline folder our export was made from (same weights, same inputs).
 
-Variants: fp32; bf16 autocast on CPU (``torch.autocast("cpu", torch.bfloat16)``: native only
-with AVX512-BF16/AMX, emulated and slow on AVX2-only CPUs: measured anyway and reported as is);
-fp16 on CUDA; ``torch.compile`` of the UNet when asked (its compile time is warm-up, reported).
+Variants (``dtype``): fp32; bf16 = the pipeline loaded in bf16 with the UNet and VAEs in
+channels_last (the fastest eager PyTorch path on CPUs with native bf16); bf16 autocast on CPU
+(``torch.autocast("cpu", torch.bfloat16)``: native only with AVX512-BF16/AMX, emulated and slow
+on AVX2-only CPUs: measured anyway and reported as is); fp16 on CUDA. ``compile``:
+``torch.compile`` (mode default, ``dynamic=False``: one static graph per shape) of the UNet and
+of the VAE encoder and the decoder the recipe uses, with inductor's ``freezing`` (weights folded
+in as constants: the best CPU inference setting); the compile happens in the warm-up images and
+is reported apart (``first_call_s``, ``compile_s``), never in the latency.
+
+Recipes (``recipes.Recipe`` dicts): scheduler ``lcm`` / ``tcd`` swap in diffusers'
+``LCMScheduler`` / ``TCDScheduler`` built from the pipeline's scheduler config; ``tiny_vae``
+decodes the final latents with ``AutoencoderTiny`` (``tiny_vae_dir``) while the full VAE still
+encodes the masked image, exactly what our server does (``SDInpaintModel``): the latents the
+pipeline divides by the full VAE's scaling factor are multiplied back and divided by TAESD's
+(1.0). Mode ``unet_step``: the UNet alone, one call at the recipe's batch (2 under guidance) and
+latent size, random inputs (speed does not depend on them), instead of whole images.
 
 Stage timings wrap the component entry points the pipeline calls (``text_encoder.forward``,
 ``vae.encode``, ``unet.forward``, ``vae.decode``) with timers (CUDA-synchronized on GPU);
@@ -21,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .recipes import extrapolate
 from .stats import summarize
 
 STAGES = (
@@ -41,13 +55,14 @@ def bench_diffusers(
     dtype: str,
     compile: bool,
     threads: int | None,
-    configs: list[dict[str, int]],
+    configs: list[dict[str, Any]],
     guidance: float,
     prompt: str,
     seed: int,
     warmup: int,
     repeats: int,
     deadline_s: float | None = None,
+    tiny_vae_dir: str | None = None,
     log=print,
 ) -> list[dict[str, Any]]:
     if compile:
@@ -56,64 +71,203 @@ def bench_diffusers(
         warmup = max(warmup, 2)  # the first call compiles; the second checks it is steady
     import torch
     from diffusers import StableDiffusionInpaintPipeline
-    from PIL import Image
-
-    from .inprocess import over_deadline
-    from .inputs import edit_mask, scene
 
     start = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("torch sees no CUDA device (a CPU build of torch, or no GPU)")
-    torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype, torch.float32)
     t0 = time.perf_counter()
     pipe = StableDiffusionInpaintPipeline.from_pretrained(
         str(pipeline), torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
     )
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
+    tiny = None
+    if tiny_vae_dir and any(c.get("tiny_vae") for c in configs):
+        from diffusers import AutoencoderTiny
+
+        tiny = AutoencoderTiny.from_pretrained(tiny_vae_dir, torch_dtype=torch_dtype).to(device)
+        tiny.eval()
+    if dtype == "bf16":
+        for m in (pipe.unet, pipe.vae, tiny):
+            if m is not None:
+                m.to(memory_format=torch.channels_last)
+    if compile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        for m in (pipe.unet, pipe.vae.encoder, pipe.vae.decoder, tiny and tiny.decoder):
+            if m is not None:
+                m.forward = torch.compile(m.forward, dynamic=False)
     load_s = time.perf_counter() - t0
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    seconds: dict[str, float] = defaultdict(float)
-    calls: dict[str, int] = defaultdict(int)
-    marks: dict[str, float] = {}
+    timer = _Timers(sync)
+    pipe.unet.forward = timer.wrap("unet", pipe.unet.forward)
+    pipe.text_encoder.forward = timer.wrap("text_encoder", pipe.text_encoder.forward)
+    pipe.vae.encode = timer.wrap("vae_encoder", pipe.vae.encode)
+    decoders = {False: timer.wrap("vae_decoder", pipe.vae.decode)}
+    if tiny is not None:
+        ratio = pipe.vae.config.scaling_factor / tiny.config.scaling_factor
 
-    def timed(name, fn):
+        def tiny_decode(z, return_dict=False, generator=None):
+            # the pipeline passed latents / the full VAE's factor; TAESD wants latents / its own
+            return (tiny.decode(z * ratio, return_dict=False)[0],)
+
+        decoders[True] = timer.wrap("vae_decoder", tiny_decode)
+    schedulers = _schedulers(pipe)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16-autocast" else None
+    # freezing folds weights into the compiled graph: it needs no_grad, not inference_mode
+    grad_off = torch.no_grad if compile else torch.inference_mode
+
+    results = []
+    for cfg in configs:
+        g = cfg.get("guidance", guidance)
+        if cfg.get("mode") == "unet_step":
+            with grad_off():
+                res = _unet_step(pipe, cfg, g, torch_dtype, dtype, warmup, repeats, timer, sync)
+        else:
+            pipe.scheduler = schedulers(cfg.get("scheduler"))
+            pipe.vae.decode = decoders[bool(cfg.get("tiny_vae")) and tiny is not None]
+            with grad_off():
+                res = _images(pipe, cfg, g, prompt, seed, warmup, repeats, timer, sync,
+                              autocast, start, deadline_s, log, f"torch {device} {dtype}")  # fmt: skip
+        res.update(
+            load_s=load_s,
+            torch_threads=torch.get_num_threads(),
+            cuda_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+        )
+        results.append(res)
+    return results
+
+
+class _Timers:
+    """Wall time per stage name over one image (CUDA-synchronized) and first-start marks."""
+
+    def __init__(self, sync):
+        self.sync = sync
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.marks: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+        self.marks.clear()
+
+    def wrap(self, name, fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            sync()
+            self.sync()
             t = time.perf_counter()
-            marks.setdefault(f"{name}_first_start", t)
+            self.marks.setdefault(f"{name}_first_start", t)
             try:
                 return fn(*args, **kwargs)
             finally:
-                sync()
-                seconds[name] += time.perf_counter() - t
-                calls[name] += 1
+                self.sync()
+                self.seconds[name] += time.perf_counter() - t
+                self.calls[name] += 1
 
         return wrapper
 
-    unet_forward = pipe.unet.forward
-    if compile:
-        unet_forward = torch.compile(unet_forward)
-    pipe.unet.forward = timed("unet", unet_forward)
-    pipe.text_encoder.forward = timed("text_encoder", pipe.text_encoder.forward)
-    pipe.vae.encode = timed("vae_encoder", pipe.vae.encode)
-    pipe.vae.decode = timed("vae_decoder", pipe.vae.decode)
+
+def _schedulers(pipe):
+    """name -> the pipeline's scheduler for it (None: the pipeline's own), built once each."""
+    from diffusers import LCMScheduler, TCDScheduler
+
+    classes = {"lcm": LCMScheduler, "tcd": TCDScheduler}
+    made = {None: pipe.scheduler}
+
+    def get(name: str | None):
+        if name not in made:
+            if name not in classes:
+                raise ValueError(f"no diffusers scheduler mapped for recipe scheduler {name!r}")
+            made[name] = classes[name].from_config(made[None].config)
+        return made[name]
+
+    return get
+
+
+def _recipe_fields(cfg: dict[str, Any], mode: str) -> dict[str, Any]:
+    return {
+        "recipe": cfg.get("recipe", "default"),
+        "scheduler": cfg.get("scheduler"),
+        "tiny_vae": bool(cfg.get("tiny_vae")),
+        "mode": mode,
+        "width": cfg["width"],
+        "height": cfg["height"],
+        "steps": cfg["steps"],
+    }
+
+
+def _unet_step(pipe, cfg, guidance, torch_dtype, dtype, warmup, repeats, timer, sync):
+    """One UNet call at the recipe's shape, ``warmup`` untimed (the compile) + ``repeats``."""
+    import torch
+
+    b = 2 if guidance > 1 else 1
+    scale = pipe.vae_scale_factor
+    gen = torch.Generator().manual_seed(0)
+    c = pipe.unet.config
+    sample = torch.randn(b, c.in_channels, cfg["height"] // scale, cfg["width"] // scale,
+                         generator=gen).to(torch_dtype)  # fmt: skip
+    if dtype == "bf16":
+        sample = sample.to(memory_format=torch.channels_last)
+    length = pipe.tokenizer.model_max_length
+    states = torch.randn(b, length, c.cross_attention_dim, generator=gen).to(torch_dtype)
+    t = torch.tensor(999.0)
+    device = pipe.unet.device
+    sample, states, t = sample.to(device), states.to(device), t.to(device)
+
+    def call() -> float:
+        timer.reset()
+        pipe.unet(sample, t, encoder_hidden_states=states, return_dict=False)
+        return timer.seconds["unet"]
+
+    first = call()
+    for _ in range(max(0, warmup - 1)):
+        call()
+    times = [call() for _ in range(repeats)]
+    med = float(np.median(times))
+    return {
+        **_recipe_fields(cfg, "unet_step"),
+        "guidance": guidance,
+        "unet_batch": b,
+        "latency_s": summarize(times),
+        "per_step_s": summarize(times),
+        "unet_call_s": summarize(times),
+        "unet_calls_per_image": None,
+        "stages_s": {"unet": med},
+        "first_call_s": first,
+        "compile_s": max(0.0, first - med),
+        "warmup_s": None,
+    }
+
+
+def _images(pipe, cfg, guidance, prompt, seed, warmup, repeats, timer, sync, autocast,
+            start, deadline_s, log, tag):  # fmt: skip
+    """``warmup`` + up to the recipe's repeats whole images; summary with stage medians."""
+    from PIL import Image
+
+    from .inprocess import over_deadline
+    from .inputs import edit_mask, scene
+
+    width, height, n_steps = cfg["width"], cfg["height"], cfg["steps"]
+    mask_np = edit_mask(width, height)
+    image = Image.fromarray(scene(width, height))
+    mask = Image.fromarray((mask_np > 0.5).astype(np.uint8) * 255)
 
     def on_step_end(_pipe, i, t, kwargs):
         sync()
-        marks["last_step_end"] = time.perf_counter()
+        timer.marks["last_step_end"] = time.perf_counter()
         return kwargs
 
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16-autocast" else None
+    def one(s: int) -> dict[str, float]:
+        import torch
 
-    def one(image, mask, width: int, height: int, n_steps: int, s: int) -> dict[str, float]:
-        seconds.clear()
-        calls.clear()
-        marks.clear()
+        timer.reset()
+        marks, seconds, calls = timer.marks, timer.seconds, timer.calls
         gen = torch.Generator(device="cpu").manual_seed(s)
         kwargs = dict(
             prompt=prompt,
@@ -130,12 +284,11 @@ def bench_diffusers(
         )
         sync()
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            if autocast is not None:
-                with autocast:
-                    out = pipe(**kwargs).images
-            else:
+        if autocast is not None:
+            with autocast:
                 out = pipe(**kwargs).images
+        else:
+            out = pipe(**kwargs).images
         sync()
         total = time.perf_counter() - t0
         loop = marks.get("last_step_end", t0) - marks.get("unet_first_start", t0)
@@ -158,44 +311,39 @@ def bench_diffusers(
             "output_mean": float(np.asarray(out, dtype=np.float32).mean() * 255),
         }
 
-    results = []
-    for cfg in configs:
-        width, height, n_steps = cfg["width"], cfg["height"], cfg["steps"]
-        mask_np = edit_mask(width, height)
-        image = Image.fromarray(scene(width, height))
-        mask = Image.fromarray((mask_np > 0.5).astype(np.uint8) * 255)
-        t0 = time.perf_counter()
-        for i in range(warmup):
-            one(image, mask, width, height, n_steps, seed + i)
-        warm_s = time.perf_counter() - t0
-        runs = []
-        for i in range(repeats):
-            if runs and over_deadline(start, deadline_s, runs[-1]["total"]):
-                break
-            runs.append(one(image, mask, width, height, n_steps, seed + i))
-            log(
-                f"@@ torch {device} {dtype} {width}x{height}/{n_steps} steps run "
-                f"{i + 1}/{repeats}: {runs[-1]['total']:.3f} s"
-            )
-        totals = [r["total"] for r in runs]
-        results.append(
-            {
-                "steps": n_steps,
-                "width": width,
-                "height": height,
-                "latency_s": summarize(totals),
-                # per denoising iteration (= UNet call; PNDM makes steps + 1 of them), as for ours
-                "per_step_s": summarize([r["denoise"] / max(1, r["unet_calls"]) for r in runs]),
-                "unet_call_s": summarize([r["unet"] / max(1, r["unet_calls"]) for r in runs]),
-                "unet_calls_per_image": runs[0]["unet_calls"],
-                "stages_s": {k: float(np.median([r[k] for r in runs])) for k in STAGES},
-                "load_s": load_s,
-                "warmup_s": warm_s,
-                "output_mean": runs[-1]["output_mean"],
-                "torch_threads": torch.get_num_threads(),
-                "cuda_peak_mb": (
-                    torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-                ),
-            }
-        )
-    return results
+    t0 = time.perf_counter()
+    first = None
+    for i in range(warmup):
+        r = one(seed + i)
+        first = r["total"] if first is None else first
+    warm_s = time.perf_counter() - t0
+    runs = []
+    want = cfg.get("repeats") or repeats
+    for i in range(want):
+        if runs and over_deadline(start, deadline_s, runs[-1]["total"]):
+            break
+        runs.append(one(seed + i))
+        log(f"@@ {tag} {cfg.get('recipe', '')} {width}x{height}/{n_steps} steps run "
+            f"{i + 1}/{want}: {runs[-1]['total']:.3f} s")  # fmt: skip
+    totals = [r["total"] for r in runs]
+    med = float(np.median(totals))
+    res = {
+        **_recipe_fields(cfg, "image"),
+        "guidance": guidance,
+        "latency_s": summarize(totals),
+        # per denoising iteration (= UNet call; PNDM makes steps + 1 of them), as for ours
+        "per_step_s": summarize([r["denoise"] / max(1, r["unet_calls"]) for r in runs]),
+        "unet_call_s": summarize([r["unet"] / max(1, r["unet_calls"]) for r in runs]),
+        "unet_calls_per_image": runs[0]["unet_calls"],
+        "stages_s": {k: float(np.median([r[k] for r in runs])) for k in STAGES},
+        "warmup_s": warm_s,
+        "first_call_s": first,
+        "compile_s": max(0.0, first - med) if first is not None else None,
+        "output_mean": runs[-1]["output_mean"],
+    }
+    if cfg.get("extrapolate_to"):
+        res["extrapolated"] = extrapolate(
+            med, n_steps, res["unet_calls_per_image"], res["per_step_s"]["median"],
+            cfg["extrapolate_to"],
+        )  # fmt: skip
+    return res

@@ -10,6 +10,12 @@ benchmark times the ``prepare`` / ``step`` / ``finish`` calls around them. So:
 - ``finish_other``: uint8 conversion (finish minus the decoder).
 The request codec (PNG decode of image + mask, compose, PNG encode, base64) is timed separately
 with the server's own ``imaging`` functions, for the HTTP overhead split.
+
+Each config is a recipe (``recipes.Recipe`` as a dict): size, steps, guidance, scheduler, TAESD
+decode (``Row.tiny_vae``, what ``quality=low`` sets). With ``check_error`` the UNet inputs of the
+last timed image are kept and run again through ONNX Runtime fp32: the max relative error
+(``max|ours - fp32| / max|fp32|``, the measure ``--provider auto`` uses) of the UNet as this
+provider runs it, on the real denoising inputs at the measured size.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .recipes import extrapolate
 from .stats import summarize
 
 COMPONENTS = ("text_encoder", "vae_encoder", "unet", "vae_decoder")
@@ -48,13 +55,19 @@ class TimedSession:
         self._inner = inner
         self._name = name
         self._rec = recorder
+        #: when a list, each call's feeds (copied) and outputs are appended to it
+        self.capture: list[tuple[dict, dict]] | None = None
 
     def run(self, feeds):
         t0 = time.perf_counter()
         try:
-            return self._inner.run(feeds)
+            out = self._inner.run(feeds)
         finally:
             self._rec.add(self._name, time.perf_counter() - t0)
+        if self.capture is not None:
+            copy = {k: np.array(v, copy=True) for k, v in feeds.items()}
+            self.capture.append((copy, {k: np.array(v, copy=True) for k, v in out.items()}))
+        return out
 
     def __getattr__(self, item):
         return getattr(self._inner, item)
@@ -68,7 +81,14 @@ def instrument(model) -> Recorder:
 
 
 def make_row(
-    image: np.ndarray, mask: np.ndarray, prompt: str, seed: int, steps: int, guidance: float
+    image: np.ndarray,
+    mask: np.ndarray,
+    prompt: str,
+    seed: int,
+    steps: int,
+    guidance: float,
+    scheduler: str | None = None,
+    tiny_vae: bool = False,
 ):
     from server.models.base import Row
 
@@ -80,6 +100,8 @@ def make_row(
         steps=steps,
         guidance_scale=guidance,
         strength=1.0,
+        scheduler=scheduler,
+        tiny_vae=tiny_vae,
     )
 
 
@@ -113,8 +135,9 @@ def run_once(model, rec: Recorder, row) -> dict[str, float]:
         "prepare_other": prepare - s.get("text_encoder", 0.0) - s.get("vae_encoder", 0.0),
         "unet": s.get("unet", 0.0),
         "scheduler_other": step - s.get("unet", 0.0),
-        "vae_decoder": s.get("vae_decoder", 0.0),
-        "finish_other": finish - s.get("vae_decoder", 0.0),
+        # the final decode: the full VAE, or TAESD for rows with tiny_vae (the fast recipe)
+        "vae_decoder": s.get("vae_decoder", 0.0) + s.get("taesd_decoder", 0.0),
+        "finish_other": finish - s.get("vae_decoder", 0.0) - s.get("taesd_decoder", 0.0),
         "output_mean": float(img.mean()),
     }
 
@@ -171,11 +194,13 @@ def bench_ours(
     warmup: int,
     repeats: int,
     deadline_s: float | None = None,
+    check_error: bool = False,
     log=print,
 ) -> list[dict[str, Any]]:
-    """Load once, then per config ({width, height, steps}): ``warmup`` untimed + up to
-    ``repeats`` timed images. Past ``deadline_s`` (seconds since the call) a config stops after
-    its first timed run (the caller notes the shortfall)."""
+    """Load once, then per config (a recipe dict: width, height, steps[, guidance, scheduler,
+    tiny_vae, recipe, extrapolate_to, repeats]): ``warmup`` untimed + up to ``repeats`` timed
+    images. Past ``deadline_s`` (seconds since the call) a config stops after its first timed
+    run (the caller notes the shortfall)."""
     from server.models.sd_inpaint import SDInpaintModel
 
     from .inputs import edit_mask, scene
@@ -184,32 +209,88 @@ def bench_ours(
     model = SDInpaintModel.from_folder(folder, name=name, provider=provider, threads=threads)
     load_s = time.perf_counter() - start
     rec = instrument(model)
+    reference: list = []  # the fp32 UNet session, loaded at the first check
     out = []
     try:
         for cfg in configs:
             width, height, n_steps = cfg["width"], cfg["height"], cfg["steps"]
+            g = cfg.get("guidance", guidance)
+            extra = {"scheduler": cfg.get("scheduler"), "tiny_vae": bool(cfg.get("tiny_vae"))}
             image, mask = scene(width, height), edit_mask(width, height)
             codec = codec_timings(image, mask)
             t0 = time.perf_counter()
             for i in range(warmup):
-                run_once(model, rec, make_row(image, mask, prompt, seed + i, n_steps, guidance))
+                run_once(model, rec, make_row(image, mask, prompt, seed + i, n_steps, g, **extra))
             warm_s = time.perf_counter() - t0
-            runs = []
-            for i in range(repeats):
+            runs, captured = [], []
+            want = cfg.get("repeats") or repeats
+            for i in range(want):
                 if runs and over_deadline(start, deadline_s, runs[-1]["total"]):
                     break
-                row = make_row(image, mask, prompt, seed + i, n_steps, guidance)
+                captured.clear()
+                model.sessions["unet"].capture = captured if check_error else None
+                row = make_row(image, mask, prompt, seed + i, n_steps, g, **extra)
                 runs.append(run_once(model, rec, row))
                 log(
-                    f"@@ {provider} {width}x{height}/{n_steps} steps run {i + 1}/{repeats}: "
-                    f"{runs[-1]['total']:.3f} s"
+                    f"@@ {provider} {cfg.get('recipe', '')} {width}x{height}/{n_steps} steps "
+                    f"run {i + 1}/{want}: {runs[-1]['total']:.3f} s"
                 )
-            res = _summarize_runs(runs, n_steps, load_s, warm_s, codec, model)
-            res.update(width=width, height=height)
+            model.sessions["unet"].capture = None
+            res = _summarize_runs(runs, n_steps, load_s, warm_s, codec, model, provider)
+            res.update(width=width, height=height, guidance=g, **_recipe_fields(cfg))
+            if cfg.get("extrapolate_to"):
+                res["extrapolated"] = extrapolate(
+                    res["latency_s"]["median"],
+                    n_steps,
+                    res["unet_calls_per_image"],
+                    res["per_step_s"]["median"],
+                    cfg["extrapolate_to"],
+                )
+            if check_error and captured:
+                res["unet_error"] = unet_error_vs_fp32(model, folder, captured, reference, threads)
+                log(
+                    f"@@ UNet max rel err vs ORT fp32: {res['unet_error']['max_rel_err']:.3%} "
+                    f"over {res['unet_error']['calls']} calls"
+                )
             out.append(res)
     finally:
         model.close()
     return out
+
+
+def _recipe_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "recipe": cfg.get("recipe", "default"),
+        "scheduler": cfg.get("scheduler"),
+        "tiny_vae": bool(cfg.get("tiny_vae")),
+        "mode": "image",
+    }
+
+
+def unet_error_vs_fp32(model, folder: Path, captured, reference: list, threads) -> dict[str, Any]:
+    """The UNet calls in ``captured`` ((feeds, outputs) pairs) run again on ONNX Runtime's CPU
+    EP in fp32 (loaded once into ``reference``): max relative error over the calls, and the
+    fp32 call time (median) for scale."""
+    from server.models.providers import CPUProvider
+    from server.models.providers.accuracy import max_relative_error
+
+    spec = model.manifest.components["unet"]
+    if not reference:
+        reference.append(CPUProvider(threads).load(Path(folder) / spec.file, spec))
+    errs, times = [], []
+    for feeds, outputs in captured:
+        t0 = time.perf_counter()
+        ref = reference[0].run(feeds)
+        times.append(time.perf_counter() - t0)
+        errs.append(max_relative_error(outputs, ref))
+    return {
+        "max_rel_err": max(errs),
+        "per_call": errs,
+        "calls": len(errs),
+        "reference": "ONNX Runtime CPU EP, fp32, same export, same inputs",
+        "fp32_call_s": float(np.median(times)),
+        "timesteps": [float(np.asarray(f["timestep"]).ravel()[0]) for f, _ in captured],
+    }
 
 
 def over_deadline(start: float, deadline_s: float | None, next_run_s: float) -> bool:
@@ -219,7 +300,9 @@ def over_deadline(start: float, deadline_s: float | None, next_run_s: float) -> 
     return time.perf_counter() - start + next_run_s > deadline_s
 
 
-def _summarize_runs(runs, n_steps, load_s, warm_s, codec, model) -> dict[str, Any]:
+def _summarize_runs(runs, n_steps, load_s, warm_s, codec, model, provider="") -> dict[str, Any]:
+    from .attribution import component_precisions
+
     describe = model.describe()
     totals = [r["total"] for r in runs]
     # per denoising iteration (= UNet call; PNDM makes steps + 1 of them)
@@ -238,7 +321,13 @@ def _summarize_runs(runs, n_steps, load_s, warm_s, codec, model) -> dict[str, An
         "warmup_s": warm_s,
         "output_mean": runs[-1]["output_mean"],
         "model": {
-            **{k: describe.get(k) for k in ("precision", "provider")},
+            **{k: describe.get(k) for k in ("precision", "provider", "tiny_vae", "loras")},
             "native_size": model.capabilities.limits.native_side,
         },
+        "precisions": component_precisions(
+            "ours",
+            {"provider": provider, "precision": model.manifest.precision},
+            describe.get("provider"),
+            tuple(model.sessions),
+        ),
     }

@@ -4,7 +4,9 @@ Each configuration (our pipeline on one provider, one diffusers variant, the mat
 in a fresh interpreter so that (a) its peak RSS is its own (``VmHWM``; not ``ru_maxrss``, which
 Linux carries across exec from the parent that spawned it), (b) torch and ONNX
 Runtime never share the cores' thread pools, and (c) GBs of weights are returned to the OS
-before the next configuration loads. The parent samples GPU memory with nvidia-smi.
+before the next configuration loads. The parent samples GPU memory with nvidia-smi. The
+optimum-intel baseline runs this module with its own venv's interpreter (kind ``optimum``):
+only the standard library and ``memory`` are imported here before the kind is known.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         from .baseline import bench_diffusers
 
         return {"runs": bench_diffusers(Path(args.pop("pipeline")), log=_log, **args)}
+    if kind == "optimum":  # runs in the optimum-intel venv (optimum_venv.py)
+        from .optimum_pipe import bench_optimum
+
+        return bench_optimum(args.pop("model_dir"), log=_log, **args)
     if kind == "probe":
         from .probe import probe
 

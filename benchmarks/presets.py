@@ -6,26 +6,44 @@
   parameters) with RANDOM weights, at reduced resolution and steps so that it finishes in
   < 20 minutes on 2 AVX2 cores (plus a one-time export, cached). Speed does not depend on the
   weights' values, so the timings hold for the real model at the same sizes.
+- ``cpu-512``: the full architecture at 512 x 512 (the size users run), with a random LCM-style
+  LoRA fused and a random full-size TAESD: the fast recipe (LCM, 4 steps, no guidance, TAESD
+  decode) and the default recipe (25 steps at guidance 7.5, from 2 measured steps and one
+  batch-2 UNet step), ours (``--provider auto``) against the best PyTorch paths a user could
+  pick (fp32, bf16 eager + channels_last, bf16 ``torch.compile`` with freezing) and OpenVINO's
+  own pipeline (optimum-intel), with the Targets table (``targets.py``).
+- ``cpu-512-smoke``: the same code paths on the tiny model at 64 x 64 (minutes): checks the
+  harness, its numbers say nothing.
 - ``gpu``: the full architecture at 512 x 512, 20 and 50 steps, fp16, on ONNX Runtime's CUDA and
-  TensorRT execution providers vs diffusers fp16 on CUDA. Providers missing from the
-  installation are skipped with a note.
+  TensorRT execution providers vs diffusers fp16 on CUDA, and the fast recipe. Providers missing
+  from the installation are skipped with a note.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from . import recipes
+from .recipes import Recipe
+
 
 @dataclass(frozen=True)
 class OursVariant:
     """Our pipeline on one execution provider, over one export (precision + graph target)."""
 
-    provider: str  # "cpu" | "cuda" | "tensorrt" | "openvino:f32" | "openvino:bf16"
+    provider: str  # "auto" | "cpu" | "cuda" | "tensorrt" | "openvino:f32" | "openvino:bf16"
     precision: str = "fp32"  # export precision
     target: str = "cpu"  # export target (graph optimizations): cpu | cuda
+    #: the preset's recipes (by name) this variant runs; () = all
+    recipes: tuple[str, ...] = ()
+    #: also run the UNet calls of the last timed image through ONNX Runtime fp32 and report the
+    #: max relative error of this variant's UNet against it (reduced precision's cost)
+    check_error: bool = False
 
     @property
     def label(self) -> str:
+        if self.provider == "auto":  # precision per component: the "computes in" column
+            return "ours auto" + ("" if self.precision == "fp32" else f" {self.precision} export")
         return f"ours ort-{self.provider} {self.precision}"
 
     @property
@@ -35,18 +53,33 @@ class OursVariant:
 
 @dataclass(frozen=True)
 class BaselineVariant:
-    """diffusers ``StableDiffusionInpaintPipeline`` in PyTorch."""
+    """A baseline: diffusers ``StableDiffusionInpaintPipeline`` in PyTorch (``impl``
+    "diffusers"), or OpenVINO's own pipeline, optimum-intel's ``OVStableDiffusionInpaintPipeline``
+    in its own venv (``impl`` "optimum")."""
 
     device: str = "cpu"  # cpu | cuda
-    dtype: str = "fp32"  # fp32 | bf16-autocast (CPU) | fp16 (CUDA)
-    compile: bool = False  # torch.compile the UNet (opt-in: ~75 s compile, excluded as warm-up)
+    #: fp32 | bf16 (bf16 weights + channels_last) | bf16-autocast (CPU) | fp16 (CUDA);
+    #: optimum: "auto" = bf16 where the CPU computes it natively, else f32
+    dtype: str = "fp32"
+    #: torch.compile (mode default, + inductor freezing) of the UNet and the VAE parts the
+    #: recipe runs; the compile happens in warm-up and is reported apart (compile_s)
+    compile: bool = False
     #: (width, height, steps) to measure instead of the preset's in-process configs (e.g. an
     #: emulated-bf16 baseline at a smaller size, to fit the time budget); () = the preset's
     configs: tuple[tuple[int, int, int], ...] = ()
+    #: the preset's recipes (by name) run as whole images; () = all (unless ``configs``)
+    recipes: tuple[str, ...] = ()
+    #: recipes (by name) measured as one UNet call at the recipe's shape (not whole images)
+    unet_step: tuple[str, ...] = ()
+    impl: str = "diffusers"  # diffusers | optimum
 
     @property
     def label(self) -> str:
-        return f"diffusers torch-{self.device} {self.dtype}" + (" +compile" if self.compile else "")
+        if self.impl == "optimum":
+            return f"optimum-intel openvino {self.dtype}"
+        extra = " +compile(freezing)" if self.compile else ""
+        dtype = "bf16 channels_last" if self.dtype == "bf16" else self.dtype
+        return f"diffusers torch-{self.device} {dtype}{extra}"
 
     @property
     def device_class(self) -> str:
@@ -84,10 +117,32 @@ class Preset:
     random_weights: bool = True
     expected_runtime: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: what the in-process measurements run; () = the default recipe at width x height for each
+    #: of ``steps`` (the older presets)
+    recipes: tuple[Recipe, ...] = ()
+    #: fuse a random LCM-style LoRA into the model (``export --lora``) and build a random TAESD
+    #: (``export --tiny-vae``): the fast recipe's model; the baselines get the same weights
+    fast_model: bool = False
+    #: HTTP requests send ``quality`` (e.g. "low": the fast preset) instead of steps + guidance
+    http_quality: str | None = None
+    #: check the Targets table (targets.py) on this run
+    targets: tuple[str, ...] = ()
 
     @property
     def device_class(self) -> str:
         return "gpu" if any(v.device_class == "gpu" for v in self.ours) else "cpu"
+
+    @property
+    def all_recipes(self) -> tuple[Recipe, ...]:
+        if self.recipes:
+            return self.recipes
+        return tuple(
+            Recipe("default", self.width, self.height, s, guidance=self.guidance)
+            for s in self.steps
+        )
+
+    def recipe(self, name: str) -> Recipe | None:
+        return next((r for r in self.all_recipes if r.name == name), None)
 
     def with_overrides(self, **kw) -> Preset:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
@@ -109,12 +164,14 @@ CI = Preset(
     http_steps=10,
     warmup=2,
     repeats=10,
+    concurrency=(1, 4, 8, 12, 16),
     requests_per_client=4,
     load_repeats=3,
     open_loop_requests=48,
     budget_s=300,
     request_timeout_s=120,
-    expected_runtime="~2 min on 2 cores (+ ~1 min tiny export on the first run)",
+    expected_runtime="~2-3 min on 2 cores (+ ~1 min tiny export on the first run)",
+    targets=("batching",),
 )
 
 CPU = Preset(
@@ -156,10 +213,89 @@ CPU = Preset(
     ),
 )
 
+#: the fast-path comparison, in one run on the same weights (see the module docstring)
+CPU_512 = Preset(
+    name="cpu-512",
+    description="full SD 1.5-inpainting architecture + random LCM-style LoRA fused + random "
+    "TAESD, RANDOM weights, 512x512: fast recipe (LCM 4 steps, no guidance, TAESD decode) and "
+    "default recipe (PNDM, guidance 7.5: 2 steps measured, 25 extrapolated; one batch-2 UNet "
+    "step); ours auto vs diffusers fp32 / bf16 eager / bf16 compiled (freezing) and "
+    "optimum-intel OpenVINO; HTTP quality=low at c=1; Targets table",
+    model="sd15-random",
+    width=512,
+    height=512,
+    steps=(4, 2),
+    recipes=(
+        recipes.fast(512, 512),
+        recipes.default(512, 512, steps=2, extrapolate_to=recipes.DEFAULT_STEPS, repeats=2),
+    ),
+    ours=(OursVariant("auto", check_error=True),),
+    baselines=(
+        BaselineVariant("cpu", "fp32"),
+        BaselineVariant("cpu", "bf16", recipes=("fast",), unet_step=("default",)),
+        BaselineVariant("cpu", "bf16", compile=True, recipes=("fast",), unet_step=("default",)),
+        BaselineVariant("cpu", "auto", impl="optimum"),
+    ),
+    http=(OursVariant("auto"),),
+    http_width=512,
+    http_height=512,
+    http_steps=4,
+    http_quality="low",
+    warmup=1,
+    repeats=3,
+    concurrency=(1,),
+    requests_per_client=3,
+    load_repeats=1,
+    batch_sizes=(4,),
+    open_loop_requests=0,
+    budget_s=2400,
+    request_timeout_s=900,
+    fast_model=True,
+    targets=("fast", "default_step"),
+    expected_runtime="estimated 20-30 min of measurement on 2 cores with native bf16 (40 min "
+    "budget; late phases shrink, then skip, with a note), + one-time preparation into "
+    "benchmarks/.cache: random pipeline, LoRA, TAESD, fused diffusers folder, our export "
+    "(~10-20 min, peak RAM ~11 GB), the optimum-intel venv (~2 min, 1.6 GB) and its export "
+    "(~5-10 min); ~20 GB disk",
+    notes=("run it alone on the machine: 2 cores shared with other jobs give wrong numbers",),
+)
+
+CPU_512_SMOKE = replace(
+    CPU_512,
+    name="cpu-512-smoke",
+    description="cpu-512's code paths on the tiny random model at 64x64 (fast + default recipe, "
+    "every baseline incl. torch.compile and optimum-intel, HTTP quality=low): checks the "
+    "harness; the numbers say nothing about real models",
+    model="tiny",
+    width=64,
+    height=64,
+    recipes=(
+        recipes.fast(64, 64),
+        recipes.default(64, 64, steps=2, extrapolate_to=recipes.DEFAULT_STEPS),
+    ),
+    http_width=64,
+    http_height=64,
+    warmup=1,
+    repeats=2,
+    requests_per_client=2,
+    budget_s=900,
+    request_timeout_s=300,
+    expected_runtime="~6-10 min on 2 shared cores (torch.compile ~1 min per shape), + one-time "
+    "preparation (tiny exports, the optimum-intel venv ~2 min)",
+    notes=(),
+)
+
 GPU = Preset(
     name="gpu",
     description="full SD 1.5-inpainting architecture (random weights unless --pipeline), "
-    "512x512, 20 and 50 steps, fp16: ORT CUDA and TensorRT EPs vs diffusers fp16 on CUDA",
+    "512x512, 20 and 50 steps, fp16: ORT CUDA and TensorRT EPs vs diffusers fp16 on CUDA, and "
+    "the fast recipe (LCM LoRA fused, 4 steps, no guidance, TAESD decode)",
+    recipes=(
+        recipes.default(512, 512, steps=20),
+        recipes.default(512, 512, steps=50),
+        recipes.fast(512, 512),
+    ),
+    fast_model=True,
     model="sd15-random",
     width=512,
     height=512,
@@ -181,4 +317,4 @@ GPU = Preset(
     "TensorRT engine build (several minutes, cached in the model folder)",
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (CI, CPU, GPU)}
+PRESETS: dict[str, Preset] = {p.name: p for p in (CI, CPU, CPU_512, CPU_512_SMOKE, GPU)}

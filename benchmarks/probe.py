@@ -1,12 +1,21 @@
-"""The machine's attainable matmul peak, measured (not the datasheet number).
+"""The machine's attainable matmul peak per precision, measured (not the datasheet number).
 
-CPU: square float32 matmuls with numpy (the BLAS numpy ships with) and with torch (oneDNN/MKL),
-at the benchmark's thread count; the best of a few runs after a warm-up. The larger of the two
-is the "peak" used for the compute floor: ORT's own GEMMs (MLAS) reach about the same.
-torch bf16 matmul is probed too (slow without AVX512-BF16/AMX: emulated).
-GPU: torch fp16/fp32 matmul on CUDA when torch sees a GPU.
+Each precision's peak is the best of several probes, because no single library reaches the
+peak on every CPU (numpy's bundled BLAS underestimates some: on a Zen 5 it read below what
+OpenVINO's bf16 UNet then achieved):
 
-FLOPs per n x n matmul = 2 n^3.
+- fp32: numpy (its bundled BLAS), torch (oneDNN/MKL), OpenVINO (a one-MatMul model compiled
+  with ``INFERENCE_PRECISION_HINT=f32``);
+- bf16: torch bf16 matmul (oneDNN; emulated, and slow, without AVX512-BF16/AMX) and OpenVINO
+  with the bf16 hint. A probe is filed under the precision its graph really computes in:
+  OpenVINO runs a bf16 hint in f32 on CPUs without the units (``effective_precision``);
+- int8: torch's ``_int_mm`` (int8 x int8 -> int32; VNNI/AMX-INT8 where present). No
+  configuration measured here computes in int8 (``--provider auto`` never picks it), so this
+  peak is informational;
+- GPU: torch fp16 / fp32 matmul on CUDA when torch sees a GPU.
+
+Square matrices of side n in {1024, 2048} (best of both), 2 n^3 FLOPs each, the best of
+``repeats`` runs after one warm-up, at the benchmark's thread count.
 """
 
 from __future__ import annotations
@@ -14,9 +23,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .attribution import normalize_precision, peaks_by_precision
+
+CPU_SIDES = (1024, 2048)
+
 
 def _best(fn, repeats: int, sync=None) -> float:
-    fn()  # warm-up (allocations, thread pool start)
+    fn()  # warm-up (allocations, thread pool start, kernel selection)
     if sync:
         sync()
     best = float("inf")
@@ -45,26 +58,79 @@ def torch_matmul_gflops(
         import torch
     except ImportError:
         return None
-    dt = getattr(torch, dtype)
     if device == "cuda" and not torch.cuda.is_available():
         return None
     g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, generator=g, device=device).to(dt)
-    b = torch.randn(n, n, generator=g, device=device).to(dt)
     sync = torch.cuda.synchronize if device == "cuda" else None
+    if dtype == "int8":
+        if not hasattr(torch, "_int_mm"):
+            return None
+        a = torch.randint(-64, 64, (n, n), generator=g, dtype=torch.int8, device=device)
+        b = torch.randint(-64, 64, (n, n), generator=g, dtype=torch.int8, device=device)
+        fn = lambda: torch._int_mm(a, b)  # noqa: E731
+    else:
+        dt = getattr(torch, dtype)
+        a = torch.randn(n, n, generator=g, device=device).to(dt)
+        b = torch.randn(n, n, generator=g, device=device).to(dt)
+        fn = lambda: torch.matmul(a, b)  # noqa: E731
     with torch.inference_mode():
-        t = _best(lambda: torch.matmul(a, b), repeats, sync)
+        t = _best(fn, repeats, sync)
     return 2 * n**3 / t / 1e9
 
 
+def openvino_matmul_gflops(
+    n: int = 1024, precision: str = "f32", threads: int | None = None, repeats: int = 5
+) -> tuple[float, str] | None:
+    """(GFLOP/s, the precision the compiled graph computes in) of a one-MatMul OpenVINO model
+    (activations n x n times a constant n x n weight, as a layer), or None without OpenVINO."""
+    try:
+        import numpy as np
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError:
+        return None
+    from server.models.providers.openvino import effective_precision
+
+    rng = np.random.default_rng(0)
+    a = ops.parameter([n, n], ov.Type.f32, name="a")
+    w = ops.constant(rng.standard_normal((n, n), dtype=np.float32))
+    model = ov.Model([ops.matmul(a, w, False, False)], [a], "matmul_probe")
+    cfg = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        cfg["INFERENCE_NUM_THREADS"] = str(int(threads))
+    compiled = ov.Core().compile_model(model, "CPU", cfg)
+    request = compiled.create_infer_request()
+    x = rng.standard_normal((n, n), dtype=np.float32)
+    t = _best(lambda: request.infer({0: x}), repeats)
+    return 2 * n**3 / t / 1e9, effective_precision(compiled) or precision
+
+
+def _best_over_sides(fn) -> float | None:
+    vals = [v for v in (fn(n) for n in CPU_SIDES) if v]
+    return max(vals) if vals else None
+
+
 def probe(
-    threads: int | None = None, gpu: bool = False, n_cpu: int = 1024, n_gpu: int = 8192
+    threads: int | None = None, gpu: bool = False, n_gpu: int = 8192, int8: bool = True
 ) -> dict[str, Any]:
-    """Measured matmul GFLOP/s: {numpy_fp32, torch_fp32, torch_bf16, cpu_peak_gflops[, cuda_...]}."""
+    """Measured matmul GFLOP/s per probe and the peak per precision:
+    ``{"probes": {name: {"gflops", "precision", "device", "library"}}, "peaks": {"<device>
+    <precision>": {"gflops", "source", "probes"}}, "cpu_fp32_peak_gflops", ...}``."""
     out: dict[str, Any] = {
-        "method": f"best of 5 square matmuls (n={n_cpu} CPU, {n_gpu} GPU), "
-        "2 n^3 FLOPs each, after one warm-up"
+        "method": f"best of 5 square matmuls per side n in {list(CPU_SIDES)} (CPU) / {n_gpu} "
+        "(GPU), 2 n^3 FLOPs each, after one warm-up; per precision the best probe",
     }
+    probes: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, gflops: float | None, precision: str, library: str, device="cpu") -> None:
+        if gflops:
+            probes[name] = {
+                "gflops": gflops,
+                "precision": normalize_precision(precision),
+                "device": device,
+                "library": library,
+            }
+
     try:
         import torch
 
@@ -73,17 +139,58 @@ def probe(
         out["torch_threads"] = torch.get_num_threads()
     except ImportError:
         pass
-    out["numpy_fp32_gflops"] = numpy_matmul_gflops(n_cpu)
-    out["torch_fp32_gflops"] = torch_matmul_gflops(n_cpu)
-    out["torch_bf16_gflops"] = torch_matmul_gflops(n_cpu, repeats=3, dtype="bfloat16")
-    vals = [v for v in (out["numpy_fp32_gflops"], out["torch_fp32_gflops"]) if v]
-    out["cpu_fp32_peak_gflops"] = max(vals) if vals else None
+    add("numpy fp32", _best_over_sides(numpy_matmul_gflops), "fp32", "numpy BLAS")
+    add("torch fp32", _best_over_sides(torch_matmul_gflops), "fp32", "torch (oneDNN/MKL)")
+    add(
+        "torch bf16",
+        _best_over_sides(lambda n: torch_matmul_gflops(n, repeats=3, dtype="bfloat16")),
+        "bf16",
+        "torch (oneDNN)",
+    )
+    if int8:
+        add(
+            "torch int8",
+            _best_over_sides(lambda n: torch_matmul_gflops(n, repeats=3, dtype="int8")),
+            "int8",
+            "torch _int_mm",
+        )
+    for hint in ("f32", "bf16"):
+        best: tuple[float, str] | None = None
+        for n in CPU_SIDES:
+            r = openvino_matmul_gflops(n, hint, threads)
+            if r and (best is None or r[0] > best[0]):
+                best = r
+        if best:
+            add(f"openvino {hint} hint", best[0], best[1], f"OpenVINO CPU (computes {best[1]})")
     if gpu:
-        out["cuda_fp16_gflops"] = torch_matmul_gflops(n_gpu, dtype="float16", device="cuda")
-        out["cuda_fp32_gflops"] = torch_matmul_gflops(n_gpu, dtype="float32", device="cuda")
-        if out["cuda_fp16_gflops"] is None:
+        add(
+            "cuda fp16",
+            torch_matmul_gflops(n_gpu, dtype="float16", device="cuda"),
+            "fp16",
+            "torch CUDA",
+            "gpu",
+        )
+        add(
+            "cuda fp32",
+            torch_matmul_gflops(n_gpu, dtype="float32", device="cuda"),
+            "fp32",
+            "torch CUDA",
+            "gpu",
+        )
+        if "cuda fp16" not in probes:
             out["cuda_note"] = (
                 "no CUDA torch on this machine: GPU peak not measured; pass "
                 "--peak-gflops to state it"
             )
+    out["probes"] = probes
+    out["peaks"] = peaks_by_precision(probes)
+    # the names older results used
+    for name, key in (
+        ("numpy fp32", "numpy_fp32_gflops"),
+        ("torch fp32", "torch_fp32_gflops"),
+        ("torch bf16", "torch_bf16_gflops"),
+        ("cuda fp16", "cuda_fp16_gflops"),
+    ):
+        out[key] = probes.get(name, {}).get("gflops")
+    out["cpu_fp32_peak_gflops"] = out["peaks"].get("cpu fp32", {}).get("gflops")
     return out

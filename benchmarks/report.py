@@ -1,8 +1,11 @@
 """The results document (JSON), its Markdown tables and matplotlib plots.
 
 JSON top level: ``machine``, ``versions``, ``settings``, ``results``, ``summary``;
-``summary.speedup_vs_diffusers`` maps "<ours> vs <baseline> @ <size>/<steps> steps [<path>]" to
-ours' speed / the baseline's speed (= baseline median latency / ours), > 1 = we are faster.
+``summary.speedup_vs_diffusers`` maps "<ours> vs <baseline> @ <size>/<steps> steps[ <recipe>]
+[<path>]" to ours' speed / the baseline's speed (= baseline median latency / ours), > 1 = we are
+faster; ``summary.vs_best_baseline`` gives, per recipe, the ratio against the FASTEST baseline
+measured for it (the one that counts), ``summary.unet_step`` the per-UNet-call comparison, and
+``results.targets`` the Targets table (``targets.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .recipes import recipe_key
 from .stats import ratio
 
 REQUIRED_KEYS = ("machine", "versions", "settings", "results", "summary")
@@ -35,48 +39,123 @@ STAGE_LABELS = {
 
 
 def comparisons(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Ours vs each diffusers baseline on the same device class, size and steps.
+    """Ours vs each baseline (diffusers, optimum-intel) on the same device class and recipe
+    (size, steps, guidance, scheduler, decoder), whole images.
 
-    In-process: ours' median latency vs the baseline's. HTTP: the server's c=1 median latency
-    (full request path: codec + HTTP included) vs the same baseline, when the shapes match."""
-    rows = results.get("inprocess", [])
+    In-process: ours' median latency vs the baseline's; with ``extrapolated`` on both sides also
+    the extrapolated latencies (path "... extrapolated"). HTTP: the server's c=1 median latency
+    (full request path: codec + HTTP included) vs the same baseline, when the shapes match.
+    ``best`` marks the fastest baseline of the recipe."""
+    rows = [r for r in results.get("inprocess", []) if r.get("mode", "image") == "image"]
     ours = [r for r in rows if r["impl"] == "ours"]
-    base = [r for r in rows if r["impl"] == "diffusers"]
+    base = [r for r in rows if r["impl"] != "ours"]
     out = []
     for b in base:
-        key = (b["device_class"], b["width"], b["height"], b["steps"])
+        key = (b["device_class"], recipe_key(b))
+        same = [x for x in base if (x["device_class"], recipe_key(x)) == key]
+        best = min(same, key=lambda x: x["latency_s"]["median"]) is b
         for o in ours:
-            if (o["device_class"], o["width"], o["height"], o["steps"]) != key:
+            if (o["device_class"], recipe_key(o)) != key:
                 continue
-            out.append(_cmp(o["label"], b, o["latency_s"]["median"], "in-process"))
+            out.append(_cmp(o["label"], b, o["latency_s"]["median"], "in-process", best))
+            eo, eb = o.get("extrapolated"), b.get("extrapolated")
+            if eo and eb and eo["steps"] == eb["steps"]:
+                c = _cmp(o["label"], b, eo["latency_s"], f"{eo['steps']} steps extrapolated", best)
+                c.update(
+                    baseline_median_s=eb["latency_s"],
+                    speedup=ratio(eb["latency_s"], eo["latency_s"]),
+                )
+                out.append(c)
         for h in results.get("http", []):
-            if (
-                h.get("batching") != "on"
-                or (h["device_class"], h["width"], h["height"], h["steps"]) != key
-            ):
+            if h.get("batching") != "on" or h["device_class"] != b["device_class"]:
+                continue
+            if not _http_matches(h, b):
                 continue
             c1 = next((c for c in h.get("closed_loop", []) if c["concurrency"] == 1), None)
             if c1 is not None:
-                out.append(_cmp(h["label"], b, c1["latency_s"]["median"], "http c=1"))
+                out.append(_cmp(h["label"], b, c1["latency_s"]["median"], "http c=1", best))
     return out
 
 
-def _cmp(ours_label: str, b: dict[str, Any], ours_s: float, path: str) -> dict[str, Any]:
+def _http_matches(h: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether an HTTP run made the images ``b`` made: with ``quality`` the preset's recipe
+    (recorded as ``recipe``) at the same size, else the default recipe at its size/steps."""
+    if h.get("quality"):
+        return (h.get("recipe"), h["width"], h["height"]) == (
+            b.get("recipe", "default"),
+            b["width"],
+            b["height"],
+        )
+    return recipe_key({**h, "recipe": "default"}) == recipe_key(b)
+
+
+def _cmp(
+    ours_label: str, b: dict[str, Any], ours_s: float, path: str, best: bool = False
+) -> dict[str, Any]:
     base_s = b["latency_s"]["median"]
     return {
         "ours": ours_label,
         "baseline": b["label"],
+        "recipe": b.get("recipe", "default"),
         "size": f"{b['width']}x{b['height']}",
         "steps": b["steps"],
         "path": path,
         "ours_median_s": ours_s,
         "baseline_median_s": base_s,
         "speedup": ratio(base_s, ours_s),
+        "best_baseline": best,
     }
 
 
 def speedup_key(c: dict[str, Any]) -> str:
-    return f"{c['ours']} vs {c['baseline']} @ {c['size']}/{c['steps']} steps [{c['path']}]"
+    recipe = "" if c.get("recipe", "default") == "default" else f" {c['recipe']}"
+    return f"{c['ours']} vs {c['baseline']} @ {c['size']}/{c['steps']} steps{recipe} [{c['path']}]"
+
+
+def vs_best(comps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (ours, recipe, path): the ratio against the fastest baseline, and every ratio."""
+    out: dict[str, Any] = {}
+    for c in comps:
+        k = f"{c['ours']} @ {c['size']}/{c['steps']} steps {c['recipe']} [{c['path']}]"
+        e = out.setdefault(k, {"best_baseline": None, "speedup_vs_best": None, "all": {}})
+        e["all"][c["baseline"]] = c["speedup"]
+        if c["best_baseline"]:
+            e.update(best_baseline=c["baseline"], speedup_vs_best=c["speedup"])
+    return out
+
+
+def unet_steps(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One UNet call, ours vs each baseline at the same recipe shape (image runs' median call,
+    or the baseline's ``unet_step`` measurement), with ours' error vs fp32 when measured."""
+    rows = results.get("inprocess", [])
+    ours = [r for r in rows if r["impl"] == "ours" and r.get("mode", "image") == "image"]
+    out = []
+    for o in ours:
+        for b in rows:
+            if b["impl"] == "ours" or recipe_key(b) != recipe_key(o):
+                continue
+            if b["device_class"] != o["device_class"]:
+                continue
+            a, c = o["unet_call_s"]["median"], b["unet_call_s"]["median"]
+            out.append(
+                {
+                    "ours": o["label"],
+                    "baseline": b["label"],
+                    "recipe": o.get("recipe", "default"),
+                    "size": f"{o['width']}x{o['height']}",
+                    "unet_batch": 2 if float(o.get("guidance") or 7.5) > 1 else 1,
+                    "ours_call_s": a,
+                    "baseline_call_s": c,
+                    "baseline_mode": b.get("mode", "image"),
+                    "speedup": ratio(c, a),
+                    "ours_unet_precision": (o.get("precisions") or {}).get("unet"),
+                    "ours_max_rel_err": (o.get("unet_error") or {}).get("max_rel_err"),
+                    "baseline_compile_s": b.get("compile_s")
+                    if b["variant"].get("compile")
+                    else None,
+                }
+            )
+    return out
 
 
 def batching_gain(results: dict[str, Any]) -> dict[str, float | None]:
@@ -101,7 +180,10 @@ def build_summary(results: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     return {
         "speedup_vs_diffusers": {speedup_key(c): c["speedup"] for c in comps},
         "comparisons": comps,
+        "vs_best_baseline": vs_best(comps),
+        "unet_step": unet_steps(results),
         "batching_throughput_gain": batching_gain(results),
+        "targets": {t["key"]: t["verdict"] for t in results.get("targets", [])},
         "notes": list(notes),
     }
 
@@ -160,7 +242,12 @@ def stage_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
     in-process stages + request codec + the unexplained rest (HTTP, batcher, base64, JSON)."""
     out = []
     for r in results.get("inprocess", []):
-        out.append((f"{r['label']} {r['width']}x{r['height']}/{r['steps']}", dict(r["stages_s"])))
+        if r.get("mode") == "unet_step":
+            continue
+        recipe = "" if r.get("recipe", "default") == "default" else f" {r['recipe']}"
+        out.append(
+            (f"{r['label']}{recipe} {r['width']}x{r['height']}/{r['steps']}", dict(r["stages_s"]))
+        )
     for h in results.get("http", []):
         if h.get("batching") != "on":
             continue
@@ -211,21 +298,27 @@ def markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
     if summ.get("notes"):
         lines.append("")
 
+    lines += targets_md(res.get("targets", []), m)
     rows = []
     for r in res.get("inprocess", []):
         lat = r["latency_s"]
+        step_only = r.get("mode") == "unet_step"
+        ext = r.get("extrapolated")
         rows.append(
             [
                 r["label"],
+                r.get("recipe", "default") + (" (UNet step only)" if step_only else ""),
                 f"{r['width']}x{r['height']}",
                 str(r["steps"]),
+                _precision_label(r.get("precisions")),
                 _f(lat["p50"]),
                 _f(lat["p95"]),
-                _f(lat["p99"]),
                 f"{_f(lat['min'])} / {_f(lat['median'])} / {_f(lat['max'])}",
                 str(lat["n"]),
                 _f(r["per_step_s"]["median"]),
                 _f(r["unet_call_s"]["median"]),
+                f"{_f(ext['latency_s'])} ({ext['steps']})" if ext else "-",
+                _f(r.get("compile_s")) if (r.get("variant") or {}).get("compile") else "-",
                 _f(r.get("peak_rss_mb"), 4),
                 _f(r.get("gpu_peak_mb"), 4),
             ]
@@ -235,32 +328,43 @@ def markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
         lines += _table(
             [
                 "configuration",
+                "recipe",
                 "size",
                 "steps",
+                "computes in",
                 "p50",
                 "p95",
-                "p99",
                 "min / median / max",
                 "n",
                 "per step",
                 "UNet call",
+                "extrapolated (steps)",
+                "compile s",
                 "peak RSS MB",
                 "GPU MB",
             ],
             rows,
         )
         lines.append("")
+        if any(r.get("extrapolated") for r in res.get("inprocess", [])):
+            lines.append(
+                "Extrapolated: EXTRAPOLATED, not measured: the measured image + (N - measured "
+                "steps) x the measured time per denoising iteration (fixed stages stay)."
+            )
+            lines.append("")
 
     comps = summ.get("comparisons", [])
     if comps:
         lines += [
-            "### Speed vs diffusers (ours / baseline per-image speed; > 1 = we are faster)",
+            "### Speed vs the baselines (ours / baseline per-image speed; > 1 = we are faster; "
+            "* = the fastest baseline of that recipe)",
             "",
         ]
         lines += _table(
             [
                 "ours",
                 "baseline",
+                "recipe",
                 "size/steps",
                 "path",
                 "ours median s",
@@ -270,7 +374,8 @@ def markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
             [
                 [
                     c["ours"],
-                    c["baseline"],
+                    c["baseline"] + (" *" if c.get("best_baseline") else ""),
+                    c.get("recipe", "default"),
                     f"{c['size']}/{c['steps']}",
                     c["path"],
                     _f(c["ours_median_s"]),
@@ -281,6 +386,7 @@ def markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
             ],
         )
         lines.append("")
+    lines += unet_step_md(summ.get("unet_step", []))
 
     http_rows = []
     for h in res.get("http", []):
@@ -376,36 +482,43 @@ def markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
         )
         lines.append("")
 
+    lines += peaks_md(res.get("peak", {}))
     floor = res.get("compute_floor", [])
-    fl = res.get("flops", {})
     if floor:
-        lines += ["### Compute floor", ""]
-        u = fl.get("unet", {})
+        lines += [
+            "### Compute floor (each run against the peak of the precision it computes in)",
+            "",
+        ]
         lines.append(
-            f"UNet: {_f(u.get('gflops'))} GFLOP per call at {u.get('input_shapes', {}).get('sample')}"
-            f" (MatMul/Gemm/Conv from the ONNX graph, {u.get('shape_inference')} shape "
-            f"inference, {len(u.get('unresolved_nodes') or [])} unresolved nodes); per image "
-            f"{_f(fl.get('per_image_gflops'))} GFLOP at {fl.get('per_image_steps')} steps. "
-            f"Peak: {res.get('peak', {}).get('source', 'measured')}."
+            "FLOPs: MatMul/Gemm/Conv counted from each exported ONNX graph at the recipe's "
+            "shapes (UNet at the recipe's batch). Fraction of peak: the UNet's GFLOP/s over "
+            "the peak of the UNet's precision. Image floor: the sum over components of their "
+            "FLOPs over the peak of each component's precision (the UNet once per call)."
         )
         lines.append("")
         lines += _table(
             [
                 "configuration",
+                "UNet computes in",
+                "UNet GFLOP/call",
                 "UNet call s",
                 "achieved GFLOP/s",
-                "peak GFLOP/s",
+                "peak GFLOP/s (which)",
                 "fraction of peak",
-                "image floor s (at peak)",
+                "image floor s",
+                "image median s",
             ],
             [
                 [
                     f["label"],
+                    f.get("unet_precision") or "-",
+                    _f(f.get("unet_gflop_per_call")),
                     _f(f["unet_call_s"]),
                     _f(f["achieved_gflops"]),
-                    _f(f["peak_gflops"]),
+                    f"{_f(f['peak_gflops'])} ({f.get('peak_key')})",
                     _f(f["fraction_of_peak"], 2),
                     _f(f.get("image_floor_s")),
+                    _f(f.get("image_median_s")),
                 ]
                 for f in floor
             ],
@@ -418,6 +531,83 @@ def markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
         lines.append("Plots: " + ", ".join(f"[{k}]({Path(v).name})" for k, v in plots.items()))
         lines.append("")
     return "\n".join(lines)
+
+
+def _precision_label(precs: dict[str, str] | None) -> str:
+    if not precs:
+        return "-"
+    values = set(precs.values())
+    if len(values) == 1:
+        return next(iter(values))
+    short = {"text_encoder": "text", "vae_encoder": "vae enc", "vae_decoder": "vae dec",
+             "taesd_decoder": "taesd dec", "taesd_encoder": "taesd enc"}  # fmt: skip
+    return ", ".join(f"{short.get(k, k)} {v}" for k, v in precs.items())
+
+
+def targets_md(targets: list[dict[str, Any]], machine: dict[str, Any]) -> list[str]:
+    if not targets:
+        return []
+    flags = " ".join(machine.get("cpu_flags") or []) or "-"
+    cores = machine.get("affinity_cores") or machine.get("logical_cores")
+    lines = [
+        "### Targets (checked on this machine: "
+        f"{machine.get('cpu_model')}, {cores} cores, CPU flags {flags})",
+        "",
+    ]
+    rows = []
+    for t in targets:
+        unit = t["unit"]
+        val = t["measured"]
+        shown = "-" if val is None else (f"{val:.2f}{unit}" if unit != "s" else f"{val:.2f} s")
+        goal = f"{t['op']} {t['threshold']:g}{'' if unit == 's' else unit}" + (
+            " s" if unit == "s" else ""
+        )
+        verdict = t["verdict"] + (f" ({t['not_applicable']})" if t.get("not_applicable") else "")
+        rows.append([t["target"], goal, shown, f"**{verdict}**", t.get("how") or "-"])
+    lines += _table(["target", "goal", "measured", "verdict", "how"], rows)
+    lines.append("")
+    return lines
+
+
+def unet_step_md(steps: list[dict[str, Any]]) -> list[str]:
+    if not steps:
+        return []
+    lines = ["### One UNet call (median seconds; > 1 = ours faster)", ""]
+    lines += _table(
+        ["ours", "baseline", "recipe", "size", "batch", "ours s", "baseline s", "speedup",
+         "ours UNet computes in", "ours max rel err vs fp32", "baseline compile s"],
+        [
+            [
+                x["ours"], x["baseline"] + (" (UNet alone)" if x["baseline_mode"] == "unet_step"
+                                            else ""),
+                x["recipe"], x["size"], str(x["unet_batch"]), _f(x["ours_call_s"]),
+                _f(x["baseline_call_s"]),
+                f"**{_f(x['speedup'], 2)}x**" if x["speedup"] else "-",
+                x.get("ours_unet_precision") or "-",
+                "-" if x.get("ours_max_rel_err") is None else f"{x['ours_max_rel_err']:.2%}",
+                _f(x.get("baseline_compile_s")),
+            ]
+            for x in steps
+        ],
+    )  # fmt: skip
+    lines.append("")
+    return lines
+
+
+def peaks_md(peak: dict[str, Any]) -> list[str]:
+    probes, peaks = peak.get("probes") or {}, peak.get("peaks") or {}
+    if not probes:
+        return []
+    lines = ["### Matmul peak per precision (measured: the best probe of each)", ""]
+    rows = []
+    for key, e in peaks.items():
+        others = ", ".join(f"{n} {_f(g)}" for n, g in e["probes"].items())
+        rows.append([key, f"**{_f(e['gflops'])}**", e["source"], others])
+    lines += _table(["precision", "peak GFLOP/s", "best probe", "all probes (GFLOP/s)"], rows)
+    lines.append("")
+    lines.append(f"Method: {peak.get('method', '-')}. Source: {peak.get('source', 'measured')}.")
+    lines.append("")
+    return lines
 
 
 # ----------------------------------------------------------------------------- plots

@@ -234,17 +234,26 @@ def test_update_readme_between_markers(tmp_path):
 
 
 def test_presets_match_the_issue():
-    assert set(PRESETS) == {"ci", "cpu", "gpu"}
+    assert set(PRESETS) == {"ci", "cpu", "cpu-512", "cpu-512-smoke", "gpu"}
     gpu = PRESETS["gpu"]
     assert (gpu.width, gpu.height, gpu.steps) == (512, 512, (20, 50))
     assert {v.provider for v in gpu.ours} == {"cuda", "tensorrt"}
     assert all(v.precision == "fp16" for v in gpu.ours) and gpu.baselines[0].dtype == "fp16"
+    # default and fast recipe on the GPU too
+    assert [(r.name, r.steps) for r in gpu.all_recipes] == [
+        ("default", 20),
+        ("default", 50),
+        ("fast", 4),
+    ]
     cpu = PRESETS["cpu"]
     assert cpu.model == "sd15-random" and cpu.budget_s < 20 * 60
     assert {b.dtype for b in cpu.baselines} == {"fp32", "bf16-autocast"}
-    for p in PRESETS.values():
-        assert p.concurrency == (1, 4, 8, 16) and 1 in p.batch_sizes
-        assert any(b > 1 for b in p.batch_sizes)
+    for p in PRESETS.values():  # every preset measures one request at a time over HTTP
+        assert 1 in p.concurrency and p.batch_sizes
+    # the batching target (tiny model, concurrency 12) is measured by ci, batching on and off
+    ci = PRESETS["ci"]
+    assert 12 in ci.concurrency and ci.model == "tiny" and "batching" in ci.targets
+    assert 1 in ci.batch_sizes and any(b > 1 for b in ci.batch_sizes)
 
 
 def test_phase_peak_memory_is_the_phase_own_not_inherited():

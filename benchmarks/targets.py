@@ -1,0 +1,213 @@
+"""The Targets table: the fast-paths issue's goals, checked on the machine the benchmark ran on,
+every ratio from measurements of the same run.
+
+Each target says what it applies to (``applies``). When this run does not match (another
+model, size, core count, no native bf16), its verdict is ``n/a`` with the reason, and the
+measured value is still shown; a target whose inputs were not measured says ``not measured``.
+
+How the numbers are taken:
+- ours, fast recipe: the best (lowest median) of our in-process configurations for ratios
+  (diffusers is measured in-process too); "end to end" = the HTTP request at concurrency 1
+  (``quality=low``: the request path, codec included) when measured, else in-process;
+- diffusers' default recipe in fp32: 25 steps at guidance 7.5, extrapolated from the measured
+  steps (``recipes.extrapolate``, labelled so in the report);
+- the compiled baselines: warm calls only (compile time is reported apart);
+- default-recipe UNet step: our UNet call at batch 2 (median, from the default-recipe images)
+  vs PyTorch's compiled bf16 UNet call at the same shape; the error is ours vs ONNX Runtime fp32
+  on the same denoising inputs (``inprocess.unet_error_vs_fp32``);
+- batching: closed-loop throughput with batching on over batching off (one request at a
+  time: ``--max-batch-size 1``), at concurrency 12, on the tiny model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+FAST_CONDITIONS = "full SD 1.5 architecture, 512x512, 2-core CPU with native bf16"
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    group: str  # the preset's ``targets`` entry that enables it
+    text: str
+    op: str  # "<=" | ">="
+    threshold: float
+    unit: str  # "s" | "x" | "%"
+    applies: str
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("fast_latency", "fast", "Fast recipe (4 steps, no guidance, TAESD decode): seconds "
+           "per image end to end", "<=", 6.0, "s", FAST_CONDITIONS),
+    Target("fast_vs_diffusers_default_fp32", "fast", "Fast recipe vs diffusers' default recipe "
+           "(25 steps, guidance 7.5) in fp32", ">=", 30.0, "x", FAST_CONDITIONS),
+    Target("fast_vs_diffusers_bf16_eager", "fast", "Fast recipe vs diffusers eager, bf16 "
+           "weights (+ channels_last), same recipe", ">=", 1.5, "x", FAST_CONDITIONS),
+    Target("fast_vs_diffusers_bf16_compiled", "fast", "Fast recipe vs diffusers torch.compile "
+           "with freezing (bf16), same recipe, compile time apart", ">=", 1.2, "x",
+           FAST_CONDITIONS),
+    Target("default_step_vs_compiled", "default_step", "Default recipe, one batch-2 UNet step: "
+           "vs PyTorch bf16 compiled with freezing", ">=", 1.3, "x",
+           "full SD 1.5 architecture, 512x512, CPU with native bf16"),
+    Target("default_step_error", "default_step", "Default recipe UNet step: max relative error "
+           "of ours vs fp32", "<=", 1.5, "%", "the same run as the step above"),
+    Target("batching_c12", "batching", "Batching on the tiny model at concurrency 12: "
+           "throughput over sequential (batching off)", ">=", 1.5, "x", "tiny model"),
+)  # fmt: skip
+
+
+def _med(rec: dict[str, Any] | None, field: str = "latency_s") -> float | None:
+    if not rec:
+        return None
+    return (rec.get(field) or {}).get("median")
+
+
+def _pick(rows, best_field: str = "latency_s", **match) -> dict[str, Any] | None:
+    """The lowest-median record among ``rows`` whose fields (``variant.*`` too) match."""
+
+    def ok(r) -> bool:
+        for k, want in match.items():
+            got = r.get("variant", {}).get(k[8:]) if k.startswith("variant_") else r.get(k)
+            if got != want:
+                return False
+        return True
+
+    found = [r for r in rows if ok(r) and _med(r, best_field) is not None]
+    return min(found, key=lambda r: _med(r, best_field)) if found else None
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if (num and den) else None
+
+
+def conditions(preset, machine: dict[str, Any]) -> dict[str, str | None]:
+    """Per group, None when this run matches the targets' conditions, else why not."""
+    cores = machine.get("affinity_cores") or machine.get("logical_cores")
+    bf16 = bool(machine.get("cpu_native_bf16"))
+    full = preset.model == "sd15-random"
+    size = any((r.width, r.height) == (512, 512) for r in preset.all_recipes)
+    why = []
+    if not full:
+        why.append(f"model is {preset.model!r}, not the full architecture")
+    if not size:
+        why.append("not 512x512")
+    if not bf16:
+        why.append("this CPU has no native bf16 (AVX512-BF16/AMX)")
+    step_why = list(why)
+    if cores != 2:
+        why.append(f"{cores} cores, not 2")
+    return {
+        "fast": "; ".join(why) or None,
+        "default_step": "; ".join(step_why) or None,
+        "batching": None if preset.model == "tiny" else f"model is {preset.model!r}, not tiny",
+    }
+
+
+def measure(results: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
+    """{target key: (measured value, how)} from a run's results."""
+    rows = results.get("inprocess", [])
+    fast = dict(recipe="fast", mode="image")
+    ours = _pick(rows, impl="ours", **fast)
+    ours_s = _med(ours)
+    e2e = None
+    for h in results.get("http", []):
+        if h.get("recipe") != "fast" or h.get("batching") != "on":
+            continue
+        c1 = next((c for c in h.get("closed_loop", []) if c["concurrency"] == 1), None)
+        if c1 and (e2e is None or c1["latency_s"]["median"] < e2e[0]):
+            e2e = (c1["latency_s"]["median"], h["label"])
+    out: dict[str, tuple[float | None, str]] = {}
+    if e2e:
+        out["fast_latency"] = (e2e[0], f"{e2e[1]}, HTTP c=1 median (quality=low)")
+    else:
+        out["fast_latency"] = (ours_s, f"{ours and ours['label']}, in-process median")
+    d32 = _pick(rows, impl="diffusers", recipe="default", mode="image", variant_dtype="fp32")
+    d32_s = (d32 or {}).get("extrapolated", {}).get("latency_s")
+    out["fast_vs_diffusers_default_fp32"] = (
+        _ratio(d32_s, ours_s),
+        f"{d32 and d32['label']} {d32 and d32.get('extrapolated', {}).get('steps')} steps "
+        f"(extrapolated) {d32_s and round(d32_s, 2)} s / ours {ours_s and round(ours_s, 3)} s",
+    )
+    for key, compiled in (
+        ("fast_vs_diffusers_bf16_eager", False),
+        ("fast_vs_diffusers_bf16_compiled", True),
+    ):
+        b = _pick(rows, impl="diffusers", variant_dtype="bf16", variant_compile=compiled, **fast)
+        out[key] = (
+            _ratio(_med(b), ours_s),
+            f"{b and b['label']} {_med(b) and round(_med(b), 3)} s / ours "
+            f"{ours_s and round(ours_s, 3)} s",
+        )
+    step = dict(recipe="default")
+    ours_d = _pick(rows, "unet_call_s", impl="ours", mode="image", **step)
+    comp = _pick(rows, "unet_call_s", impl="diffusers", variant_dtype="bf16",
+                 variant_compile=True, mode="unet_step", **step)  # fmt: skip
+    a, b = _med(ours_d, "unet_call_s"), _med(comp, "unet_call_s")
+    out["default_step_vs_compiled"] = (
+        _ratio(b, a),
+        f"{comp and comp['label']} {b and round(b, 3)} s / ours {a and round(a, 3)} s per "
+        "batch-2 UNet call",
+    )
+    err = (ours_d or {}).get("unet_error", {}).get("max_rel_err")
+    unet_prec = (ours_d or {}).get("precisions", {}).get("unet")
+    out["default_step_error"] = (
+        err * 100 if err is not None else None,
+        f"UNet computes {unet_prec}; vs ONNX Runtime fp32 on the run's denoising inputs",
+    )
+    gain = None
+    for h in results.get("http", []):
+        if h.get("batching") != "on":
+            continue
+        off = next(
+            (x for x in results["http"] if x["label"] == h["label"] and x["batching"] == "off"),
+            None,
+        )
+        on12 = next((c for c in h.get("closed_loop", []) if c["concurrency"] == 12), None)
+        off12 = next(
+            (c for c in (off or {}).get("closed_loop", []) if c["concurrency"] == 12), None
+        )
+        if on12 and off12:
+            gain = _ratio(on12["throughput_img_s"]["median"], off12["throughput_img_s"]["median"])
+    out["batching_c12"] = (gain, "closed loop, c=12, throughput median on / off")
+    return out
+
+
+def verdict(t: Target, value: float | None, not_applicable: str | None) -> str:
+    if value is None:
+        return "not measured"
+    ok = value <= t.threshold if t.op == "<=" else value >= t.threshold
+    if not_applicable:
+        return "n/a"
+    return "PASS" if ok else "FAIL"
+
+
+def evaluate(preset, results: dict[str, Any], machine: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Targets rows for ``preset``'s groups (``preset.targets``)."""
+    cond = conditions(preset, machine)
+    measured = measure(results)
+    flags = " ".join(machine.get("cpu_flags") or []) or "-"
+    rows = []
+    for t in TARGETS:
+        if t.group not in preset.targets:
+            continue
+        value, how = measured.get(t.key, (None, ""))
+        na = cond.get(t.group)
+        rows.append(
+            {
+                "key": t.key,
+                "target": t.text,
+                "op": t.op,
+                "threshold": t.threshold,
+                "unit": t.unit,
+                "measured": value,
+                "how": how,
+                "verdict": verdict(t, value, na),
+                "not_applicable": na,
+                "applies": t.applies,
+                "cpu_flags": flags,
+                "cores": machine.get("affinity_cores") or machine.get("logical_cores"),
+            }
+        )
+    return rows
