@@ -7,7 +7,7 @@ tests/e2e/test_cluster.py starts it the same way and kills a replica.
 [--lease-seconds S] [--database-url URL] [--run-dir D] [--state-file F] [-- server flags...]``
 
 Start order: database (a fresh schema on the machine's PostgreSQL, or on a throwaway instance:
-``tests/postgres.py``, the project's one PostgreSQL helper), SeaweedFS
+``benchmarks/postgres.py``, the project's one PostgreSQL helper), SeaweedFS
 (``benchmarks/seaweedfs.py``), the replicas (``ServerProcess``, loopback, free ports, each its own ``--files-dir``), HAProxy
 (``deploy/cluster/haproxy.cfg.template``). Stop order is the reverse, each step whatever the
 previous one did: the replicas drain (SIGTERM; they also get a terminal's Ctrl-C themselves, as
@@ -33,11 +33,11 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from .postgres import LOCAL, Postgres, answers, throwaway
 from .seaweedfs import SeaweedFS, start_seaweedfs
 from .server_process import LOOPBACK, ROOT, ServerProcess, free_port
 
@@ -82,10 +82,8 @@ def render_haproxy(port: int, stats_port: int, replicas: list[tuple[str, int]]) 
 def fresh_schema(stack: contextlib.ExitStack) -> str:
     """A ``--database-url`` with a schema of its own, on the machine's PostgreSQL
     (127.0.0.1:5432) when it answers, else on a throwaway instance; ``stack`` drops the schema
-    and stops the instance. The helper is the jobs tests' (``tests/postgres.py``), so there is
-    one way to get a PostgreSQL in this project."""
-    from tests.postgres import LOCAL, Postgres, answers, throwaway
-
+    and stops the instance. The jobs tests' fixture (tests/postgres.py) uses the same helper
+    (``benchmarks/postgres.py``), so there is one way to get a PostgreSQL in this project."""
     server = Postgres(LOCAL if answers(LOCAL) else stack.enter_context(throwaway()))
     url = server.schema_url()
     stack.callback(server.drop_schemas)
@@ -103,25 +101,6 @@ def balancer_view(stats_url: str) -> dict[str, dict[str, str]]:
         for row in csv.DictReader(io.StringIO(text))
         if row["pxname"] == "replicas" and row["svname"] not in ("BACKEND", "FRONTEND")
     }
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str], drop: tuple[str, ...] = ()) -> Iterator[None]:
-    """``os.environ`` with ``values`` set and ``drop`` removed, restored afterwards:
-    ``ServerProcess`` hands the child a copy of the environment at its start, and the S3
-    credentials reach the replicas only that way (boto3 reads ``AWS_*``)."""
-    saved = {k: os.environ.get(k) for k in (*values, *drop)}
-    os.environ.update(values)
-    for name in drop:
-        os.environ.pop(name, None)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @dataclass
@@ -213,13 +192,15 @@ class Cluster:
 
     def _start_replicas(self) -> None:
         assert self.s3 is not None
-        with _environment(self.s3.server.env(), drop=AWS_OVERRIDES):
-            for i in range(1, self.n_replicas + 1):  # all start at once, then all are awaited
-                folder = self.run_dir / f"replica-{i}"
-                files = folder / "files"
-                files.mkdir(parents=True, exist_ok=True)
-                proc = ServerProcess(self.replica_args(files), folder / "server.log", READY_S)
-                self.replicas.append(Replica(f"replica-{i}", proc, files))
+        # the S3 credentials reach the replicas only through the environment (boto3 reads
+        # AWS_*), without the overrides boto3 would otherwise prefer
+        env = {**self.s3.server.env(), **dict.fromkeys(AWS_OVERRIDES)}
+        for i in range(1, self.n_replicas + 1):  # all start at once, then all are awaited
+            folder = self.run_dir / f"replica-{i}"
+            files = folder / "files"
+            files.mkdir(parents=True, exist_ok=True)
+            proc = ServerProcess(self.replica_args(files), folder / "server.log", READY_S, env)
+            self.replicas.append(Replica(f"replica-{i}", proc, files))
         for replica in self.replicas:
             replica.process.wait_ready()
 

@@ -2,7 +2,8 @@
 loopback port: end-to-end tests, the fuzz runner, the soak and the benchmark all use it.
 
 The child gets the caller's environment minus every ``INPAINT_*`` setting (``server.config``
-owns that prefix), so only the flags given here configure it.
+owns that prefix), so only the flags given here configure it, then ``env`` on top (e.g. S3
+credentials for boto3; None removes a variable).
 """
 
 from __future__ import annotations
@@ -35,17 +36,27 @@ class ServerProcess:
 
     Starts at construction; ``wait_ready()`` blocks until ``/ready`` answers 200 (returns the
     base URL); ``stop()`` sends SIGTERM (SIGKILL after ``timeout``) and returns the exit code.
-    Usable as a context manager (enter = wait until ready, exit = stop).
+    Usable as a context manager (enter = wait until ready, exit = stop). ``env``: variables set
+    for the child only (a None value removes the variable), after the ``INPAINT_*`` ones are
+    dropped.
     """
 
-    def __init__(self, args: list[str], log: Path, ready_timeout_s: float = 90.0) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log: Path,
+        ready_timeout_s: float = 90.0,
+        env: dict[str, str | None] | None = None,
+    ) -> None:
         self.port = free_port()
         self.base = f"http://{LOOPBACK}:{self.port}"
         self.log = Path(log)
         self.ready_timeout_s = ready_timeout_s
         self.startup_s: float | None = None
         self.peak_rss_mb: float | None = None
-        env = {**without_server_env(dict(os.environ)), "PYTHONUNBUFFERED": "1"}
+        child_env = {**without_server_env(dict(os.environ)), **(env or {})}
+        child_env = {k: v for k, v in child_env.items() if v is not None}
+        child_env["PYTHONUNBUFFERED"] = "1"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._t0 = time.perf_counter()
         with open(self.log, "wb") as out:
@@ -55,7 +66,7 @@ class ServerProcess:
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=child_env,
             )
 
     @property

@@ -26,10 +26,10 @@ import os
 import sys
 from pathlib import Path
 
-from .exporter import Options, main_run
+from . import exporter, oneshot
+from .exporter import ExportError, Options
 from .lora import parse_fast_preset, parse_lora
 from .oneshot import OneShotOptions, add_oneshot_arguments, oneshot_options
-from .oneshot import main_run as oneshot_main_run
 
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset in torch 2.13; ORT >= 1.16 runs it
 
@@ -139,7 +139,13 @@ def parse_args(argv: list[str] | None = None) -> Options | OneShotOptions:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    return oneshot_main_run(opts) if isinstance(opts, OneShotOptions) else main_run(opts)
+    run = oneshot.run if isinstance(opts, OneShotOptions) else exporter.run
+    try:
+        run(opts)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

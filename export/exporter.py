@@ -8,18 +8,17 @@ looks complete. torch/diffusers are imported lazily: the "up to date" check stay
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import importlib.metadata
 import json
 import platform
 import resource
 import shutil
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from server.models.manifest import (
     MANIFEST_FILE,
@@ -30,6 +29,7 @@ from server.models.manifest import (
 )
 
 from . import lora
+from .hashing import files_match, sha256
 from .lora import LoraArg
 from .tokenizer_files import save_tokenizer
 
@@ -59,6 +59,8 @@ LIBRARIES = (
 #: (preset, seed, opset, component): exporting tiny fp32 and fp16 in one process (the test
 #: session) traces each component once. Real models are never cached (their weights can change).
 _TINY_FP32: dict[tuple, bytes] = {}
+
+M = TypeVar("M")  # a manifest class: read_existing returns what its reader returns
 
 
 class ExportError(RuntimeError):
@@ -118,25 +120,6 @@ class Clock:
         print(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", flush=True)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def files_match(folder: Path, manifest: Manifest) -> bool:
-    for comp in manifest.components.values():
-        if not comp.sha256:
-            return False
-        for rel, digest in comp.sha256.items():
-            p = folder / rel
-            if not p.is_file() or sha256(p) != digest:
-                return False
-    return True
-
-
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for lib in LIBRARIES:
@@ -151,12 +134,22 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
 
 
+def publish(partial: Path, out: Path, log: Clock) -> None:
+    """Put the finished ``partial`` folder in place of ``out`` (only now: a crash before this
+    never leaves a folder that looks complete) and log its size and the peak RSS."""
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
+    log(f"wrote {out} ({size:.1f} MB, peak RSS {peak_rss_gb():.2f} GB)")
+
+
 # ---------------------------------------------------------------------------------------------
 def run(opts: Options) -> Manifest:
     """Export (or confirm up to date / re-verify) and return the manifest. Raises ExportError."""
     log = Clock()
     args = opts.export_args()
-    existing = _read_existing(opts.out)
+    existing = read_existing(opts.out, Manifest.read, "exporting again")
     if existing is not None and not opts.force:
         old = dict(existing.export_args)
         same_graphs = {k: v for k, v in old.items() if k not in VERIFY_KEYS + MANIFEST_KEYS} == {
@@ -181,15 +174,18 @@ def run(opts: Options) -> Manifest:
     return _export(opts, log)
 
 
-def _read_existing(out: Path) -> Manifest | None:
+def read_existing(out: Path, read: Callable[[Path], M], again: str) -> M | None:
+    """The manifest an earlier run left in ``out`` (``read(out)``), or None: no folder, an empty
+    one, or an unreadable manifest (then ``again`` says what happens instead, e.g. "exporting
+    again"). ExportError for a folder with files but no manifest: it is not ours to overwrite."""
     if not (out / MANIFEST_FILE).is_file():
         if out.exists() and any(out.iterdir()):
             raise ExportError(f"{out} exists and has no {MANIFEST_FILE}; pass --force or --out")
         return None
     try:
-        return Manifest.read(out)
-    except Exception as exc:  # noqa: BLE001 - an unreadable manifest means "export again"
-        print(f"{out}: unreadable manifest ({exc}); exporting again", flush=True)
+        return read(out)
+    except Exception as exc:  # noqa: BLE001 - an unreadable manifest means "build it again"
+        print(f"{out}: unreadable manifest ({exc}); {again}", flush=True)
         return None
 
 
@@ -367,11 +363,7 @@ def _export(opts: Options, log: Clock) -> Manifest:
     failed = [v for v in checks if not v.passed]
     if failed:
         raise ExportError(_failure_message(failed, partial))
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
-    log(f"wrote {out} ({size:.1f} MB, peak RSS {peak_rss_gb():.2f} GB)")
+    publish(partial, out, log)
     return manifest
 
 
@@ -523,12 +515,3 @@ def _failure_message(failed: list[Verification], where: Path) -> str:
         "for inspection. Use --tolerance to change rtol, or --no-verify to skip."
     )
     return "\n".join(lines)
-
-
-def main_run(opts: Options) -> int:
-    try:
-        run(opts)
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    return 0

@@ -24,12 +24,13 @@ name or the file's name.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from server.models.manifest import FastPreset, Lora
+
+from .hashing import sha256
 
 #: the file diffusers' ``save_lora_weights`` writes and ``load_lora_weights`` looks for first
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -228,14 +229,6 @@ def changed(records: list[Lora]) -> list[str]:
         if file.is_file() and sha256(file) != rec.sha256:
             out.append(rec.source)
     return out
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_float(text: str) -> bool:

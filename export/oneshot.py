@@ -33,7 +33,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,6 @@ from pathlib import Path
 import numpy as np
 
 from server.models.manifest import (
-    MANIFEST_FILE,
     ComponentSpec,
     OneShotIO,
     OneShotManifest,
@@ -51,7 +49,8 @@ from server.models.manifest import (
     read_manifest,
 )
 
-from .exporter import Clock, ExportError, files_match, peak_rss_gb, sha256, versions
+from .exporter import Clock, ExportError, publish, read_existing, versions
+from .hashing import files_match, sha256
 
 COMPONENT = "inpainter"
 GRAPH = f"{COMPONENT}/model.onnx"
@@ -173,16 +172,8 @@ def run(opts: OneShotOptions) -> OneShotManifest:
 
 
 def _read_existing(out: Path) -> OneShotManifest | None:
-    if not (out / MANIFEST_FILE).is_file():
-        if out.exists() and any(out.iterdir()):
-            raise ExportError(f"{out} exists and has no {MANIFEST_FILE}; pass --force or --out")
-        return None
-    try:
-        manifest = read_manifest(out)
-    except Exception as exc:  # noqa: BLE001 - an unreadable manifest means "build again"
-        print(f"{out}: unreadable manifest ({exc}); building again", flush=True)
-        return None
-    if not isinstance(manifest, OneShotManifest):
+    manifest = read_existing(out, read_manifest, "building again")
+    if manifest is not None and not isinstance(manifest, OneShotManifest):
         raise ExportError(f"{out} holds a {manifest.pipeline} model; pass --force or --out")
     return manifest
 
@@ -252,11 +243,7 @@ def _build(opts, io: OneShotIO, extras: dict, args: dict, log: Clock) -> OneShot
             f"(inputs {v.inputs}); the result is kept in {partial} for inspection. Use "
             "--tolerance to change rtol, or --no-verify to skip."
         )
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
-    log(f"wrote {out} ({size:.1f} MB, peak RSS {peak_rss_gb():.2f} GB)")
+    publish(partial, out, log)
     return manifest
 
 
@@ -457,7 +444,7 @@ def probe(sess, io: OneShotIO, opts, reference, reference_graph: Path, log: Cloc
             for b in range(batch)
         ]
         _check_output(singles[0], io, 1, h, w)
-        ok = out is not None and _max_diff(out, np.concatenate(singles), io) <= _level(io, 1e-3)
+        ok = out is not None and _max_diff(out, np.concatenate(singles)) <= _level(io, 1e-3)
         if not ok:
             io = io.model_copy(update={"dynamic_batch": False})
             notes.append(
@@ -502,7 +489,7 @@ def _level(io: OneShotIO, rtol: float) -> float:
     return max(rtol * max(1.0, abs(hi - lo)), 1.0 if io.output_dtype == "uint8" else 0.0)
 
 
-def _max_diff(a: np.ndarray, b: np.ndarray, io: OneShotIO) -> float:
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
@@ -599,12 +586,3 @@ def oneshot_options(a, error) -> OneShotOptions:
         aliases=list(a.alias),
         threads=a.threads,
     )
-
-
-def main_run(opts: OneShotOptions) -> int:
-    try:
-        run(opts)
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    return 0

@@ -101,7 +101,7 @@ def _same_interface(scripted, module, io: OneShotIO, signature: str) -> bool:
     """Whether the TorchScript module takes (image, mask) and returns an image as ours does."""
     import torch
 
-    inputs = example_inputs(io, signature)
+    inputs = example_inputs(signature)
     try:
         with torch.no_grad():
             got, want = scripted(*inputs), module(*inputs)
@@ -110,7 +110,7 @@ def _same_interface(scripted, module, io: OneShotIO, signature: str) -> bool:
     return isinstance(got, torch.Tensor) and got.shape == want.shape and got.dtype == want.dtype
 
 
-def example_inputs(io: OneShotIO, signature: str):
+def example_inputs(signature: str):
     import torch
 
     g = torch.Generator().manual_seed(0)
@@ -139,7 +139,7 @@ def export_module(module, io: OneShotIO, signature: str, opset: int):
     with torch.no_grad():
         program = torch.onnx.export(
             module,
-            example_inputs(io, signature),
+            example_inputs(signature),
             dynamo=True,
             opset_version=opset,
             input_names=[io.image, io.mask],

@@ -17,7 +17,7 @@ from collections import defaultdict, deque
 from pathlib import Path
 
 from .config import ServerConfig
-from .errors import APIError
+from .errors import overloaded
 
 WINDOW_S = 60.0
 #: past this many tracked keys, empty windows are dropped (clients that went quiet)
@@ -59,16 +59,6 @@ class SlidingWindow:
         return retry
 
 
-def too_many(retry_after: int, message: str) -> APIError:
-    return APIError(
-        429,
-        message,
-        type="rate_limit_exceeded",
-        code="rate_limit_exceeded",
-        headers={"Retry-After": str(retry_after)},
-    )
-
-
 class RateLimiter:
     """``check(key_id)`` raises a 429 with Retry-After past ``per_minute`` requests; 0 = off.
     ``window``: where the counts live (default: this process's memory)."""
@@ -86,7 +76,7 @@ class RateLimiter:
     def check(self, key_id: str) -> None:
         retry = self.window.take(key_id)
         if retry is not None:
-            raise too_many(
+            raise overloaded(
                 retry,
                 f"Rate limit reached: {self.window.per_minute} requests per minute for this API "
                 "key. Retry after the number of seconds in the Retry-After header.",
@@ -187,7 +177,7 @@ class AuthThrottle:
     def check(self, address: str) -> None:
         retry = self.window.retry_after(address)
         if retry is not None:
-            raise too_many(
+            raise overloaded(
                 retry,
                 "Too many failed authentications from this address. Check the API key and "
                 "retry after the number of seconds in the Retry-After header.",

@@ -7,6 +7,7 @@ real server and OpenAI client come from ``start_server`` (tests/e2e/conftest.py)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -29,7 +30,6 @@ KEY = "sk-test"
 EDITS = "/v1/images/edits"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 RED = (255, 0, 0)
-BLUE = (0, 0, 255)
 
 # ---------------------------------------------------------------- pixels
 
@@ -163,8 +163,13 @@ def decode_image(data: bytes) -> tuple[np.ndarray, str]:
         return np.array(im), im.format
 
 
+def decode_b64(b64: str) -> np.ndarray:
+    """A ``b64_json`` string (an SDK result's ``.b64_json``) -> the uint8 array as stored."""
+    return decode_image(base64.b64decode(b64))[0]
+
+
 def b64_image(item: dict) -> np.ndarray:
-    return decode_image(base64.b64decode(item["b64_json"]))[0]
+    return decode_b64(item["b64_json"])
 
 
 # ---------------------------------------------------------------- HTTP
@@ -248,6 +253,20 @@ def edit_form(img: bytes | None = None, mask: bytes | None = None, **fields) -> 
         del fields["prompt"]
     images = [("image", img)] if img is not None else []
     return form(fields, images, mask)
+
+
+async def raw_get(client, target: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
+    """GET ``target`` exactly as written (no client-side normalisation), with ``Host: host`` and
+    the test key, as one HTTP/1.1 request on a fresh socket: (status, the raw answer)."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {AUTH['Authorization']}\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    return int(raw.split(b" ", 2)[1]), raw
 
 
 async def post_edit(client, mp: Multipart, auth: bool = True):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -121,9 +121,25 @@ class FastPreset(BaseModel):
     reason: str = ""
 
 
-class Manifest(BaseModel):
+class _ManifestFile(BaseModel):
+    """What every kind of ``manifest.json`` shares: unknown fields refused, written and read the
+    same way (the subclasses declare the fields)."""
+
     model_config = ConfigDict(extra="forbid")
 
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / MANIFEST_FILE
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> Self:
+        """Raise FileNotFoundError / pydantic.ValidationError with the offending field."""
+        path = Path(folder) / MANIFEST_FILE
+        return cls.model_validate_json(path.read_text())
+
+
+class Manifest(_ManifestFile):
     schema_version: int = SCHEMA_VERSION
     name: str
     pipeline: Literal["sd-inpaint"] = "sd-inpaint"
@@ -161,17 +177,6 @@ class Manifest(BaseModel):
     #: the export arguments that produced this folder (used to make re-export idempotent).
     export_args: dict = Field(default_factory=dict)
     created: str = ""
-
-    def write(self, folder: Path) -> Path:
-        path = Path(folder) / MANIFEST_FILE
-        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
-        return path
-
-    @classmethod
-    def read(cls, folder: Path) -> Manifest:
-        """Raise FileNotFoundError / pydantic.ValidationError with the offending field."""
-        path = Path(folder) / MANIFEST_FILE
-        return cls.model_validate_json(path.read_text())
 
 
 # ---------------------------------------------------------------------------- one-shot models
@@ -213,10 +218,8 @@ class OneShotIO(BaseModel):
     dynamic_batch: bool = True
 
 
-class OneShotManifest(BaseModel):
+class OneShotManifest(_ManifestFile):
     """``manifest.json`` of a one-shot model: one component, ``inpainter``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -239,11 +242,6 @@ class OneShotManifest(BaseModel):
     notes: list[str] = Field(default_factory=list)
     export_args: dict = Field(default_factory=dict)
     created: str = ""
-
-    def write(self, folder: Path) -> Path:
-        path = Path(folder) / MANIFEST_FILE
-        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
-        return path
 
 
 class UnknownModelKind(ValueError):

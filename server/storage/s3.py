@@ -13,8 +13,8 @@ when those credentials expire, even before the TTL.
 Expiry: a link expires by itself (``X-Amz-Expires`` = TTL). The objects are deleted by the
 server's periodic sweep (``cleanup``: list the prefix, delete what is ours and older than the
 TTL) unless ``sweep=False``; a bucket lifecycle rule on the prefix is the backstop for objects
-no running replica sweeps any more (docs/notes/s3-storage.md). ``get_object`` never returns an
-expired object, whatever the sweep did.
+no running replica sweeps any more (docs/scaling.md, "`url` images on S3"). ``get_object``
+never returns an expired object, whatever the sweep did.
 
 Every method blocks on the network (except ``link``, which signs locally): callers run them in
 an executor. boto3 is imported here only, when S3 is configured.

@@ -5,6 +5,7 @@ interface, and running-row accounting (no leaks on any exit path), with fake mod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -162,33 +163,37 @@ def worker_for(model, **kw):
     return make_worker(model, **opts)
 
 
+@contextlib.contextmanager
+def serving(model, **kw):
+    """``worker_for(model, **kw)``, stopped (5 s grace) when the block ends, however it ends."""
+    w = worker_for(model, **kw)
+    try:
+        yield w
+    finally:
+        w.stop(5)
+
+
 # ---------------------------------------------------------------- single-pass
 
 
 async def test_single_pass_concurrent_requests_share_calls():
     model = FakeSinglePass(delay=0.05)
-    w = worker_for(model, max_wait_ms=50)
-    try:
+    with serving(model, max_wait_ms=50) as w:
         jobs = [w.submit([make_row(seed=i)], timeout_s=10) for i in range(4)]
         results = await asyncio.gather(*(j.future for j in jobs))
         assert [int(r[0][0, 0, 0]) for r in results] == [0, 1, 2, 3]
         assert max(len(c) for c in model.calls) >= 2, model.calls
-    finally:
-        w.stop(5)
 
 
 async def test_single_pass_failure_fails_its_batch_and_worker_survives():
     model = FakeSinglePass(delay=0.0, fail_on_seed=7)
-    w = worker_for(model, max_wait_ms=0)
-    try:
+    with serving(model, max_wait_ms=0) as w:
         bad = w.submit([make_row(seed=7)], timeout_s=10)
         with pytest.raises(RuntimeError):
             await bad.future
         good = w.submit([make_row(seed=1)], timeout_s=10)
         (img,) = await good.future
         assert img[0, 0, 0] == 1
-    finally:
-        w.stop(5)
 
 
 # ---------------------------------------------------------------- step-level batching
@@ -196,8 +201,7 @@ async def test_single_pass_failure_fails_its_batch_and_worker_survives():
 
 async def test_diffusion_rows_share_unet_calls_and_join_mid_flight():
     model = FakeDiffusion(step_delay=0.03)
-    w = worker_for(model, max_wait_ms=5)
-    try:
+    with serving(model, max_wait_ms=5) as w:
         first = w.submit([make_row(seed=1, steps=10)], timeout_s=10)
         await asyncio.sleep(0.12)  # a few steps in
         second = w.submit([make_row(seed=2, steps=3)], timeout_s=10)
@@ -209,14 +213,11 @@ async def test_diffusion_rows_share_unet_calls_and_join_mid_flight():
         assert sum(c.count(1) for c in model.calls) == 10
         # finished row 2 left: the last steps are row 1 alone
         assert model.calls[-1] == [1]
-    finally:
-        w.stop(5)
 
 
 async def test_incompatible_rows_wait_and_fifo_holds():
     model = FakeDiffusion(step_delay=0.01)
-    w = worker_for(model, max_wait_ms=20)
-    try:
+    with serving(model, max_wait_ms=20) as w:
         a = w.submit([make_row(seed=1, size=8, steps=4)], timeout_s=10)
         b = w.submit([make_row(seed=2, size=16, steps=2)], timeout_s=10)  # other latent size
         c = w.submit([make_row(seed=3, size=8, steps=2)], timeout_s=10)  # compatible with a
@@ -225,26 +226,20 @@ async def test_incompatible_rows_wait_and_fifo_holds():
         first_c = next(i for i, call in enumerate(model.calls) if 3 in call)
         assert all(2 not in call or call == [2] for call in model.calls)  # never mixed sizes
         assert first_b < first_c  # c did not overtake b, which was queued first
-    finally:
-        w.stop(5)
 
 
 async def test_n_rows_of_one_request_all_run_even_above_max_batch():
     model = FakeDiffusion(step_delay=0.0)
-    w = worker_for(model, max_batch_size=2)
-    try:
+    with serving(model, max_batch_size=2) as w:
         job = w.submit([make_row(seed=10 + i, steps=2) for i in range(5)], timeout_s=10)
         images = await job.future
         assert [int(im[0, 0, 0]) for im in images] == [10, 11, 12, 13, 14]
         assert max(len(c) for c in model.calls) <= 2
-    finally:
-        w.stop(5)
 
 
 async def test_cancelled_rows_stop_at_next_step_boundary():
     model = FakeDiffusion(step_delay=0.02)
-    w = worker_for(model, max_wait_ms=0)
-    try:
+    with serving(model, max_wait_ms=0) as w:
         job = w.submit([make_row(seed=5, steps=1000)], timeout_s=30)
         await asyncio.sleep(0.15)
         job.cancelled.set()
@@ -255,25 +250,19 @@ async def test_cancelled_rows_stop_at_next_step_boundary():
         assert count < 50
         other = w.submit([make_row(seed=6, steps=2)], timeout_s=10)
         assert (await other.future)[0][0, 0, 0] == 6
-    finally:
-        w.stop(5)
 
 
 async def test_deadline_fails_with_deadline_exceeded():
     model = FakeDiffusion(step_delay=0.02)
-    w = worker_for(model, max_wait_ms=0)
-    try:
+    with serving(model, max_wait_ms=0) as w:
         job = w.submit([make_row(seed=5, steps=1000)], timeout_s=0.2)
         with pytest.raises(DeadlineExceeded):
             await asyncio.wait_for(job.future, 5)
-    finally:
-        w.stop(5)
 
 
 async def test_queue_full_raises_with_retry_after():
     model = FakeDiffusion(step_delay=0.05)
-    w = worker_for(model, max_batch_size=1, max_queue=2, max_wait_ms=0)
-    try:
+    with serving(model, max_batch_size=1, max_queue=2, max_wait_ms=0) as w:
         running = w.submit([make_row(seed=1, steps=50)], timeout_s=10)
         await asyncio.sleep(0.1)  # now running, queue empty
         w.submit([make_row(seed=2, steps=1), make_row(seed=3, steps=1)], timeout_s=10)
@@ -281,31 +270,23 @@ async def test_queue_full_raises_with_retry_after():
             w.submit([make_row(seed=4)], timeout_s=10)
         assert info.value.retry_after_s >= 1
         running.cancelled.set()
-    finally:
-        w.stop(5)
 
 
 async def test_step_failure_fails_only_rows_in_that_call_and_nan_row_fails_alone():
     model = FakeDiffusion(step_delay=0.0, nan_seed=9)
-    w = worker_for(model, max_wait_ms=30)
-    try:
+    with serving(model, max_wait_ms=30) as w:
         nan_job = w.submit([make_row(seed=9, steps=2)], timeout_s=10)
         ok_job = w.submit([make_row(seed=8, steps=2)], timeout_s=10)
         with pytest.raises(ValueError):
             await nan_job.future
         assert (await ok_job.future)[0][0, 0, 0] == 8
-    finally:
-        w.stop(5)
 
     model = FakeDiffusion(step_delay=0.0, fail_step_seed=4)
-    w = worker_for(model, max_wait_ms=0)
-    try:
+    with serving(model, max_wait_ms=0) as w:
         with pytest.raises(RuntimeError):
             await w.submit([make_row(seed=4, steps=2)], timeout_s=10).future
         later = w.submit([make_row(seed=3, steps=2)], timeout_s=10)
         assert (await later.future)[0][0, 0, 0] == 3  # the worker kept serving
-    finally:
-        w.stop(5)
 
 
 async def test_stop_refuses_new_work_and_fails_queued():
@@ -326,13 +307,10 @@ async def test_lone_diffusion_request_does_not_wait_for_company():
     # max_wait_ms applies to single-pass batches only: a huge value must not delay a lone
     # diffusion request (latecomers join at the next step boundary instead).
     model = FakeDiffusion(step_delay=0.0)
-    w = worker_for(model, max_wait_ms=20_000)
-    try:
+    with serving(model, max_wait_ms=20_000) as w:
         job = w.submit([make_row(seed=1, steps=2)], timeout_s=10)
         (img,) = await asyncio.wait_for(job.future, 5)
         assert img[0, 0, 0] == 1
-    finally:
-        w.stop(5)
 
 
 # ---------------------------------------------------------------- loop chosen from the interface
@@ -357,12 +335,9 @@ async def test_a_kind_string_does_not_pick_the_loop():
     class SaysDiffusion(FakeSinglePass):
         kind = "diffusion"  # a stale label: no prepare/step/is_done/finish, so single-pass
 
-    w = worker_for(SaysDiffusion(delay=0.0), max_wait_ms=0)
-    try:
+    with serving(SaysDiffusion(delay=0.0), max_wait_ms=0) as w:
         assert type(w) is SinglePassWorker
         assert (await w.submit([make_row(seed=2)], timeout_s=10).future)[0][0, 0, 0] == 2
-    finally:
-        w.stop(5)
 
 
 # ---------------------------------------------------------------- accounting (no leaks)
@@ -390,8 +365,7 @@ async def refill_full_queue(w, metrics: Metrics, model, max_queue: int) -> None:
 async def test_single_pass_accounting_settles_every_exit_path():
     metrics = Metrics()
     model = FakeSinglePass(delay=0.05, fail_on_seed=7, nan_seed=9)
-    w = worker_for(model, max_batch_size=1, max_wait_ms=0, max_queue=8, metrics=metrics)
-    try:
+    with serving(model, max_batch_size=1, max_wait_ms=0, max_queue=8, metrics=metrics) as w:
         ok = w.submit([make_row(seed=1)], timeout_s=10)
         failed = w.submit([make_row(seed=7)], timeout_s=10)
         bad = w.submit([make_row(seed=9)], timeout_s=10)
@@ -417,15 +391,12 @@ async def test_single_pass_accounting_settles_every_exit_path():
         )
         assert errors == 3  # one failed call + two bad rows
         await refill_full_queue(w, metrics, model, 8)
-    finally:
-        w.stop(5)
 
 
 async def test_step_level_accounting_settles_every_exit_path():
     metrics = Metrics()
     model = FakeDiffusion(step_delay=0.01, nan_seed=9)
-    w = worker_for(model, max_batch_size=8, max_wait_ms=0, max_queue=8, metrics=metrics)
-    try:
+    with serving(model, max_batch_size=8, max_wait_ms=0, max_queue=8, metrics=metrics) as w:
         ok = w.submit([make_row(seed=1, steps=3)], timeout_s=10)
         bad = w.submit([make_row(seed=9, steps=2)], timeout_s=10)
         half_bad = w.submit([make_row(seed=2, steps=2), make_row(seed=9, steps=4)], timeout_s=10)
@@ -442,14 +413,11 @@ async def test_step_level_accounting_settles_every_exit_path():
         await wait_depth(metrics, model, 0)
         assert not cancelled.future.done()
         await refill_full_queue(w, metrics, model, 8)
-    finally:
-        w.stop(5)
 
     # failing model calls (prepare, step), each alone so the rows they fail are known
     metrics = Metrics()
     model = FakeDiffusion(step_delay=0.0, fail_step_seed=4, fail_prepare_seed=3)
-    w = worker_for(model, max_batch_size=8, max_wait_ms=0, max_queue=8, metrics=metrics)
-    try:
+    with serving(model, max_batch_size=8, max_wait_ms=0, max_queue=8, metrics=metrics) as w:
         with pytest.raises(RuntimeError, match="step failed"):
             await w.submit([make_row(seed=4, steps=2)], timeout_s=10).future
         await wait_depth(metrics, model, 0)
@@ -457,8 +425,6 @@ async def test_step_level_accounting_settles_every_exit_path():
             await w.submit([make_row(seed=3, steps=2)], timeout_s=10).future
         await wait_depth(metrics, model, 0)
         await refill_full_queue(w, metrics, model, 8)
-    finally:
-        w.stop(5)
 
 
 async def test_loop_error_fails_the_rows_it_held_and_worker_survives():
@@ -466,15 +432,12 @@ async def test_loop_error_fails_the_rows_it_held_and_worker_survives():
     # must be failed and uncounted, not left running forever.
     metrics = Metrics()
     model = FakeDiffusion(step_delay=0.0, done_error_seed=3)
-    w = worker_for(model, max_wait_ms=0, max_queue=4, metrics=metrics)
-    try:
+    with serving(model, max_wait_ms=0, max_queue=4, metrics=metrics) as w:
         job = w.submit([make_row(seed=3, steps=2)], timeout_s=10)
         with pytest.raises(RuntimeError, match="is_done failed"):
             await asyncio.wait_for(job.future, 5)
         await wait_depth(metrics, model, 0)
         await refill_full_queue(w, metrics, model, 4)
-    finally:
-        w.stop(5)
 
 
 async def test_stop_clears_the_gauge():
@@ -494,13 +457,10 @@ async def test_stop_clears_the_gauge():
 async def test_a_row_the_model_cannot_key_fails_alone_and_the_queue_moves_on():
     metrics = Metrics()
     model = FakeDiffusion(step_delay=0.0, key_error_seed=5)
-    w = worker_for(model, max_wait_ms=0, max_queue=8, metrics=metrics)
-    try:
+    with serving(model, max_wait_ms=0, max_queue=8, metrics=metrics) as w:
         bad = w.submit([make_row(seed=5, steps=1), make_row(seed=6, steps=1)], timeout_s=10)
         good = w.submit([make_row(seed=7, steps=1)], timeout_s=10)
         with pytest.raises(RuntimeError, match="no key"):
             await asyncio.wait_for(bad.future, 5)
         assert (await asyncio.wait_for(good.future, 5))[0][0, 0, 0] == 7
         await wait_depth(metrics, model, 0)
-    finally:
-        w.stop(5)

@@ -8,7 +8,6 @@ restart, and two replicas sharing a real PostgreSQL and S3 store, one of them SI
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import re
@@ -21,8 +20,8 @@ import numpy as np
 import openai
 import psycopg
 import pytest
-from PIL import Image
 
+from tests.helpers import decode_b64, png
 from tests.postgres import postgres  # noqa: F401 - the session fixture
 from tests.webhook_receiver import InvalidSignature, Receiver, verify
 
@@ -32,12 +31,6 @@ SECRET = "whsec_" + base64.b64encode(b"e2e-webhook-signing-key-0123456").decode(
 ASYNC = {"Prefer": "respond-async"}
 #: a job long enough to be caught mid-way: n x steps denoising steps at batch size 1
 LONG = {"n": 10, "extra_body": {"steps": 150}}
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def picture() -> tuple[bytes, bytes]:
@@ -50,10 +43,6 @@ def picture() -> tuple[bytes, bytes]:
 
 
 IMG, MASK = picture()
-
-
-def decode(b64: str) -> np.ndarray:
-    return np.array(Image.open(io.BytesIO(base64.b64decode(b64))))
 
 
 def submit(client: openai.OpenAI, headers=None, extra_body=None, prompt="a wooden bench", **kw):
@@ -77,7 +66,7 @@ def sync_edit(client: openai.OpenAI, extra_body: dict, **kw) -> list[np.ndarray]
         extra_body=extra_body,
         **kw,
     )
-    return [decode(d.b64_json) for d in r.data]
+    return [decode_b64(d.b64_json) for d in r.data]
 
 
 def get_job(client: openai.OpenAI, job_id: str) -> dict:
@@ -114,7 +103,7 @@ def wait_for_steps(base: str, above: float, timeout=60.0) -> float:
 
 
 def images_of(job: dict) -> list[np.ndarray]:
-    return [decode(d["b64_json"]) for d in job["result"]["data"]]
+    return [decode_b64(d["b64_json"]) for d in job["result"]["data"]]
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ image equals an explicit LCM request with the same seed."""
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 import shutil
 import urllib.request
@@ -14,31 +12,19 @@ import urllib.request
 import numpy as np
 import openai
 import pytest
-from PIL import Image
 
 from tests.export.lora_models import LCM_SCALE, STYLE_SCALE, fused_export, lcm_lora, style_lora
+from tests.helpers import alpha_mask, decode_b64, png
 
 KEY = "sk-test-fast"
 MODEL = "tiny-lcm"
 H, W, BOX = 64, 64, (16, 16, 48, 48)
 
 
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def decode(b64: str) -> np.ndarray:
-    return np.array(Image.open(io.BytesIO(base64.b64decode(b64))))
-
-
 def files() -> dict:
     yy, xx = np.mgrid[:H, :W]
     img = np.stack([xx * 4, yy * 4, 96 + 0 * xx], -1).astype(np.uint8)
-    mask = np.full((H, W, 4), 255, np.uint8)
-    x0, y0, x1, y1 = BOX
-    mask[y0:y1, x0:x1, 3] = 0  # transparent = edit
+    mask = alpha_mask(W, H, BOX)  # transparent = edit
     return {"image": ("a.png", png(img), "image/png"), "mask": ("m.png", png(mask), "image/png")}
 
 
@@ -89,10 +75,11 @@ def test_quality_low_runs_the_fast_preset(client, server):
     direct = edit(
         client, extra_body={"seed": 7, "scheduler": "lcm", "steps": 4, "guidance_scale": 1}
     )
-    a, b = decode(low.data[0].b64_json), decode(direct.data[0].b64_json)
+    a, b = decode_b64(low.data[0].b64_json), decode_b64(direct.data[0].b64_json)
     assert a.shape == (H, W, 3) and np.array_equal(a, b)
     before = steps_counted(server)
-    medium = decode(edit(client, extra_body={"seed": 7}).data[0].b64_json)  # PNDM, 25 steps, CFG
+    # PNDM, 25 steps, CFG
+    medium = decode_b64(edit(client, extra_body={"seed": 7}).data[0].b64_json)
     assert steps_counted(server) - before >= 25
     x0, y0, x1, y1 = BOX
     assert np.abs(medium[y0:y1, x0:x1].astype(int) - a[y0:y1, x0:x1]).mean() > 1.0

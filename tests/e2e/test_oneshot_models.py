@@ -13,8 +13,6 @@ Models served (all through ``python -m export --kind one-shot``):
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import re
 import threading
@@ -22,23 +20,13 @@ import urllib.request
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from server import imaging
+from tests.helpers import alpha_mask, bw_mask, decode_b64, outside, png
 
 torch = pytest.importorskip("torch")
 
 KEY = "sk-test-oneshot"
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def decode(b64: str) -> np.ndarray:
-    return np.array(Image.open(io.BytesIO(base64.b64decode(b64))))
 
 
 def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -48,27 +36,6 @@ def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
     img = img + np.random.default_rng(seed).integers(0, 8, (h, w, 1))
     img[h // 3 : h // 2, w // 3 : w // 2] = (255, 0, 0)
     return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def alpha_mask(h, w, box) -> np.ndarray:
-    m = np.full((h, w, 4), 255, np.uint8)
-    x0, y0, x1, y1 = box
-    m[y0:y1, x0:x1, 3] = 0
-    return m
-
-
-def bw_mask(h, w, box) -> np.ndarray:
-    m = np.zeros((h, w), np.uint8)
-    x0, y0, x1, y1 = box
-    m[y0:y1, x0:x1] = 255
-    return m
-
-
-def region(h, w, box) -> np.ndarray:
-    r = np.zeros((h, w), bool)
-    x0, y0, x1, y1 = box
-    r[y0:y1, x0:x1] = True
-    return r
 
 
 def get_json(base: str, path: str) -> dict:
@@ -169,10 +136,10 @@ def test_models_list_one_shot_cards(client, server):
 def test_masks_keep_outside_pixels_and_match_pytorch(client, built, kind):
     h, w, box = 192, 256, (80, 60, 140, 110)
     img = scene(h, w)
-    mask = alpha_mask(h, w, box) if kind == "alpha" else bw_mask(h, w, box)
+    mask = alpha_mask(w, h, box) if kind == "alpha" else bw_mask(w, h, box)
     r = edit(client, img, mask)  # default model: lama, through the alias
-    out = decode(r.data[0].b64_json)
-    inside = region(h, w, box)
+    out = decode_b64(r.data[0].b64_json)
+    inside = ~outside((h, w), box)
     assert out.shape == (h, w, 3) and r.size == "256x192"
     assert np.array_equal(out[~inside], img[~inside])  # bit-exact outside the edit region
     assert np.abs(out[inside].astype(int) - img[inside]).mean() > 10  # the red box was filled
@@ -189,9 +156,9 @@ def test_masks_keep_outside_pixels_and_match_pytorch(client, built, kind):
 def test_migan_inverted_mask_and_parity(client, built):
     h, w, box = 64, 96, (30, 20, 60, 44)
     img = scene(h, w, seed=1)
-    r = edit(client, img, alpha_mask(h, w, box), model="migan")
-    out = decode(r.data[0].b64_json)
-    inside = region(h, w, box)
+    r = edit(client, img, alpha_mask(w, h, box), model="migan")
+    out = decode_b64(r.data[0].b64_json)
+    inside = ~outside((h, w), box)
     assert np.array_equal(out[~inside], img[~inside])
     with torch.no_grad():
         keep = torch.from_numpy(np.where(inside, 0, 255).astype(np.uint8))[None, None]
@@ -202,11 +169,11 @@ def test_migan_inverted_mask_and_parity(client, built):
 
 def test_n_and_size_and_prompt_ignored(client):
     h, w, box = 192, 256, (80, 60, 140, 110)
-    img, mask = scene(h, w), alpha_mask(h, w, box)
+    img, mask = scene(h, w), alpha_mask(w, h, box)
     r = edit(client, img, mask, model="lama", n=2, size="128x96")
-    a, b = (decode(d.b64_json) for d in r.data)
+    a, b = (decode_b64(d.b64_json) for d in r.data)
     assert a.shape == (96, 128, 3) and np.array_equal(a, b)  # deterministic: seeds do not matter
-    c = decode(
+    c = decode_b64(
         edit(client, img, mask, model="lama", prompt="a cat", size="128x96").data[0].b64_json
     )
     assert np.array_equal(a, c)
@@ -216,9 +183,9 @@ def test_large_photo_small_mask_costs_one_512_pass(client):
     h, w, box = 1536, 2048, (1200, 700, 1260, 740)
     img = scene(h, w, seed=2)
     for model in ("lama512", "lama"):
-        r = edit(client, img, alpha_mask(h, w, box), model=model)
-        out = decode(r.data[0].b64_json)
-        inside = region(h, w, box)
+        r = edit(client, img, alpha_mask(w, h, box), model=model)
+        out = decode_b64(r.data[0].b64_json)
+        inside = ~outside((h, w), box)
         assert out.shape == (h, w, 3) and r.size == "2048x1536"
         assert np.array_equal(out[~inside], img[~inside])
         # the network saw a 512x512 crop: (512 / 8)^2 image tokens, as a 512x512 edit costs
@@ -232,7 +199,7 @@ def test_concurrent_requests_share_calls_and_equal_solo_results(client, server):
     h, w = 128, 128
     boxes = [(20 + 8 * i, 30, 60 + 8 * i, 70) for i in range(4)]
     imgs = [scene(h, w, seed=10 + i) for i in range(4)]
-    solo = [decode(edit(client, imgs[i], alpha_mask(h, w, boxes[i]), model="lama")
+    solo = [decode_b64(edit(client, imgs[i], alpha_mask(w, h, boxes[i]), model="lama")
                    .data[0].b64_json) for i in range(4)]  # fmt: skip
     before = batch_rows(server, "lama")
     results: dict[int, np.ndarray] = {}
@@ -240,8 +207,8 @@ def test_concurrent_requests_share_calls_and_equal_solo_results(client, server):
 
     def send(i):
         start.wait()
-        r = edit(client, imgs[i], alpha_mask(h, w, boxes[i]), model="lama")
-        results[i] = decode(r.data[0].b64_json)
+        r = edit(client, imgs[i], alpha_mask(w, h, boxes[i]), model="lama")
+        results[i] = decode_b64(r.data[0].b64_json)
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
     for t in threads:

@@ -27,6 +27,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
+from tests.helpers import png
+
 CHROMIUM = "/usr/bin/chromium"
 # the background-networking flags keep Chromium from calling out (the test machines have no
 # internet, and refused connections slow it down)
@@ -52,12 +54,6 @@ pytestmark = pytest.mark.skipif(
 
 
 # ------------------------------------------------------------------ images
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def landscape(h: int, w: int) -> np.ndarray:

@@ -4,8 +4,6 @@ under batching, cancellation on disconnect, and a broken model folder next to a 
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 import shutil
 import threading
@@ -15,40 +13,16 @@ import urllib.request
 import numpy as np
 import openai
 import pytest
-from PIL import Image
+
+from tests.helpers import alpha_mask, decode_b64, outside, png
 
 KEY = "sk-test-sd"
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def decode(b64: str) -> np.ndarray:
-    return np.array(Image.open(io.BytesIO(base64.b64decode(b64))))
 
 
 def scene(h: int, w: int) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
     img = np.stack([xx * 255 // max(1, w - 1), yy * 255 // max(1, h - 1), 96 + 0 * xx], -1)
     return img.astype(np.uint8)
-
-
-def alpha_mask(h: int, w: int, box: tuple[int, int, int, int]) -> np.ndarray:
-    """RGBA mask, transparent (= edit) inside box (x0, y0, x1, y1)."""
-    m = np.full((h, w, 4), 255, np.uint8)
-    x0, y0, x1, y1 = box
-    m[y0:y1, x0:x1, 3] = 0
-    return m
-
-
-def edit_region(h, w, box):
-    r = np.zeros((h, w), bool)
-    x0, y0, x1, y1 = box
-    r[y0:y1, x0:x1] = True
-    return r
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +87,13 @@ def test_edit_keeps_unmasked_pixels_and_changes_masked(client):
     img = scene(h, w)
     r = client.images.edit(
         image=("a.png", png(img), "image/png"),
-        mask=("m.png", png(alpha_mask(h, w, box)), "image/png"),
+        mask=("m.png", png(alpha_mask(w, h, box)), "image/png"),
         prompt="a red ball",
         extra_body={"seed": 3, "steps": 4},
     )
-    out = decode(r.data[0].b64_json)
+    out = decode_b64(r.data[0].b64_json)
     assert out.shape == (h, w, 3)
-    region = edit_region(h, w, box)
+    region = ~outside((h, w), box)
     assert np.array_equal(out[~region], img[~region])
     assert np.abs(out[region].astype(int) - img[region]).mean() > 5
     assert r.usage.input_tokens_details.text_tokens == 3  # "a red ball"
@@ -130,16 +104,16 @@ def test_same_seed_same_image_and_n_uses_consecutive_seeds(client):
     h, w, box = 64, 64, (16, 16, 48, 48)
     args = dict(
         image=("a.png", png(scene(h, w)), "image/png"),
-        mask=("m.png", png(alpha_mask(h, w, box)), "image/png"),
+        mask=("m.png", png(alpha_mask(w, h, box)), "image/png"),
         prompt="stone wall",
     )
-    a = decode(client.images.edit(**args, extra_body={"seed": 11, "steps": 3}).data[0].b64_json)
-    b = decode(client.images.edit(**args, extra_body={"seed": 11, "steps": 3}).data[0].b64_json)
-    c = decode(client.images.edit(**args, extra_body={"seed": 12, "steps": 3}).data[0].b64_json)
+    a = decode_b64(client.images.edit(**args, extra_body={"seed": 11, "steps": 3}).data[0].b64_json)
+    b = decode_b64(client.images.edit(**args, extra_body={"seed": 11, "steps": 3}).data[0].b64_json)
+    c = decode_b64(client.images.edit(**args, extra_body={"seed": 12, "steps": 3}).data[0].b64_json)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
     many = client.images.edit(**args, n=3, extra_body={"seed": 11, "steps": 3})
-    imgs = [decode(d.b64_json) for d in many.data]
+    imgs = [decode_b64(d.b64_json) for d in many.data]
     assert len(imgs) == 3
     # row i of n uses seed + i; batched rows equal solo rows within one uint8 level
     assert np.abs(imgs[0].astype(int) - a).max() <= 1
@@ -158,7 +132,7 @@ def test_explicit_sizes(client, size):
         size=size,
         extra_body={"steps": 2, "seed": 1},
     )
-    assert decode(r.data[0].b64_json).shape == (h, w, 3)
+    assert decode_b64(r.data[0].b64_json).shape == (h, w, 3)
 
 
 def test_large_image_small_mask_uses_crop_rule(client):
@@ -168,12 +142,12 @@ def test_large_image_small_mask_uses_crop_rule(client):
     box = (600, 300, 640, 340)
     r = client.images.edit(
         image=("a.png", png(img), "image/png"),
-        mask=("m.png", png(alpha_mask(h, w, box)), "image/png"),
+        mask=("m.png", png(alpha_mask(w, h, box)), "image/png"),
         prompt="x",
         extra_body={"steps": 2, "seed": 1},
     )
-    out = decode(r.data[0].b64_json)
-    region = edit_region(h, w, box)
+    out = decode_b64(r.data[0].b64_json)
+    region = ~outside((h, w), box)
     assert out.shape == (h, w, 3)
     assert np.array_equal(out[~region], img[~region])
     # the model ran on a crop no larger than its max work side (1.5 x native 64 = 96 px)
@@ -184,7 +158,7 @@ def test_stream_partial_images_then_completed(client):
     h, w, box = 64, 64, (16, 16, 48, 48)
     stream = client.images.edit(
         image=("a.png", png(scene(h, w)), "image/png"),
-        mask=("m.png", png(alpha_mask(h, w, box)), "image/png"),
+        mask=("m.png", png(alpha_mask(w, h, box)), "image/png"),
         prompt="x",
         stream=True,
         partial_images=2,
@@ -194,7 +168,7 @@ def test_stream_partial_images_then_completed(client):
     types = [e.type for e in events]
     assert types == ["image_edit.partial_image"] * 2 + ["image_edit.completed"]
     assert [e.partial_image_index for e in events[:2]] == [0, 1]
-    final = decode(events[-1].b64_json)
+    final = decode_b64(events[-1].b64_json)
     assert final.shape == (h, w, 3)
     assert events[-1].usage.total_tokens > 0
 
@@ -218,18 +192,20 @@ def test_extension_validation_errors(client):
                 "strength": 0.9,
             },
         )
-        assert decode(r.data[0].b64_json).shape == (64, 64, 3)
+        assert decode_b64(r.data[0].b64_json).shape == (64, 64, 3)
 
 
 def test_concurrent_requests_share_unet_calls_and_stay_deterministic(client, server):
     h, w, box = 64, 64, (16, 16, 48, 48)
     args = dict(
         image=("a.png", png(scene(h, w)), "image/png"),
-        mask=("m.png", png(alpha_mask(h, w, box)), "image/png"),
+        mask=("m.png", png(alpha_mask(w, h, box)), "image/png"),
         prompt="brick",
     )
     sum_before = metric(server, "inpaint_batch_rows_sum")
-    solo = decode(client.images.edit(**args, extra_body={"seed": 40, "steps": 8}).data[0].b64_json)
+    solo = decode_b64(
+        client.images.edit(**args, extra_body={"seed": 40, "steps": 8}).data[0].b64_json
+    )
     per_request = metric(server, "inpaint_batch_rows_sum") - sum_before  # PNDM: steps + 1
     assert per_request >= 8
     count_before = metric(server, "inpaint_batch_rows_count")
@@ -238,7 +214,7 @@ def test_concurrent_requests_share_unet_calls_and_stay_deterministic(client, ser
 
     def call(seed):
         r = client.images.edit(**args, extra_body={"seed": seed, "steps": 8})
-        results[seed] = decode(r.data[0].b64_json)
+        results[seed] = decode_b64(r.data[0].b64_json)
 
     threads = [threading.Thread(target=call, args=(40 + i,)) for i in range(4)]
     for t in threads:

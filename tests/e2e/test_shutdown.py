@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import threading
@@ -11,30 +10,29 @@ import time
 import urllib.request
 
 import numpy as np
-from PIL import Image
+
+from tests.helpers import form, png
 
 
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
+def _multipart(fields: dict[str, str], image: bytes, mask: bytes) -> tuple[bytes, str]:
+    """(multipart/form-data body, its Content-Type) of an edit: the image, the mask, ``fields``."""
+    mp = form(fields, [("image", image)], mask)
+    return mp.body, mp.content_type
 
 
-def _multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, str]:
-    boundary = "----testboundary7"
-    out = io.BytesIO()
-    for k, v in fields.items():
-        out.write(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-        )
-    for k, data in files.items():
-        out.write(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{k}.png"\r\n'
-            f"Content-Type: image/png\r\n\r\n".encode()
-        )
-        out.write(data + b"\r\n")
-    out.write(f"--{boundary}--\r\n".encode())
-    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+def _post(port: int, body: bytes, ctype: str, timeout: float = 60) -> tuple[int, bytes]:
+    """POST an edit without auth; (status, body), error statuses included."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/images/edits",
+        data=body,
+        headers={"Content-Type": ctype},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
 
 
 def test_sigterm_finishes_in_flight_edit_and_exits_zero(start_server, tmp_path):
@@ -49,21 +47,11 @@ def test_sigterm_finishes_in_flight_edit_and_exits_zero(start_server, tmp_path):
         image = rng.integers(0, 255, (2048, 2048, 3), dtype=np.uint8)
         mask = np.full((2048, 2048, 4), 255, np.uint8)
         mask[200:1800, 200:1800, 3] = 0
-        body, ctype = _multipart({"prompt": "fill"}, {"image": _png(image), "mask": _png(mask)})
+        body, ctype = _multipart({"prompt": "fill"}, png(image), png(mask))
         result: dict = {}
 
         def call():
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{port}/v1/images/edits",
-                data=body,
-                headers={"Content-Type": ctype},
-                method="POST",
-            )
-            try:
-                with urllib.request.urlopen(req, timeout=60) as resp:
-                    result["status"] = resp.status
-            except urllib.error.HTTPError as err:
-                result["status"] = err.code
+            result["status"] = _post(port, body, ctype)[0]
 
         t = threading.Thread(target=call)
         t.start()
@@ -76,20 +64,6 @@ def test_sigterm_finishes_in_flight_edit_and_exits_zero(start_server, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def _post(port: int, body: bytes, ctype: str, timeout: float = 60) -> tuple[int, bytes]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/images/edits",
-        data=body,
-        headers={"Content-Type": ctype},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 def test_requests_outlasting_the_grace_get_503_and_the_process_exits_in_time(
@@ -116,14 +90,14 @@ def test_requests_outlasting_the_grace_get_503_and_the_process_exits_in_time(
         ready_s=60,
     )
     port, proc = srv.port, srv.proc
-    image = _png(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    image = png(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     mask = np.full((64, 64, 4), 255, np.uint8)
     mask[16:48, 16:48, 3] = 0
     # 10 images x 150 steps each, one row per UNet call: 1500 tiny-UNet calls, several seconds
     # of work per request (the grace is 1.5 s)
     slow = {"prompt": "x", "steps": "150", "seed": "1", "n": "10"}
-    json_body, ctype = _multipart(slow, {"image": image, "mask": _png(mask)})
-    stream_body, _ = _multipart({**slow, "stream": "true"}, {"image": image, "mask": _png(mask)})
+    json_body, ctype = _multipart(slow, image, png(mask))
+    stream_body, _ = _multipart({**slow, "stream": "true"}, image, png(mask))
     results: dict[str, tuple[int, bytes]] = {}
     threads = [
         threading.Thread(target=lambda k=k, b=b: results.__setitem__(k, _post(port, b, ctype)))

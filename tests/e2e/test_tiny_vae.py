@@ -11,16 +11,14 @@ with the tiny VAE where there is one.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from server.models.manifest import Manifest
+from tests.helpers import alpha_mask, decode_b64, png
 
 KEY = "sk-test-taesd"
 #: a few-step recipe for quality=low: 4 DDIM steps without classifier-free guidance
@@ -28,26 +26,9 @@ FAST_PRESET = {"scheduler": "ddim", "steps": 4, "guidance_scale": 1.0, "reason":
 H, W, BOX = 64, 64, (16, 16, 48, 48)
 
 
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def decode(b64: str) -> np.ndarray:
-    return np.array(Image.open(io.BytesIO(base64.b64decode(b64))))
-
-
 def scene() -> np.ndarray:
     yy, xx = np.mgrid[:H, :W]
     return np.stack([xx * 4, yy * 4, 96 + 0 * xx], -1).astype(np.uint8)
-
-
-def alpha_mask() -> np.ndarray:
-    m = np.full((H, W, 4), 255, np.uint8)
-    x0, y0, x1, y1 = BOX
-    m[y0:y1, x0:x1, 3] = 0
-    return m
 
 
 def without_tiny_vae(src, dst) -> None:
@@ -92,7 +73,7 @@ def edit(client, model: str, **kw):
     return client.images.edit(
         model=model,
         image=("a.png", png(scene()), "image/png"),
-        mask=("m.png", png(alpha_mask()), "image/png"),
+        mask=("m.png", png(alpha_mask(W, H, BOX)), "image/png"),
         prompt="a wooden bench",
         **kw,
     )
@@ -114,7 +95,7 @@ def test_previews_come_from_the_tiny_decoder(client):
         assert [e.type for e in events] == ["image_edit.partial_image"] * 2 + [
             "image_edit.completed"
         ]
-        runs[model] = [decode(e.b64_json) for e in events]
+        runs[model] = [decode_b64(e.b64_json) for e in events]
     tiny, full = runs["tiny-taesd"], runs["tiny-full"]
     assert all(img.shape == (H, W, 3) for img in tiny + full)
     assert np.array_equal(tiny[-1], full[-1])  # same final image: both decode with the full VAE
@@ -132,10 +113,12 @@ def test_quality_low_decodes_with_the_tiny_vae_when_the_preset_says_so(client):
     if not low.get("tiny_vae"):
         pytest.skip("quality=low does not select the tiny VAE on this server yet")
     assert not cards["tiny-full"]["capabilities"]["quality_presets"]["low"].get("tiny_vae")
-    fast = decode(
+    fast = decode_b64(
         edit(client, "tiny-taesd", quality="low", extra_body={"seed": 5}).data[0].b64_json
     )
-    full = decode(edit(client, "tiny-full", quality="low", extra_body={"seed": 5}).data[0].b64_json)
+    full = decode_b64(
+        edit(client, "tiny-full", quality="low", extra_body={"seed": 5}).data[0].b64_json
+    )
     region = np.s_[BOX[1] : BOX[3], BOX[0] : BOX[2]]
     assert fast.shape == full.shape == (H, W, 3)
     assert np.abs(fast[region].astype(int) - full[region]).mean() > 5

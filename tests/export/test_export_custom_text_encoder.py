@@ -21,7 +21,6 @@ from server.models.manifest import Manifest
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-from diffusers import StableDiffusionInpaintPipeline  # noqa: E402
 
 from export.tiny import build_small_vocab_tokenizer, build_tiny_pipeline  # noqa: E402
 from server.models.sd_inpaint import SDInpaintModel  # noqa: E402
@@ -30,6 +29,7 @@ from tests.numerics import (  # noqa: E402
     SEED,
     TorchNoise,
     inputs,
+    load_pipeline,
     make_row,
     run_diffusers,
     run_ours,
@@ -69,10 +69,7 @@ def exported(source_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(source_dir):
-    p = StableDiffusionInpaintPipeline.from_pretrained(source_dir, torch_dtype=torch.float32)
-    p.set_progress_bar_config(disable=True)
-    p.base_scheduler_config = dict(p.scheduler.config)  # what run_diffusers swaps from
-    return p
+    return load_pipeline(source_dir)
 
 
 @pytest.fixture(scope="module")

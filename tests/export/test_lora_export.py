@@ -11,7 +11,6 @@ with peft directly (export/lora.py) and this test checks it against the formula.
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 
@@ -21,12 +20,11 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("peft")
-from diffusers import LCMScheduler, StableDiffusionInpaintPipeline, TCDScheduler  # noqa: E402
-from PIL import Image  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from export.__main__ import main, parse_args  # noqa: E402
-from export.lora import WEIGHT_NAME, fast_preset, parse_lora, sha256  # noqa: E402
+from export.hashing import sha256  # noqa: E402
+from export.lora import WEIGHT_NAME, fast_preset, parse_lora  # noqa: E402
 from server.models.capabilities import Preset, Settings  # noqa: E402
 from server.models.manifest import Manifest  # noqa: E402
 from server.models.sd_inpaint import (  # noqa: E402
@@ -42,11 +40,18 @@ from tests.export.lora_models import (  # noqa: E402
     lora_args,
     style_lora,
 )
-from tests.numerics import FP32_TOL, TorchNoise, inputs, make_row, run_ours  # noqa: E402
+from tests.numerics import (  # noqa: E402
+    FP32_TOL,
+    SEED,
+    TorchNoise,
+    inputs,
+    load_pipeline,
+    make_row,
+    run_diffusers,
+    run_ours,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
-SEED = 3
-TCD_ETA = inspect.signature(TCDScheduler.step).parameters["eta"].default
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +67,7 @@ def model(folder):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_pipeline_dir):
     """diffusers' pipeline with the same LoRAs fused (see the module docstring)."""
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(
-        tiny_pipeline_dir, safety_checker=None, requires_safety_checker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(tiny_pipeline_dir, safety_checker=None, requires_safety_checker=False)
     loras = [
         (lcm_lora(tmp_path_factory, tiny_pipeline_dir), LCM_SCALE),
         (style_lora(tmp_path_factory, tiny_pipeline_dir), STYLE_SCALE),
@@ -85,22 +87,7 @@ def reference(tmp_path_factory, tiny_pipeline_dir):
                     )
                     up = sd[key.replace(".down.", ".up.")]
                     modules[path].weight += scale * (up @ down)
-    pipe.base_scheduler_config = dict(pipe.scheduler.config)
     return pipe
-
-
-def run_reference(pipe, scheduler, img, mask, *, steps, guidance, strength=1.0):
-    cls = {"lcm": LCMScheduler, "tcd": TCDScheduler}[scheduler]
-    pipe.scheduler = cls.from_config(pipe.base_scheduler_config)
-    extra = {"eta": TCD_ETA} if scheduler == "tcd" else {}
-    out = pipe(
-        prompt="a red cat", negative_prompt="blurry", image=Image.fromarray(img),
-        mask_image=Image.fromarray(np.round(mask * 255).astype(np.uint8)),
-        height=img.shape[0], width=img.shape[1], num_inference_steps=steps,
-        guidance_scale=guidance, strength=strength,
-        generator=torch.Generator().manual_seed(SEED), output_type="np", **extra,
-    )  # fmt: skip
-    return out.images[0]
 
 
 def test_manifest_records_loras_and_the_automatic_preset(
@@ -160,9 +147,10 @@ def test_served_equals_diffusers_with_the_fused_loras(
     model, reference, scheduler, steps, guidance, strength, record_property
 ):
     img, mask = inputs()
-    ref = run_reference(
-        reference, scheduler, img, mask, steps=steps, guidance=guidance, strength=strength
-    )
+    ref = run_diffusers(
+        reference, scheduler, img, mask, prompt="a red cat", negative_prompt="blurry",
+        guidance=guidance, strength=strength, steps=steps,
+    )  # fmt: skip
     row = make_row(img, mask, seed=SEED, scheduler=scheduler, steps=steps, guidance_scale=guidance,
                    strength=strength, meta={"noise": TorchNoise(SEED)})  # fmt: skip
     ours = run_ours(model, row)

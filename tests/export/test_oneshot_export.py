@@ -222,7 +222,7 @@ def test_torchscript_reference_must_take_image_and_mask():
     io = SIGNATURES["migan"]
     with torch.no_grad():
         bare = torch.jit.trace(tiny.generator, torch.zeros(1, 4, 64, 64))
-        piped = torch.jit.trace(tiny, example_inputs(io, "migan"))
+        piped = torch.jit.trace(tiny, example_inputs("migan"))
     assert not _same_interface(bare, tiny, io, "migan")
     assert _same_interface(piped, tiny, io, "migan")
     state = {f"model.{k}": v for k, v in bare.state_dict().items()}  # any prefix is found

@@ -17,7 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-from diffusers import LCMScheduler, TCDScheduler  # noqa: E402
+from diffusers import TCDScheduler  # noqa: E402
 
 from server.models.schedulers import (  # noqa: E402
     TCD,
@@ -27,24 +27,13 @@ from server.models.schedulers import (  # noqa: E402
     scheduler_names,
     strength_timesteps,
 )
-from tests.numerics import TorchNoise  # noqa: E402
+from tests.numerics import PIPE_KWARGS, TorchNoise, ref_scheduler, rel_err  # noqa: E402
+from tests.numerics import SCHEDULER_TOL as TOL  # noqa: E402
+from tests.numerics import SD15_SCHEDULER as SD15  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-TOL = 5e-6  # max |ours - ref| / max(1, max |ref|), as in test_schedulers.py
-SD15 = {  # runwayml/stable-diffusion-inpainting's scheduler_config.json, as the server reads it
-    "_class_name": "PNDMScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "steps_offset": 1,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "clip_sample": False,
-    "trained_betas": None,
-}
-REF = {"lcm": LCMScheduler, "tcd": TCDScheduler}
+FAST = ("lcm", "tcd")
 SHAPE = (1, 4, 8, 8)
 
 
@@ -55,17 +44,11 @@ def fake_model(x: np.ndarray, t) -> np.ndarray:
             + np.float32(0.08) * x).astype(np.float32)  # fmt: skip
 
 
-def rel(ours: np.ndarray, ref) -> float:
-    ref = ref.numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
-    assert ours.dtype == np.float32 and ours.shape == ref.shape
-    return float(np.max(np.abs(ours - ref)) / max(1.0, float(np.max(np.abs(ref)))))
-
-
 def loop(name: str, config: dict, steps: int, strength: float = 1.0, seed: int = 0) -> float:
     """The inpainting pipeline's loop on both sides (set_timesteps(steps) then the last
     int(steps * strength) timesteps, ``step(...)`` with the generator / our noise source);
     returns the worst relative difference of samples and x0 (LCM: ``denoised``)."""
-    ref = REF[name].from_config(config)
+    ref = ref_scheduler(name, config)
     ours = make_scheduler(config, name)
     ref.set_timesteps(steps)
     t_start = steps - min(int(steps * strength), steps)
@@ -77,19 +60,15 @@ def loop(name: str, config: dict, steps: int, strength: float = 1.0, seed: int =
     x = rng.standard_normal(SHAPE).astype(np.float32)
     ref_x = torch.from_numpy(x.copy())
     gen, noise = torch.Generator().manual_seed(seed), TorchNoise(seed)
-    kw = (
-        {"eta": inspect.signature(TCDScheduler.step).parameters["eta"].default}
-        if name == "tcd"
-        else {}
-    )
+    kw = PIPE_KWARGS.get(name, {})
     err = 0.0
     for i, t in enumerate(ts):
         eps = fake_model(x, t)
         r = ref.step(torch.from_numpy(eps), ref_ts[i], ref_x, generator=gen, **kw)
         o = ours.step(eps, t, x, noise)
-        err = max(err, rel(o.prev_sample, r.prev_sample))
+        err = max(err, rel_err(o.prev_sample, r.prev_sample))
         if name == "lcm":
-            err = max(err, rel(o.pred_original_sample, r.denoised))
+            err = max(err, rel_err(o.pred_original_sample, r.denoised))
         elif i == len(ts) - 1:  # TCD's last prev_sample is its x_s, from our x0 estimate
             assert o.pred_original_sample.shape == SHAPE
         x, ref_x = o.prev_sample, r.prev_sample
@@ -98,11 +77,11 @@ def loop(name: str, config: dict, steps: int, strength: float = 1.0, seed: int =
     return err
 
 
-@pytest.mark.parametrize("name", sorted(REF))
+@pytest.mark.parametrize("name", FAST)
 def test_timesteps_every_step_count(name):
     """All 1..50 step counts give diffusers' timesteps (from the 50 distillation timesteps)."""
     for steps in range(1, 51):
-        ours, ref = make_scheduler(SD15, name), REF[name].from_config(SD15)
+        ours, ref = make_scheduler(SD15, name), ref_scheduler(name, SD15)
         ours.set_timesteps(steps)
         ref.set_timesteps(steps)
         np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
@@ -112,7 +91,7 @@ def test_timesteps_every_step_count(name):
     assert four.timesteps.tolist() == [999, 759, 499, 259]
 
 
-@pytest.mark.parametrize("name", sorted(REF))
+@pytest.mark.parametrize("name", FAST)
 @pytest.mark.parametrize(
     "steps,strength", [(1, 1.0), (2, 1.0), (4, 1.0), (8, 1.0), (4, 0.5), (8, 0.6)]
 )
@@ -120,7 +99,7 @@ def test_loop_parity_sd15(name, steps, strength):
     assert loop(name, SD15, steps, strength) < TOL
 
 
-@pytest.mark.parametrize("name", sorted(REF))
+@pytest.mark.parametrize("name", FAST)
 @pytest.mark.parametrize(
     "extra",
     [
@@ -149,7 +128,7 @@ def test_tcd_gamma_is_diffusers_default():
     assert make_scheduler(SD15, "tcd").needs_noise and make_scheduler(SD15, "lcm").needs_noise
 
 
-@pytest.mark.parametrize("name", sorted(REF))
+@pytest.mark.parametrize("name", FAST)
 def test_no_noise_after_the_last_step(name):
     """One-step sampling draws nothing (diffusers draws only between steps)."""
     s = make_scheduler(SD15, name)
@@ -159,13 +138,13 @@ def test_no_noise_after_the_last_step(name):
     assert np.isfinite(out.prev_sample).all()
 
 
-@pytest.mark.parametrize("name", sorted(REF))
+@pytest.mark.parametrize("name", FAST)
 def test_more_steps_than_distilled_is_a_clear_error(name):
     s = make_scheduler(SD15, name)
     with pytest.raises(ValueError, match="at most 50 steps"):
         s.set_timesteps(51)
     with pytest.raises(ValueError):
-        REF[name].from_config(SD15).set_timesteps(51)  # diffusers refuses too
+        ref_scheduler(name, SD15).set_timesteps(51)  # diffusers refuses too
 
 
 # ------------------------------------------------------------------ the batched step path

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from export.oneshot import SIGNATURES
 from server.models.base import Row
 from server.models.manifest import (
     ComponentSpec,
@@ -99,19 +100,8 @@ def _model(nodes, inputs, outputs) -> onnx.ModelProto:
     return model
 
 
-LAMA_IO = OneShotIO(image="image", mask="mask", output="output")
-MIGAN_IO = OneShotIO(
-    image="image",
-    mask="mask",
-    output="result",
-    input_dtype="uint8",
-    output_dtype="uint8",
-    image_range=(0, 255),
-    output_range=(0, 255),
-    mask_hole=0,
-    mask_keep=255,
-    zero_holes=False,
-)
+# the conventions ``python -m export --kind one-shot`` brings LaMa and MI-GAN graphs in with
+LAMA_IO, MIGAN_IO = SIGNATURES["lama"], SIGNATURES["migan"]
 CONCAT_IO = OneShotIO(
     image="x",
     mask=None,

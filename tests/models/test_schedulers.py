@@ -30,27 +30,13 @@ from server.models.schedulers import (  # noqa: E402
     scheduler_names,
     strength_timesteps,
 )
-from tests.numerics import NOISY, REF, TorchNoise  # noqa: E402
+from tests.numerics import NOISY, REF, TorchNoise, ref_scheduler, rel_err  # noqa: E402
+from tests.numerics import SCHEDULER_TOL as TOL  # noqa: E402
+from tests.numerics import SD15_SCHEDULER as SD15  # noqa: E402
 
 # diffusers' own numpy/torch interplay warns on numpy 2; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-# Relative agreement asked of every sample / x0 (max |ours - ref| / max(max |ref|, 1)).
-TOL = 5e-6
-
-SD15 = {  # runwayml/stable-diffusion-inpainting style (PNDM, epsilon)
-    "_class_name": "PNDMScheduler",
-    "_diffusers_version": "0.6.0",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "steps_offset": 1,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "clip_sample": False,
-    "trained_betas": None,
-}
 SD2V = {  # SD 2.x 768-v style (v_prediction), trailing spacing
     "_class_name": "DDIMScheduler",
     "beta_start": 0.00085,
@@ -89,17 +75,6 @@ def fake_unet(x: np.ndarray, t) -> np.ndarray:
         + np.float32(0.05) * x
         + np.float32(0.1) * np.sin(t / np.float32(97.0) + x)
     ).astype(np.float32)
-
-
-def ref_scheduler(name: str, config: dict):
-    cls, kw = REF[name]
-    return cls.from_config(config, **kw)
-
-
-def rel_err(ours: np.ndarray, ref) -> float:
-    ref = ref.numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
-    assert ours.dtype == np.float32 and ours.shape == ref.shape
-    return float(np.max(np.abs(ours - ref)) / max(float(np.max(np.abs(ref))), 1.0))
 
 
 def run_pair(name, config, steps, strength=1.0, seed=0, shape=SHAPE, check_add_noise=True):

@@ -17,7 +17,6 @@ from server.models.schedulers import scheduler_names
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-from diffusers import StableDiffusionInpaintPipeline  # noqa: E402
 
 from server.models.sd_inpaint import (  # noqa: E402
     SDInpaintModel,
@@ -32,6 +31,7 @@ from tests.numerics import (  # noqa: E402
     TorchNoise,
     W,
     inputs,
+    load_pipeline,
     make_row,
     run_diffusers,
     run_ours,
@@ -45,10 +45,7 @@ FP16_MEAN_TOL = 1e-2
 
 @pytest.fixture(scope="module")
 def pipe(tiny_pipeline_dir):
-    p = StableDiffusionInpaintPipeline.from_pretrained(tiny_pipeline_dir, torch_dtype=torch.float32)
-    p.set_progress_bar_config(disable=True)
-    p.base_scheduler_config = dict(p.scheduler.config)  # the exported one, before swaps
-    return p
+    return load_pipeline(tiny_pipeline_dir)
 
 
 @pytest.fixture(scope="module")

@@ -19,21 +19,20 @@ import pytest
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-from diffusers import AutoencoderTiny, StableDiffusionInpaintPipeline  # noqa: E402
-from PIL import Image  # noqa: E402
+from diffusers import AutoencoderTiny  # noqa: E402
 
 from export.taesd import build_random_tiny_vae  # noqa: E402
 from server.models.sd_inpaint import SDInpaintModel, to_uint8  # noqa: E402
 from tests.numerics import (  # noqa: E402
     FP32_TOL,
-    REF,
     SEED,
-    STEPS,
     H,
     TorchNoise,
     W,
     inputs,
+    load_pipeline,
     make_row,
+    run_diffusers,
     run_ours,
 )
 
@@ -83,10 +82,7 @@ def plain(tiny_model_fp32):
 
 @pytest.fixture(scope="module")
 def pipe(tiny_pipeline_dir):
-    p = StableDiffusionInpaintPipeline.from_pretrained(tiny_pipeline_dir, torch_dtype=torch.float32)
-    p.set_progress_bar_config(disable=True)
-    p.base_scheduler_config = dict(p.scheduler.config)
-    return p
+    return load_pipeline(tiny_pipeline_dir)
 
 
 @pytest.fixture(scope="module")
@@ -95,23 +91,12 @@ def taesd(tiny_vae_dir):
 
 
 def diffusers_latents(pipe, scheduler, img, mask, strength):
-    """Final latents of diffusers' full pipeline (full VAE encodes), as tests.numerics runs it."""
-    cls, overrides = REF[scheduler]
-    pipe.scheduler = cls.from_config(pipe.base_scheduler_config, **overrides)
-    out = pipe(
-        prompt="a red cat",
-        negative_prompt="blurry",
-        image=Image.fromarray(img),
-        mask_image=Image.fromarray(np.round(mask * 255).astype(np.uint8)),
-        height=img.shape[0],
-        width=img.shape[1],
-        num_inference_steps=STEPS,
-        guidance_scale=7.5,
-        strength=strength,
-        generator=torch.Generator().manual_seed(SEED),
-        output_type="latent",
-    )
-    return out.images
+    """Final latents (1, 4, h, w) of diffusers' full pipeline (full VAE encodes)."""
+    latents = run_diffusers(
+        pipe, scheduler, img, mask, prompt="a red cat", negative_prompt="blurry", guidance=7.5,
+        strength=strength, output_type="latent",
+    )  # fmt: skip
+    return latents[None]
 
 
 def tiny_decode(pipe, taesd, latents) -> np.ndarray:

@@ -67,6 +67,8 @@ class CPUProvider(ExecutionProvider):
 
     name = "cpu"
     install_hint = "pip install onnxruntime"
+    #: the ONNX Runtime execution provider this class needs (``available`` looks for it)
+    ort_provider = "CPUExecutionProvider"
 
     def __init__(self, threads: int | None = None, spin: bool = False):
         self.spin = spin
@@ -79,7 +81,7 @@ class CPUProvider(ExecutionProvider):
     @classmethod
     def available(cls) -> bool:
         try:
-            return "CPUExecutionProvider" in ort_providers()
+            return cls.ort_provider in ort_providers()
         except ImportError:
             return False
 
@@ -122,17 +124,11 @@ class CUDAProvider(CPUProvider):
     install_hint = (
         "pip install '.[gpu]' (onnxruntime-gpu, in place of onnxruntime) and a CUDA 12 runtime"
     )
+    ort_provider = "CUDAExecutionProvider"
 
     def __init__(self, device_id: int = 0, threads: int | None = None):
         super().__init__(threads)
         self.device_id = device_id
-
-    @classmethod
-    def available(cls) -> bool:
-        try:
-            return "CUDAExecutionProvider" in ort_providers()
-        except ImportError:
-            return False
 
     def cuda_options(self) -> dict[str, Any]:
         return {
@@ -167,17 +163,11 @@ class TensorRTProvider(CUDAProvider):
 
     name = "tensorrt"
     install_hint = "pip install '.[tensorrt]' (onnxruntime-gpu + tensorrt) and a CUDA 12 runtime"
+    ort_provider = "TensorrtExecutionProvider"
 
     def __init__(self, device_id: int = 0, fp16: bool = True, threads: int | None = None):
         super().__init__(device_id, threads)
         self.fp16 = fp16
-
-    @classmethod
-    def available(cls) -> bool:
-        try:
-            return "TensorrtExecutionProvider" in ort_providers()
-        except ImportError:
-            return False
 
     def trt_options(self, folder: Path, spec: ComponentSpec | None) -> dict[str, Any]:
         cache = Path(folder) / "trt_cache"

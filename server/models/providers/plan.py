@@ -13,8 +13,8 @@ The order:
 - AVX512-FP16 without bf16 units: f16.
 - otherwise (AVX2, AVX-512 without bf16/fp16): fp32 only.
 Reduced precision runs on OpenVINO (ONNX Runtime's CPU EP has no bf16/f16 GEMM on x86); int8
-is never chosen: see docs/notes/precision.md (weight-only int8 does not speed up compute-bound
-convolutions, activation int8 needs calibration data the server does not have).
+is never chosen: see docs/fast-paths.md, "Why no int8" (weight-only int8 does not speed up
+compute-bound convolutions, activation int8 needs calibration data the server does not have).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import _ONE, Scheduler, _f32, _per_row
+from .base import _ONE, Scheduler, _f32, _per_row, _predicted_x0
 
 
 class _AlphaBarScheduler(Scheduler):
@@ -19,13 +19,8 @@ class _AlphaBarScheduler(Scheduler):
     def _x0(cls, schedulers, model_output: np.ndarray, ts, sample: np.ndarray) -> np.ndarray:
         """Textbook x0 estimate of stacked rows, row i at integer timestep ``ts[i]``."""
         a = _per_row([s.alphas_cumprod[t] for s, t in zip(schedulers, ts, strict=True)], 4)
-        b = _ONE - a
         pt = schedulers[0].config["prediction_type"]
-        if pt == "epsilon":
-            return (sample - np.sqrt(b) * model_output) / np.sqrt(a)
-        if pt == "v_prediction":
-            return np.sqrt(a) * sample - np.sqrt(b) * model_output
-        return model_output
+        return _predicted_x0(pt, model_output, sample, a, _ONE - a)
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, timestep: Any) -> np.ndarray:
         original, noise = _f32(original), _f32(noise)

@@ -121,6 +121,46 @@ def _threshold(x: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
     return (np.clip(flat, -s, s) / s).reshape(x.shape).astype(np.float32)
 
 
+def _predicted_x0(
+    prediction_type: str, model_output: np.ndarray, sample: np.ndarray, a_t: Any, b_t: Any
+) -> np.ndarray:
+    """The x0 estimate of the alpha-bar schedulers (DDIM, PNDM, LCM, TCD) for diffusers' three
+    prediction types; ``a_t`` = alpha_bar at t and ``b_t`` = 1 - a_t, float32 per row."""
+    if prediction_type == "epsilon":
+        return (sample - np.sqrt(b_t) * model_output) / np.sqrt(a_t)
+    if prediction_type == "sample":
+        return model_output
+    return np.sqrt(a_t) * sample - np.sqrt(b_t) * model_output  # v_prediction
+
+
+def _predicted_eps(
+    prediction_type: str,
+    model_output: np.ndarray,
+    sample: np.ndarray,
+    x0: np.ndarray,
+    a_t: Any,
+    b_t: Any,
+) -> np.ndarray:
+    """The noise estimate that goes with ``_predicted_x0``'s ``x0`` (DDIM's and TCD's direction
+    towards the next sample); same float32 inputs."""
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "sample":
+        return (sample - np.sqrt(a_t) * x0) / np.sqrt(b_t)
+    return np.sqrt(a_t) * model_output + np.sqrt(b_t) * sample  # v_prediction
+
+
+def _clip_x0(x0: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+    """diffusers' ``thresholding`` (dynamic, per row) or else ``clip_sample`` of an x0 estimate,
+    as the scheduler config says (DDIM, LCM); float32."""
+    if config["thresholding"]:
+        return _threshold(x0, config["dynamic_thresholding_ratio"], config["sample_max_value"])
+    if config["clip_sample"]:
+        r = F32(config["clip_sample_range"])
+        return np.clip(x0, -r, r)
+    return x0
+
+
 def _as_int(t: Any) -> int:
     if isinstance(t, (int, np.integer)):
         return int(t)

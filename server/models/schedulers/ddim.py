@@ -9,12 +9,13 @@ from .base import (
     _COMMON_DEFAULTS,
     _ONE,
     _ZERO,
-    F32,
     StepOutput,
     _as_int,
+    _clip_x0,
     _f32,
     _per_row,
-    _threshold,
+    _predicted_eps,
+    _predicted_x0,
 )
 
 
@@ -63,20 +64,9 @@ class DDIM(_AlphaBarScheduler):
         a_t, a_prev = (_per_row(v, sample.ndim) for v in zip(*pairs, strict=True))
         b_t = _ONE - a_t
         pt = c["prediction_type"]
-        if pt == "epsilon":
-            x0 = (sample - np.sqrt(b_t) * model_output) / np.sqrt(a_t)
-            eps = model_output
-        elif pt == "sample":
-            x0 = model_output
-            eps = (sample - np.sqrt(a_t) * x0) / np.sqrt(b_t)
-        else:
-            x0 = np.sqrt(a_t) * sample - np.sqrt(b_t) * model_output
-            eps = np.sqrt(a_t) * model_output + np.sqrt(b_t) * sample
-        if c["thresholding"]:
-            x0 = _threshold(x0, c["dynamic_thresholding_ratio"], c["sample_max_value"])
-        elif c["clip_sample"]:
-            r = F32(c["clip_sample_range"])
-            x0 = np.clip(x0, -r, r)
+        x0 = _predicted_x0(pt, model_output, sample, a_t, b_t)
+        eps = _predicted_eps(pt, model_output, sample, x0, a_t, b_t)
+        x0 = _clip_x0(x0, c)
         # eta = 0 (the pipelines' default): deterministic, std_dev_t = 0.
         direction = np.sqrt(_ONE - a_prev - _ZERO) * eps
         prev = np.sqrt(a_prev) * x0 + direction

@@ -23,10 +23,11 @@ from .base import (
     SchedulerConfigError,
     StepOutput,
     _as_int,
+    _clip_x0,
     _draw,
     _f32,
     _per_row,
-    _threshold,
+    _predicted_x0,
 )
 
 #: LCMScheduler.__init__'s defaults (TCDScheduler's are the same).
@@ -149,18 +150,7 @@ class LCM(_DistilledSchedule):
         cols = list(zip(*rows, strict=True))
         a_t, a_prev, c_skip, c_out = (_per_row(v, sample.ndim) for v in cols[:4])
         b_t, b_prev = _ONE - a_t, _ONE - a_prev
-        pt = c["prediction_type"]
-        if pt == "epsilon":
-            x0 = (sample - np.sqrt(b_t) * model_output) / np.sqrt(a_t)
-        elif pt == "sample":
-            x0 = model_output
-        else:
-            x0 = np.sqrt(a_t) * sample - np.sqrt(b_t) * model_output
-        if c["thresholding"]:
-            x0 = _threshold(x0, c["dynamic_thresholding_ratio"], c["sample_max_value"])
-        elif c["clip_sample"]:
-            r = F32(c["clip_sample_range"])
-            x0 = np.clip(x0, -r, r)
+        x0 = _clip_x0(_predicted_x0(c["prediction_type"], model_output, sample, a_t, b_t), c)
         denoised = _f32(c_out * x0 + c_skip * sample)
         # noise is injected between steps, never after the last one
         prev = _noised(

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import _ONE, F32, StepOutput, _f32, _per_row
+from .base import _ONE, F32, StepOutput, _f32, _per_row, _predicted_eps, _predicted_x0
 from .lcm import _DistilledSchedule, _noised
 
 #: gamma: 0 = deterministic (x_s only), 1 = fully stochastic; TCDScheduler.step's default.
@@ -43,15 +43,8 @@ class TCD(_DistilledSchedule):
         cols = list(zip(*rows, strict=True))
         a_t, a_prev, a_s = (_per_row(v, sample.ndim) for v in cols[:3])
         b_t, b_s = _ONE - a_t, _ONE - a_s
-        if pt == "epsilon":
-            x0 = (sample - np.sqrt(b_t) * model_output) / np.sqrt(a_t)
-            eps = model_output
-        elif pt == "sample":
-            x0 = model_output
-            eps = (sample - np.sqrt(a_t) * x0) / np.sqrt(b_t)
-        else:
-            x0 = np.sqrt(a_t) * sample - np.sqrt(b_t) * model_output
-            eps = np.sqrt(a_t) * model_output + np.sqrt(b_t) * sample
+        x0 = _predicted_x0(pt, model_output, sample, a_t, b_t)
+        eps = _predicted_eps(pt, model_output, sample, x0, a_t, b_t)
         x_s = np.sqrt(a_s) * x0 + np.sqrt(b_s) * eps  # diffusers' pred_noised_sample
         ratio = a_prev / a_s
         prev = _noised(

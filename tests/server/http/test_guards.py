@@ -3,23 +3,25 @@ guessing of keys, minimal error texts, `url` links that follow --public-url."""
 
 from __future__ import annotations
 
-import asyncio
-
-from tests.helpers import AUTH, EDITS, IMG, MASK, edit_form, edit_ok, expect_error, post_edit
+from tests.helpers import (
+    AUTH,
+    EDITS,
+    IMG,
+    MASK,
+    edit_form,
+    edit_ok,
+    expect_error,
+    post_edit,
+    raw_get,
+)
 
 PREFLIGHT = {"Access-Control-Request-Method": "POST"}
 
 
 async def raw_status(client, host: str, path: str = "/v1/models") -> int:
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {AUTH['Authorization']}\r\n"
-        "Connection: close\r\n\r\n".encode()
-    )
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    return int(raw.split(b" ", 2)[1])
+    """The status of a GET of ``path`` sent with ``Host: host`` (which the HTTP client would
+    normalise)."""
+    return (await raw_get(client, path, host=host))[0]
 
 
 async def test_loopback_server_answers_only_loopback_host_names(client):

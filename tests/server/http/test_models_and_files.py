@@ -28,6 +28,7 @@ from tests.helpers import (
     expect_error,
     png,
     post_edit,
+    raw_get,
     registry,
     scene,
 )
@@ -113,19 +114,6 @@ async def test_file_route_rejects_bad_names(client, img_png, mask_png):
     # percent-encoding an unreserved character names the same file (RFC 3986): that is fine
     status, raw = await raw_get(client, f"/v1/images/files/{ident}%2epng")
     assert status == 200
-
-
-async def raw_get(client, target: str) -> tuple[int, bytes]:
-    """GET ``target`` exactly as written (one HTTP/1.1 request on a fresh socket)."""
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(
-        f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sk-test\r\n"
-        "Connection: close\r\n\r\n".encode()
-    )
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    return int(raw.split(b" ", 2)[1]), raw
 
 
 async def test_url_files_survive_a_restart_until_they_expire(make_client, tmp_path):
