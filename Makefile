@@ -56,7 +56,7 @@ export-tiny: install-dev
 benchmark: install-dev
 	$(PY) -m benchmarks --preset $(PRESET)
 
-# GPU check on a lent GPU machine (docs/notes/gpu-check.md): no install step (the device reaches
+# GPU check on a lent GPU machine (docs/gpu.md): no install step (the device reaches
 # no registry); GPU_PARTS = the folder holding the carried parts (onnxruntime-gpu + wheels +
 # tiny exports), unpacked and installed first. Writes gpu-check.json under $OUT.
 GPU_PY ?= python3
@@ -78,14 +78,14 @@ fuzz: install-dev
 # Container images and Kubernetes manifests (deploy/): render both overlays with kubectl
 # kustomize, validate every object against the Kubernetes and CRD schemas, check the values
 # that must agree with the server's settings, lint the Dockerfiles with hadolint. Offline; the
-# same tests run in `make test`. Builds no image (docs/notes/kubernetes.md).
+# same tests run in `make test`. Builds no image (docs/scaling.md, "Kubernetes").
 deploy-check: install-dev
 	$(PY) -m pytest -q tests/deploy
 
 # A cluster on this machine: REPLICAS servers on loopback behind HAProxy (balancer on
 # 127.0.0.1:CLUSTER_PORT), sharing PostgreSQL (a fresh schema, dropped at the end) and a
 # SeaweedFS S3 bucket; prints how to use it, runs until Ctrl-C, then stops everything
-# (docs/notes/cluster.md). Needs haproxy (apt-get install -y haproxy). CLUSTER_ARGS: more
+# (docs/scaling.md, "The local cluster"). Needs haproxy (apt-get install -y haproxy). CLUSTER_ARGS: more
 # launcher flags (--lease-seconds, --api-key, --models-dir, -- <server flags>).
 REPLICAS ?= 3
 CLUSTER_PORT ?= 8080

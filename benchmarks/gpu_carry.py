@@ -1,5 +1,5 @@
 """Carry what ``make gpu-check`` needs to a lent GPU machine that reaches no package registry,
-and install it there. Three sub-commands (docs/notes/gpu-check.md has the whole sequence):
+and install it there. Three sub-commands (docs/gpu.md has the whole sequence):
 
 ``prepare`` (here, once): the tiny exports (fp32 for the CPU reference, fp16 ``--target cuda``
 for the CUDA EP), the ``onnxruntime-gpu`` wheel (cp312, CUDA 13) and the pure-Python/cp312

@@ -216,7 +216,7 @@ def tensorrt(args, env: dict[str, Any]) -> dict[str, Any]:
     if "TensorrtExecutionProvider" not in env.get("providers", []):
         return skipped(
             "no TensorrtExecutionProvider in this onnxruntime (TensorRT's libraries, > 1 GB, "
-            "are not carried to the device: see docs/notes/gpu-check.md); unverified"
+            "are not carried to the device: see docs/gpu.md); unverified"
         )
     from server.models.sd_inpaint import SDInpaintModel
 
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     run.record("environment", dict(env))
     if not args.cpu and "CUDAExecutionProvider" not in env["providers"]:
-        note = "no CUDAExecutionProvider: install onnxruntime-gpu (docs/notes/gpu-check.md)"
+        note = "no CUDAExecutionProvider: install onnxruntime-gpu (docs/gpu.md)"
         for stage in STAGES[1:]:
             run.record(stage, skipped(note))
         return 2

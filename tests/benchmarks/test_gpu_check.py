@@ -1,7 +1,7 @@
 """``make gpu-check``'s CPU-visible logic: argument handling, the JSON it writes, the skip
 paths (no CUDA EP, no TensorRT EP, over budget, --dry-run) and a whole run with the CPU EP on
 the tiny exports (``--cpu``); the carry helpers (split/join, the environment for the device).
-The CUDA paths themselves need the lent GPU machine (docs/notes/gpu-check.md)."""
+The CUDA paths themselves need the lent GPU machine (docs/gpu.md)."""
 
 from __future__ import annotations
 
