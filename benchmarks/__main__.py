@@ -393,9 +393,10 @@ class Runner:
     # ------------------------------------------------------------------ phases
     def _flops(self, exports, variants) -> None:
         """FLOPs per component at each recipe's shapes (UNet at the recipe's batch), counted
-        from the exported graphs: ``results.flops.by_recipe["<name>@<WxH>"][component]``."""
-        from .flops import count_flops
+        from the exported graphs: ``results.flops.by_recipe["<name>@<WxH>"][component]``.
 
+        Counted in a phase subprocess: shape inference on the full UNet holds GBs, which the
+        parent must not keep while the pipelines it measures load theirs."""
         if not variants:
             return
         v = variants[0]
@@ -404,7 +405,7 @@ class Runner:
         hidden = manifest["text_hidden_size"]
         scale = manifest["vae_scale_factor"]
         has_tiny = (folder / "taesd_decoder" / "model.onnx").is_file()
-        by_recipe: dict[str, dict[str, Any]] = {}
+        wanted: dict[str, dict[str, dict[str, list[int]]]] = {}
         for r in self._flop_recipes():
             w, h, b = r.width, r.height, r.unet_batch
             lh, lw = h // scale, w // scale
@@ -420,19 +421,14 @@ class Runner:
             }
             if has_tiny:
                 shapes["taesd_decoder"] = {"latent_sample": [1, 4, lh, lw]}
-            comp = {}
-            for name, inputs in shapes.items():
-                t = time.perf_counter()
-                try:
-                    comp[name] = count_flops(folder / name / "model.onnx", inputs).as_dict()
-                except Exception as exc:  # noqa: BLE001 - FLOPs are optional; note and go on
-                    self.skip(f"FLOP count of {name} at {w}x{h}: {type(exc).__name__}: {exc}")
-                    continue
-                self.log(
-                    f"FLOPs {name} @ {w}x{h} (UNet batch {b}): {comp[name]['gflops']:.2f} GFLOP "
-                    f"({time.perf_counter() - t:.1f} s)"
-                )
-            by_recipe[_flop_key(r.name, w, h)] = comp
+            wanted[_flop_key(r.name, w, h)] = shapes
+        out = self.run_phase("flops", {"folder": str(folder), "shapes": wanted}, 1800)
+        if not out.get("ok"):
+            self.skip(f"FLOP count: {out.get('error', 'failed')}")
+            return
+        for msg in out.get("errors", []):
+            self.skip(f"FLOP count of {msg}")
+        by_recipe = out["by_recipe"]
         self.results["flops"] = {"by_recipe": by_recipe, "graph": str(folder.name)}
         first = self.p.all_recipes[0]
         main = by_recipe.get(_flop_key(first.name, first.width, first.height), {})

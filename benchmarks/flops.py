@@ -210,3 +210,31 @@ def _count(model, input_shapes: dict[str, list[int]]) -> FlopReport:
     report.by_op = dict(by_op)
     report.total = sum(by_op.values())
     return report
+
+
+def count_components(
+    folder: Path, wanted: dict[str, dict[str, dict[str, list[int]]]], log=print
+) -> dict[str, Any]:
+    """Count every ``wanted[recipe][component] = {input: shape}`` in export ``folder``.
+
+    Returns ``{"by_recipe": {recipe: {component: FlopReport.as_dict()}}, "errors": [...]}``;
+    a component that fails is named in ``errors`` and left out (FLOPs are optional)."""
+    import time
+
+    by_recipe: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    for recipe, components in wanted.items():
+        comp: dict[str, Any] = {}
+        for name, inputs in components.items():
+            t = time.perf_counter()
+            try:
+                comp[name] = count_flops(folder / name / "model.onnx", inputs).as_dict()
+            except Exception as exc:  # noqa: BLE001 - reported; the others still count
+                errors.append(f"{name} at {recipe}: {type(exc).__name__}: {exc}")
+                continue
+            log(
+                f"@@ FLOPs {name} @ {recipe} {inputs}: {comp[name]['gflops']:.2f} GFLOP "
+                f"({time.perf_counter() - t:.1f} s)"
+            )
+        by_recipe[recipe] = comp
+    return {"by_recipe": by_recipe, "errors": errors}

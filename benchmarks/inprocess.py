@@ -209,7 +209,6 @@ def bench_ours(
     model = SDInpaintModel.from_folder(folder, name=name, provider=provider, threads=threads)
     load_s = time.perf_counter() - start
     rec = instrument(model)
-    reference: list = []  # the fp32 UNet session, loaded at the first check
     out = []
     try:
         for cfg in configs:
@@ -247,7 +246,7 @@ def bench_ours(
                     cfg["extrapolate_to"],
                 )
             if check_error and captured:
-                res["unet_error"] = unet_error_vs_fp32(model, folder, captured, reference, threads)
+                res["unet_error"] = unet_error_vs_fp32(model, folder, captured, threads)
                 log(
                     f"@@ UNet max rel err vs ORT fp32: {res['unet_error']['max_rel_err']:.3%} "
                     f"over {res['unet_error']['calls']} calls"
@@ -267,22 +266,25 @@ def _recipe_fields(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def unet_error_vs_fp32(model, folder: Path, captured, reference: list, threads) -> dict[str, Any]:
+def unet_error_vs_fp32(model, folder: Path, captured, threads) -> dict[str, Any]:
     """The UNet calls in ``captured`` ((feeds, outputs) pairs) run again on ONNX Runtime's CPU
-    EP in fp32 (loaded once into ``reference``): max relative error over the calls, and the
-    fp32 call time (median) for scale."""
+    EP in fp32: max relative error over the calls, and the fp32 call time (median) for scale.
+
+    The fp32 session is loaded per check and dropped after it: at 512x512 a second full UNet
+    (weights + arena, ~5 GB) beside the measured pipeline is what runs a 24 GB machine out of
+    memory on the next recipe."""
     from server.models.providers import CPUProvider
     from server.models.providers.accuracy import max_relative_error
 
     spec = model.manifest.components["unet"]
-    if not reference:
-        reference.append(CPUProvider(threads).load(Path(folder) / spec.file, spec))
+    reference = CPUProvider(threads).load(Path(folder) / spec.file, spec)
     errs, times = [], []
     for feeds, outputs in captured:
         t0 = time.perf_counter()
-        ref = reference[0].run(feeds)
+        ref = reference.run(feeds)
         times.append(time.perf_counter() - t0)
         errs.append(max_relative_error(outputs, ref))
+    del reference, ref  # before the next recipe loads its arena (see above)
     return {
         "max_rel_err": max(errs),
         "per_call": errs,

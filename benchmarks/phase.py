@@ -42,6 +42,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         from .optimum_pipe import bench_optimum
 
         return bench_optimum(args.pop("model_dir"), log=_log, **args)
+    if kind == "flops":
+        from .flops import count_components
+
+        return count_components(Path(args["folder"]), args["shapes"], log=_log)
     if kind == "probe":
         from .probe import probe
 

@@ -52,21 +52,6 @@ from .stats import summarize
 RESULTS = ROOT / "benchmarks" / "results"
 #: the VAE parts this benchmark needs (the UNet and text encoder are never built or loaded)
 PARTS = ("vae_encoder", "vae_decoder", "taesd_decoder")
-#: SD 1.x / 2.x VAE (AutoencoderKL): the architecture of runwayml/stable-diffusion-inpainting's
-#: vae/config.json, as ``export.tiny.build_sd15_random_pipeline`` builds it (~84 M parameters,
-#: decoder ~50 M).
-SD_VAE = dict(
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=512,
-    scaling_factor=0.18215,
-)
-#: the tiny test pipeline's VAE (``export.tiny.build_tiny_pipeline``): for a quick check only
-TINY_VAE = dict(SD_VAE, block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -174,12 +159,13 @@ def from_torch(args: argparse.Namespace, work: Path, provider, log) -> tuple[Dec
     from export.components import Dims, io_specs
     from export.onnx_export import export_component
     from export.taesd import build_random_tiny_vae, check_compatible, load_tiny_vae
+    from export.tiny import SD15_VAE, tiny_vae_config
     from server.models.manifest import ComponentSpec
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     if args.random:
         torch.manual_seed(args.seed)
-        vae = AutoencoderKL(**(SD_VAE if args.random == "full" else TINY_VAE)).eval()
+        vae = AutoencoderKL(**(SD15_VAE if args.random == "full" else tiny_vae_config())).eval()
         where = build_random_tiny_vae(
             work / "taesd", seed=args.seed, full_size=args.random == "full"
         )

@@ -189,6 +189,36 @@ def _save_pipeline(folder: Path, unet, vae, text_encoder, tokenizer) -> Path:
     return Path(folder)
 
 
+#: SD 1.x / 2.x VAE (AutoencoderKL), as in runwayml/stable-diffusion-inpainting's
+#: vae/config.json (~84 M parameters, decoder ~50 M)
+SD15_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=512,
+    scaling_factor=0.18215,
+)
+
+
+def tiny_vae_config(levels: int = 4) -> dict:
+    """The tiny test pipeline's VAE: SD's layout at widths (8, 16, 16, ...), ``levels`` deep
+    (vae_scale_factor 2**(levels - 1))."""
+    return dict(
+        SD15_VAE,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=(8, 16, 16, 16, 16)[:levels],
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+
+
 def build_tiny_pipeline(
     folder: Path,
     seed: int = 0,
@@ -229,18 +259,7 @@ def build_tiny_pipeline(
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * vae_levels,
-        up_block_types=("UpDecoderBlock2D",) * vae_levels,
-        block_out_channels=(8, 16, 16, 16, 16)[:vae_levels],
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=64,
-        scaling_factor=0.18215,
-    )
+    vae = AutoencoderKL(**tiny_vae_config(vae_levels))
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
@@ -290,18 +309,7 @@ def build_sd15_random_pipeline(folder: Path, seed: int = 0) -> Path:
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=512,
-        scaling_factor=0.18215,
-    )
+    vae = AutoencoderKL(**SD15_VAE)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=49408,

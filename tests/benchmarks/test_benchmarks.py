@@ -102,6 +102,34 @@ def test_flops_from_a_file(tmp_path):
     assert count_flops(path, {"x": [3, 3, 8, 8]}).total == 38098 // 2 * 3
 
 
+def test_flops_are_counted_in_a_phase_process(tmp_path):
+    # the runner counts in a subprocess (shape inference on a full UNet holds GBs); a component
+    # that cannot be counted is named, the others still are
+    import json
+    import subprocess
+    import sys
+
+    import onnx
+
+    (tmp_path / "net").mkdir()
+    onnx.save(_graph(), str(tmp_path / "net" / "model.onnx"))
+    wanted = {"r@8x8": {"net": {"x": [2, 3, 8, 8]}, "missing": {"x": [1]}}}
+    src, dst = tmp_path / "in.json", tmp_path / "out.json"
+    src.write_text(
+        json.dumps({"kind": "flops", "args": {"folder": str(tmp_path), "shapes": wanted}})
+    )
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.phase", str(src), str(dst)],
+        check=True,
+        capture_output=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    out = json.loads(dst.read_text())
+    assert out["ok"] and out["by_recipe"]["r@8x8"]["net"]["total_flops"] == 38098 // 2 * 2
+    assert list(out["by_recipe"]["r@8x8"]) == ["net"]
+    assert len(out["errors"]) == 1 and out["errors"][0].startswith("missing at r@8x8")
+
+
 # ----------------------------------------------------------------------------- lock
 
 
