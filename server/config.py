@@ -77,6 +77,11 @@ class AuthConfig:
     api_keys_file: Path | None = option(None, "file with one key per line ('#' comments)")
     no_auth: bool = option(False, "accept requests without a key, for local use")
     rate_limit: int = option(0, "requests per minute per API key, 0 = off")
+    rate_limit_per_user: int = option(
+        0,
+        "edit requests per minute per end user (safety_identifier, else user) under each API "
+        "key, 0 = off; requests naming no end user count only against --rate-limit",
+    )
     auth_failures_per_minute: int = option(
         30, "failed authentications per minute per client address before 429, 0 = off"
     )

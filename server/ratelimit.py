@@ -1,5 +1,6 @@
-"""Per-minute limits: requests per API key, and failed authentications per client address (so
-that guessing keys is throttled).
+"""Per-minute limits: requests per API key, requests per end user under a key (the request's
+``safety_identifier``, else ``user``: one key usually serves many people), and failed
+authentications per client address (so that guessing keys is throttled).
 
 The request window is kept in memory (``SlidingWindow``), or, when replicas share a PostgreSQL
 job database (``--database-url``), in that database (``SqlWindow``, see ``rate_limiter``), so
@@ -11,6 +12,7 @@ lock out a whole NAT on every replica.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections import defaultdict, deque
@@ -63,8 +65,14 @@ class RateLimiter:
     """``check(key_id)`` raises a 429 with Retry-After past ``per_minute`` requests; 0 = off.
     ``window``: where the counts live (default: this process's memory)."""
 
-    def __init__(self, per_minute: int, window: SlidingWindow | SqlWindow | None = None) -> None:
+    def __init__(
+        self,
+        per_minute: int,
+        window: SlidingWindow | SqlWindow | None = None,
+        scope: str = "API key",
+    ) -> None:
         self.window = window if window is not None else SlidingWindow(per_minute)
+        self.scope = scope  # what is limited, for the message
 
     async def acheck(self, key_id: str) -> None:
         """``check`` from the event loop: a database window's round trip runs in a thread."""
@@ -78,8 +86,8 @@ class RateLimiter:
         if retry is not None:
             raise overloaded(
                 retry,
-                f"Rate limit reached: {self.window.per_minute} requests per minute for this API "
-                "key. Retry after the number of seconds in the Retry-After header.",
+                f"Rate limit reached: {self.window.per_minute} requests per minute for this "
+                f"{self.scope}. Retry after the number of seconds in the Retry-After header.",
             )
 
 
@@ -158,13 +166,29 @@ def _seconds_to_room(current: int, previous: int, into: float, per_minute: int) 
 
 
 def rate_limiter(config: ServerConfig) -> RateLimiter:
-    """The request limiter the settings ask for: counts in the job database when it is a
-    PostgreSQL one (shared by replicas), else in memory (one replica)."""
-    per_minute = config.auth.rate_limit
+    """The per-key request limiter the settings ask for (``--rate-limit``)."""
+    return _limiter(config, config.auth.rate_limit, "API key")
+
+
+def user_rate_limiter(config: ServerConfig) -> RateLimiter:
+    """The per-end-user limiter (``--rate-limit-per-user``); count with ``user_key``."""
+    return _limiter(config, config.auth.rate_limit_per_user, "end user (safety_identifier)")
+
+
+def user_key(key_id: str, end_user: str) -> str:
+    """The window key of one end user under one API key: hashed, so that any identifier (up to
+    the protocol's length bound) fits the database's 64-character key and never names a person
+    in it; the same identifier under two keys is two users."""
+    return "u:" + hashlib.sha256(f"{key_id}\0{end_user}".encode()).hexdigest()[:60]
+
+
+def _limiter(config: ServerConfig, per_minute: int, scope: str) -> RateLimiter:
+    """Counts in the job database when it is a PostgreSQL one (shared by replicas), else in
+    memory (one replica)."""
     url = config.jobs.database_url
     if per_minute > 0 and url is not None and url.startswith(("postgresql", "postgres:")):
-        return RateLimiter(per_minute, SqlWindow(per_minute, url))
-    return RateLimiter(per_minute)
+        return RateLimiter(per_minute, SqlWindow(per_minute, url), scope)
+    return RateLimiter(per_minute, scope=scope)
 
 
 class AuthThrottle:

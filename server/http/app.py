@@ -14,6 +14,7 @@ from ..batching import Batcher
 from ..config import ServerConfig
 from ..metrics import Metrics
 from ..models.registry import ModelRegistry, load_registry
+from ..ratelimit import user_rate_limiter
 from ..service import EditService
 from ..service.admission import MemoryBudget, default_budget_bytes
 from ..storage import Store, check_config, make_store
@@ -32,6 +33,7 @@ from .state import (
     SERVICE,
     STATE,
     STORE,
+    USER_LIMITER,
     AppState,
 )
 
@@ -58,6 +60,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
     app[STATE] = AppState()
     app[KEYS] = keys
     app[METRICS] = metrics
+    app[USER_LIMITER] = user_rate_limiter(config)
     budget_mb = config.admission.memory_budget_mb
     app[BUDGET] = MemoryBudget(budget_mb * 2**20 if budget_mb else default_budget_bytes())
     app.add_routes(routes)

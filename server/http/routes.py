@@ -12,10 +12,21 @@ from aiohttp import web
 from ..errors import APIError, shutting_down, to_api_error
 from ..openapi import openapi_document
 from ..protocol import ModelCard, ModelList, parse_edit_fields
+from ..ratelimit import user_key
 from ..service import Uploads
 from .body import no_continue, read_edit_body
-from .jobs import submit_job, wants_async
-from .state import BUDGET, CONFIG, EXECUTOR, METRICS, REGISTRY, SERVICE, STATE, STORE
+from .jobs import owner, submit_job, wants_async
+from .state import (
+    BUDGET,
+    CONFIG,
+    EXECUTOR,
+    METRICS,
+    REGISTRY,
+    SERVICE,
+    STATE,
+    STORE,
+    USER_LIMITER,
+)
 
 routes = web.RouteTableDef()
 
@@ -52,6 +63,8 @@ async def _edit(request: web.Request, reservation) -> web.StreamResponse:
     limits = request.app[CONFIG].limits
     body = await read_edit_body(request, limits, request.app[EXECUTOR], reservation)
     edit = parse_edit_fields(body.fields, limits.max_prompt_chars)
+    if edit.end_user:  # --rate-limit-per-user: one API key often serves many people
+        await request.app[USER_LIMITER].acheck(user_key(owner(request), edit.end_user))
     if wants_async(request, edit):  # Prefer: respond-async -> 202 + a job (http/jobs.py)
         return await submit_job(request, body, edit, reservation, _base_url(request))
     uploads = Uploads(body.images, body.mask, body.markup)

@@ -13,6 +13,7 @@ from ..batching import Batcher
 from ..config import ServerConfig
 from ..metrics import Metrics
 from ..models.registry import ModelRegistry
+from ..ratelimit import RateLimiter
 from ..service import EditService
 from ..service.admission import MemoryBudget
 from ..storage import Store
@@ -38,3 +39,5 @@ STORE = web.AppKey("store", Store)
 SERVICE = web.AppKey("service", EditService)
 BUDGET = web.AppKey("budget", MemoryBudget)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+#: --rate-limit-per-user (the per-key limit lives in the auth middleware)
+USER_LIMITER = web.AppKey("user_limiter", RateLimiter)

@@ -132,3 +132,8 @@ async def test_ready_names_no_reasons(make_client, tmp_path):
     ready = await (await cl.get("/ready")).json()
     assert ready["unavailable"] == ["broken"]
     assert str(tmp_path) not in str(ready)
+    # /v1/models says why, in a short reason without the folder's path or a traceback
+    models = await (await cl.get("/v1/models", headers=AUTH)).json()
+    (entry,) = [u for u in models["unavailable"] if u["id"] == "broken"]
+    assert entry["reason"] and len(entry["reason"]) <= 300
+    assert str(tmp_path) not in str(models) and "Traceback" not in str(models)

@@ -224,3 +224,25 @@ async def test_per_key_rate_limit(make_client):
     # per key: another key is not limited; probes are never limited
     assert (await cl.get("/v1/models", headers={"Authorization": "Bearer sk-other"})).status == 200
     assert (await cl.get("/health")).status == 200
+
+
+async def test_per_end_user_rate_limit(make_client):
+    # one key serving many people: safety_identifier (else user) is limited on its own
+    cl = await make_client(rate_limit_per_user=1, api_keys=("sk-test", "sk-other"))
+    await edit_ok(cl, edit_form(IMG, MASK, safety_identifier="alice"))
+    resp = await post_edit(cl, edit_form(IMG, MASK, safety_identifier="alice"))
+    error = await expect_error(
+        resp, 429, type="rate_limit_exceeded", code="rate_limit_exceeded", param=None
+    )
+    assert "end user" in error["message"]
+    assert int(resp.headers["Retry-After"]) in range(1, 62)
+    # `user` is the fallback id
+    again = await post_edit(cl, edit_form(IMG, MASK, safety_identifier="", user="alice"))
+    assert again.status == 429
+    # another person, the same person under another key, or no id at all: not limited
+    await edit_ok(cl, edit_form(IMG, MASK, safety_identifier="bob"))
+    mp = edit_form(IMG, MASK, safety_identifier="alice")
+    other = {**mp.headers(auth=False), "Authorization": "Bearer sk-other"}
+    assert (await cl.post(EDITS, data=mp.body, headers=other)).status == 200
+    await edit_ok(cl, edit_form(IMG, MASK))
+    await edit_ok(cl, edit_form(IMG, MASK))
