@@ -96,6 +96,12 @@ def field_schemas(models: list[Any]) -> dict[str, dict]:
         },
         "stream": {"type": "boolean", "default": False},
         "partial_images": {**PARTIAL_IMAGES.schema(), "default": 0},
+        "stream_progress": {
+            "type": "boolean",
+            "default": False,
+            "description": "Extension: with stream=true, also send image_edit.progress events "
+            "(steps_done, steps_total over all the images) as the work advances.",
+        },
         "user": {
             "type": "string",
             "description": "End-user id for accounting and logs when safety_identifier is empty.",

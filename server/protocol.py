@@ -128,6 +128,8 @@ class EditRequest(BaseModel):
     quality: str = "auto"
     stream: bool = False
     partial_images: int = 0
+    #: extension: with ``stream``, also send ``ProgressEvent``s (the playground's progress bar)
+    stream_progress: bool = False
     user: str | None = None
     #: the newest SDKs' end-user id; replaces ``user`` (see ``end_user``)
     safety_identifier: str | None = None
@@ -143,7 +145,8 @@ class EditRequest(BaseModel):
 
     @property
     def end_user(self) -> str | None:
-        """The end-user id for accounting and logs: ``safety_identifier`` when non-empty, else
+        """The end-user id for accounting, rate limits and logs: ``safety_identifier`` when
+        non-empty, else
         ``user`` (as OpenAI resolves them), at most ``MAX_ECHO_CHARS`` characters."""
         value = self.safety_identifier or self.user
         return value[:MAX_ECHO_CHARS] if value else None
@@ -309,6 +312,7 @@ def parse_edit_fields(
         quality=_choice(fields, "quality", QUALITIES, "auto"),
         stream=stream,
         partial_images=_int(fields, "partial_images", PARTIAL_IMAGES, 0),
+        stream_progress=_bool(fields, "stream_progress"),
         user=_given(fields, "user"),
         safety_identifier=_given(fields, "safety_identifier"),
         input_fidelity=_choice(fields, "input_fidelity", INPUT_FIDELITIES, None),
@@ -394,7 +398,18 @@ class CompletedEvent(_ImageEvent):
     safety_identifier: str | None = None
 
 
-StreamEvent = PartialImageEvent | CompletedEvent
+class ProgressEvent(BaseModel):
+    """SSE ``image_edit.progress`` (extension, only when the request sets ``stream_progress``:
+    OpenAI's stream has no such event): denoising steps done and planned over all the
+    request's images; a single-pass model's image counts as one step."""
+
+    type: Literal["image_edit.progress"] = "image_edit.progress"
+    steps_done: int
+    steps_total: int
+    created_at: int
+
+
+StreamEvent = PartialImageEvent | CompletedEvent | ProgressEvent
 
 
 class ModelCard(BaseModel):

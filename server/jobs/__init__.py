@@ -8,8 +8,8 @@ Modules, in the order a job meets them:
 - ``service.py``: ``JobService``: submit (same validation as the synchronous route, uploads to
   the object store, Idempotency-Key), read and cancel, per API key;
 - ``database.py`` / ``store.py``: the tables and every statement (PostgreSQL or SQLite);
-- ``runner.py``: ``JobRunner``: claims jobs when the batcher has room, runs them, holds leases;
-- ``progress.py``: steps done / planned, counted by the batcher's per-row step callback;
+- ``runner.py``: ``JobRunner``: claims jobs when the batcher has room, runs them, holds leases
+  (progress is counted by ``service/progress.py``, as for streams);
 - ``deliveries.py`` / ``webhooks.py``: signed webhooks (Standard Webhooks), SSRF rules, retries.
 
 ``start_jobs`` assembles them for the app; nothing here imports aiohttp.

@@ -38,10 +38,10 @@ from ..metrics import Metrics
 from ..protocol import parse_edit_fields
 from ..service import EditService, Upload, Uploads
 from ..service.admission import MemoryBudget
+from ..service.progress import Progress
 from ..storage import Store
 from .deliveries import Deliveries
 from .model import CANCELLED, FAILED, SUCCEEDED, JobRecord, JobRequest, result_key
-from .progress import Progress
 from .store import JobStore
 
 log = logging.getLogger("server.jobs")

@@ -22,6 +22,7 @@ from ..metrics import Metrics
 from ..protocol import EditRequest, ProtocolError
 from ..service import EditService, Uploads
 from ..service.admission import Reservation
+from ..service.progress import planned_steps
 from ..storage import Store
 from . import webhooks
 from .model import (
@@ -39,7 +40,6 @@ from .model import (
     result_key,
     upload_key,
 )
-from .progress import planned_steps
 from .runner import JobRunner
 from .store import IdempotencyMismatch, JobStore
 

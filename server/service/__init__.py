@@ -5,7 +5,8 @@
 - ``prepare.py``: decode the image and mask, the edit region, output size, crop rule -> rows;
 - ``edit.py``: ``EditService``: queue the rows on the batcher, wait, build the protocol objects
   (``ImagesResponse`` or stream events);
-- ``encode.py``: paste back, composite, background, encode; usage.
+- ``encode.py``: paste back, composite, background, encode; usage;
+- ``progress.py``: steps done / planned over a request's rows (async jobs, streamed progress).
 """
 
 from .edit import EditService

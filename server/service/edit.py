@@ -34,12 +34,14 @@ from ..protocol import (
     ImageData,
     ImagesResponse,
     PartialImageEvent,
+    ProgressEvent,
     StreamEvent,
 )
 from ..storage import Store
 from . import encode
 from .admission import Reservation
 from .prepare import PreparedEdit, Uploads, prepare_edit
+from .progress import Progress
 
 log = logging.getLogger("server.service")
 
@@ -221,9 +223,12 @@ class EditService:
     async def events(
         self, prepared: PreparedEdit, cancelled: Callable[[], bool] | None = None
     ) -> AsyncIterator[StreamEvent]:
-        """The events of a started stream (see ``stream``)."""
+        """The events of a started stream (see ``stream``); with ``stream_progress``, a
+        ``ProgressEvent`` first, then one each time the steps done change (coalesced: the
+        client gets the latest count, not one event per row per step), and a last one at 100%."""
         request = prepared.request
         loop = asyncio.get_running_loop()
+        #: (image_index, preview index, image) tuples, or ``Progress`` markers
         previews: asyncio.Queue = asyncio.Queue()
         for image_index, row in enumerate(prepared.rows):
 
@@ -231,6 +236,15 @@ class EditService:
                 loop.call_soon_threadsafe(previews.put_nowait, (_image_index, index, image))
 
             row.on_preview = on_preview
+        progress: Progress | None = None
+        sent = (-1, -1)
+        if request.stream_progress:
+            progress = Progress(lambda: loop.call_soon_threadsafe(previews.put_nowait, progress))
+            progress.attach(prepared.rows)
+            sent = progress.snapshot()
+            yield ProgressEvent(
+                steps_done=sent[0], steps_total=sent[1], created_at=int(time.time())
+            )
         common = {
             "output_format": request.output_format,
             "quality": prepared.quality,
@@ -244,7 +258,15 @@ class EditService:
                 if getter not in done:
                     getter.cancel()
                     continue
-                image_index, index, image = getter.result()
+                item = getter.result()
+                if isinstance(item, Progress):
+                    if item.snapshot() != sent:
+                        sent = item.snapshot()
+                        yield ProgressEvent(
+                            steps_done=sent[0], steps_total=sent[1], created_at=int(time.time())
+                        )
+                    continue
+                image_index, index, image = item
                 encoded, background = await self._blocking(encode.render, prepared, image)
                 yield PartialImageEvent(
                     partial_image_index=index,
@@ -258,6 +280,9 @@ class EditService:
         finally:
             if not task.done():
                 task.cancel()
+        if progress is not None and progress.complete() != sent:
+            done, total = progress.snapshot()
+            yield ProgressEvent(steps_done=done, steps_total=total, created_at=int(time.time()))
         usage = encode.usage(prepared)
         for image_index, img in enumerate(generated):
             encoded, background = await self._blocking(encode.render, prepared, img)

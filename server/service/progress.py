@@ -1,4 +1,5 @@
-"""A job's progress in denoising steps.
+"""A request's progress in denoising steps (async jobs poll it; streams with
+``stream_progress`` send it as events).
 
 The batcher calls each row's ``on_step`` after every denoising step (``Row.on_step``, from the
 model's worker thread); ``Progress`` counts those calls. The planned total per row is the step
@@ -8,6 +9,8 @@ has no steps: each of its rows counts as one step, done when the job is.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from ..models.base import Row
 
@@ -20,12 +23,14 @@ def planned_steps(row: Row) -> int:
 
 
 class Progress:
-    """Steps done and planned over one job's rows. Written by one worker thread (the model's),
-    read by the event loop: plain ints, each update a single assignment."""
+    """Steps done and planned over one request's rows. Written by one worker thread (the
+    model's), read by the event loop: plain ints, each update a single assignment.
+    ``on_change``: called after each step, in the worker thread (quick, must not raise)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self.done = 0
         self.total = 0
+        self.on_change = on_change
         #: rows exist (the request is prepared): the batcher counts them from now on
         self.attached = False
 
@@ -37,6 +42,8 @@ class Progress:
 
     def _step(self) -> None:
         self.done += 1
+        if self.on_change is not None:
+            self.on_change()
 
     def snapshot(self) -> tuple[int, int]:
         """``(done, total)`` with done <= total."""

@@ -308,6 +308,8 @@ def test_sd_stream_previews_result_and_the_code_panel(served, browser, files, tm
     progress = tab.by("progress")
     assert progress.get_attribute("data-partials") == "3"  # live previews arrived
     assert progress.get_attribute("data-completed") == "1"
+    done, total = map(int, progress.get_attribute("data-steps").split("/"))  # step events
+    assert done == total >= 6
     assert tab.by("result-image").count() == 1
     assert tab.unlabelled() == []  # every control, the result's included, has a label
     assert f"seed {seed}" in page.locator(".result .seed").inner_text()
@@ -341,6 +343,8 @@ def test_sd_stream_previews_result_and_the_code_panel(served, browser, files, tm
         done = [json.loads(d) for d in re.findall(r"^data: (.*)$", sse, re.M)]
         final = [d for d in done if d.get("type") == "image_edit.completed"]
         assert len(final) == 1
+        steps = [d for d in done if d.get("type") == "image_edit.progress"]
+        assert steps[0]["steps_done"] == 0 and steps[-1]["steps_done"] == steps[-1]["steps_total"]
         got = np.array(
             Image.open(io.BytesIO(base64.b64decode(final[0]["b64_json"]))).convert("RGB")
         )
@@ -351,6 +355,8 @@ def test_sd_stream_previews_result_and_the_code_panel(served, browser, files, tm
     seed = int(re.search(r"-F seed=(\d+)", tab.code()[0]).group(1))
     assert tab.submit_and_wait() == "done", tab.by("error").inner_text()
     assert tab.by("progress").get_attribute("data-partials") == "6"
+    done_2, total_2 = map(int, tab.by("progress").get_attribute("data-steps").split("/"))
+    assert done_2 == total_2 == 2 * total  # steps over both images
     captions = page.locator(".result .seed").all_inner_texts()
     assert captions == [f"Result 1 · seed {seed}", f"Result 2 · seed {seed + 1}"]
     tab.close()

@@ -173,6 +173,26 @@ def test_stream_partial_images_then_completed(client):
     assert events[-1].usage.total_tokens > 0
 
 
+def test_stream_progress_counts_steps_over_all_images(client):
+    # extension: stream_progress=true adds image_edit.progress events; the OpenAI SDK passes
+    # them through (an unknown event type is constructed leniently, never an error)
+    h, w, box = 64, 64, (16, 16, 48, 48)
+    stream = client.images.edit(
+        image=("a.png", png(scene(h, w)), "image/png"),
+        mask=("m.png", png(alpha_mask(w, h, box)), "image/png"),
+        prompt="x",
+        n=2,
+        stream=True,
+        extra_body={"steps": 5, "seed": 2, "scheduler": "euler", "stream_progress": True},
+    )
+    events = list(stream)
+    steps = [(e.steps_done, e.steps_total) for e in events if e.type == "image_edit.progress"]
+    assert steps[0] == (0, 10) and steps[-1] == (10, 10)  # 5 steps x 2 images
+    assert [d for d, _ in steps] == sorted(set(d for d, _ in steps))  # coalesced, increasing
+    last = max(i for i, e in enumerate(events) if e.type == "image_edit.progress")
+    assert [e.type for e in events[last + 1 :]] == ["image_edit.completed"] * 2
+
+
 def test_extension_validation_errors(client):
     args = dict(image=("a.png", png(scene(64, 64)), "image/png"), prompt="x")
     with pytest.raises(openai.BadRequestError) as info:

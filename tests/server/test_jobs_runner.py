@@ -15,12 +15,12 @@ import pytest
 from server.batching import Batcher
 from server.jobs import start_jobs
 from server.jobs.model import RUNNING, SUCCEEDED, JobRequest, Upload, new_job_id, upload_key
-from server.jobs.progress import Progress, planned_steps
 from server.jobs.webhooks import backoff, parse_secret, signature
 from server.metrics import Metrics
 from server.models.base import Row
 from server.service import EditService
 from server.service.admission import MemoryBudget
+from server.service.progress import Progress, planned_steps
 from server.storage import FileStore
 from tests.helpers import IMG, MASK, FakeModel, config, registry
 from tests.webhook_receiver import InvalidSignature, Receiver, verify

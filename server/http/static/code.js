@@ -33,8 +33,10 @@ export function curlCommand({ origin, fields, imageName, hasMask, auth }) {
   return lines.join(" \\\n  ");
 }
 
+const BOOLEANS = new Set(["stream", "stream_progress"]);
+
 function pyValue(name, value) {
-  if (name === "stream") return value === "true" ? "True" : "False";
+  if (BOOLEANS.has(name)) return value === "true" ? "True" : "False";
   if (NUMBERS.has(name) && value !== "" && Number.isFinite(Number(value))) return String(Number(value));
   return JSON.stringify(value); // a JSON string literal is a valid Python one
 }

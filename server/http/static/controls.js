@@ -188,6 +188,7 @@ export class Controls {
       if (text("output_compression")) out.push(["output_compression", text("output_compression")]);
     }
     out.push(["stream", "true"]);
+    out.push(["stream_progress", "true"]); // this server's step events: the progress bar
     if (caps.streams_previews && $("partial_images").value !== "0") {
       out.push(["partial_images", $("partial_images").value]);
     }

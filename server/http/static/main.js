@@ -33,12 +33,13 @@ function hideError() {
   $("error").textContent = "";
 }
 
-function setProgress({ value, state: s, text, partials, completed }) {
+function setProgress({ value, state: s, text, partials, completed, steps }) {
   const bar = $("progress");
   if (value !== undefined) bar.value = value;
   if (s) bar.dataset.state = s;
   if (partials !== undefined) bar.dataset.partials = String(partials);
   if (completed !== undefined) bar.dataset.completed = String(completed);
+  if (steps !== undefined) bar.dataset.steps = steps;
   if (text) $("progress-text").textContent = text;
 }
 
@@ -290,7 +291,7 @@ async function run() {
   $("cancel").disabled = false;
   runs += 1;
   $("progress").dataset.run = String(runs);
-  setProgress({ value: 0, state: "running", text: "Sending…", partials: 0, completed: 0 });
+  setProgress({ value: 0, state: "running", text: "Sending…", partials: 0, completed: 0, steps: "" });
   gallery.clear();
   $("preview-box").hidden = true;
 
@@ -304,9 +305,19 @@ async function run() {
   const before = state.source.url;
   let partials = 0;
   let completed = 0;
+  let steps = null; // {done, total} from image_edit.progress (stream_progress=true)
   const started = performance.now();
+  const describe = () =>
+    (steps && completed < n ? `Step ${steps.done} of ${steps.total}, ` : "") +
+    `${completed} of ${n} image${n > 1 ? "s" : ""} done` + (partials ? `, ${partials} previews` : "") + "…";
 
   const onEvent = (type, ev) => {
+    if (type === "image_edit.progress") {
+      // steps over all n images; the bar keeps its last 10% for encoding and delivery
+      steps = { done: ev.steps_done, total: Math.max(1, ev.steps_total) };
+      setProgress({ value: 0.9 * (steps.done / steps.total), text: describe(), steps: `${steps.done}/${steps.total}` });
+      return;
+    }
     const blob = b64ToBlob(ev.b64_json, MIME[ev.output_format] || "image/png");
     if (type === "image_edit.partial_image") {
       partials += 1;
@@ -325,8 +336,9 @@ async function run() {
       if (completed === n) $("preview-box").hidden = true;
     }
     setProgress({
-      value: Math.min(1, (partials + completed) / total),
-      text: `${completed} of ${n} image${n > 1 ? "s" : ""} done` + (partials ? `, ${partials} previews` : "") + "…",
+      // with step events the bar follows the steps; without them (older servers), the events
+      value: steps ? 0.9 * (steps.done / steps.total) + 0.1 * (completed / n) : Math.min(1, (partials + completed) / total),
+      text: describe(),
       partials,
       completed,
     });

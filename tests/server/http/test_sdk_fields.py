@@ -125,6 +125,22 @@ async def test_stream_events_name_their_image_and_split_usage(make_client):
     assert done[1]["usage"]["input_tokens"] == 0 and done[0]["usage"]["input_tokens"] > 0
 
 
+async def test_stream_progress_is_opt_in_and_brackets_a_single_pass_model(make_client):
+    cl = await make_client(reg=registry(PreviewFake("p"), default="p"))
+    plain = sse_events(await (await post_edit(cl, edit_form(IMG, MASK, stream="true"))).text())
+    assert [n for n, _ in plain] == ["image_edit.completed"]  # OpenAI's events only
+    mp = edit_form(IMG, MASK, stream="true", stream_progress="true", partial_images=1, n=2)
+    events = sse_events(await (await post_edit(cl, mp)).text())
+    names = [n for n, _ in events]
+    assert names[0] == "image_edit.progress" and names[-2:] == ["image_edit.completed"] * 2
+    steps = [(d["steps_done"], d["steps_total"]) for n, d in events if n == "image_edit.progress"]
+    assert steps == [(0, 2), (2, 2)]  # no steps: each image counts as one, done at the end
+    assert all(set(d) == {"type", "steps_done", "steps_total", "created_at"}
+               for n, d in events if n == "image_edit.progress")
+    bad = await post_edit(cl, edit_form(IMG, MASK, stream="true", stream_progress="maybe"))
+    await expect_error(bad, 400, param="stream_progress", code="invalid_value")
+
+
 async def test_opaque_partial_images_say_opaque(make_client):
     cl = await make_client(reg=registry(PreviewFake("p"), default="p"))
     events = sse_events(
