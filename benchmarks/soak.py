@@ -5,7 +5,8 @@ capacity for a bounded time with a mix of valid and invalid requests.
 2. calibrate: closed loop, 2 x ``max_batch_size`` clients of valid edits -> capacity (requests/s);
 3. load: open loop, valid rows offered at ``--load`` x capacity (default 2x) for ``--duration`` s or
    ``--max-requests``, whichever ends first: ~60% valid edits (b64 or url), ~35% invalid
-   (truncated image, missing prompt, wrong key, decompression-bomb header, body over the limit,
+   (truncated image, missing prompt, wrong key (from its own address, 127.0.0.2: the per-address
+   throttle must stop it without locking out the rest), decompression-bomb header, body over the limit,
    bad size), ~5% clients that hang up mid-request, and hostile uploads: gzip bodies, a large
    JSON body, a megabyte of multipart preamble, and small files asking for a lot of pixels
    (2048x2048 and 4096x4096 canvases, n=2) that only the memory budget keeps in check;
@@ -47,6 +48,8 @@ from PIL import Image
 from .memory import vm_hwm_mb
 from .server_process import ServerProcess
 
+#: the source address of the wrong-key client (any 127/8 address reaches a loopback listener)
+GUESSER_ADDRESS = "127.0.0.2"
 EXPECTED = {200, 400, 401, 413, 415, 429, 504}
 
 
@@ -199,6 +202,8 @@ async def one(
                 err = json.loads(body).get("error", {})
                 if not {"message", "type", "param", "code"} <= set(err):
                     stats.unexpected.append(f"{kind}: {resp.status} body not OpenAI-shaped")
+                if kind != "wrong-key" and "failed authentications" in str(err.get("message")):
+                    stats.unexpected.append(f"{kind}: throttled for another address's failures")
             elif kind == "valid-url":
                 stats.url_ok += 1
             stats.record(kind, resp.status, time.monotonic() - t0)
@@ -260,7 +265,12 @@ async def probe_health(base: str, stop: asyncio.Event, latencies: list[float]) -
 
 
 def server_state(proc: psutil.Process, files_dir: Path) -> dict:
+    """The server's resources; ``files``: what the files dir holds besides the job database
+    (``jobs.sqlite3`` and its WAL files live there by default), i.e. url images and partials."""
+    from server.jobs.database import SQLITE_FILE
+
     files = list(files_dir.iterdir()) if files_dir.exists() else []
+    files = [f for f in files if not f.name.startswith(SQLITE_FILE)]
     return {
         "rss_mb": proc.memory_info().rss / 2**20,
         "fds": proc.num_fds(),
@@ -313,16 +323,23 @@ async def load(
     tasks: set[asyncio.Task] = set()
     sent = 0
     connector = aiohttp.TCPConnector(limit=max_in_flight)
+    # the key guesser comes from its own loopback address: the server's failed-authentication
+    # throttle (per address) must stop it without locking out the other clients
+    guesser = aiohttp.TCPConnector(limit=max_in_flight, local_addr=(GUESSER_ADDRESS, 0))
     t0 = time.monotonic()
     next_sample = t0
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        aiohttp.ClientSession(connector=guesser) as guessing,
+    ):
         while sent < max_requests and time.monotonic() - t0 < duration:
             now = time.monotonic()
             if now >= next_sample:
                 samples.append((now - t0, server_state(proc, files_dir)["rss_mb"]))
                 next_sample = now + 2.0
             kind = rnd.choices(kinds, weights)[0]
-            task = asyncio.ensure_future(one(session, base, key, kind, payloads, stats, timeout_s))
+            via = guessing if kind == "wrong-key" else session
+            task = asyncio.ensure_future(one(via, base, key, kind, payloads, stats, timeout_s))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             sent += 1

@@ -164,11 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         cases = build_corpus()
         t0 = time.monotonic()
 
-        health: list[float] = []
+        health_s: list[float] = []  # /health latencies while the corpus runs
 
         async def campaign():
             stop = asyncio.Event()
-            prober = asyncio.ensure_future(probe_health(server.base, stop, health))
+            prober = asyncio.ensure_future(probe_health(server.base, stop, health_s))
             slow = asyncio.ensure_future(slow_upload(port, key, args.stall))
             res = await run_corpus(cases, port, key, args.timeout, args.concurrency)
             stop.set()
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             return res, await slow
 
         results, (slow_status, slow_s) = asyncio.run(campaign())
-        hl = sorted(health)
+        hl = sorted(health_s)
         h99 = hl[int(len(hl) * 0.99)] * 1000
         print(
             f"/health during the corpus: {len(hl)} probes, p50 {hl[len(hl) // 2] * 1000:.1f} ms, "
