@@ -3,9 +3,10 @@ and install it there. Three sub-commands (docs/gpu.md has the whole sequence):
 
 ``prepare`` (here, once): the tiny exports (fp32 for the CPU reference, fp16 ``--target cuda``
 for the CUDA EP), the ``onnxruntime-gpu`` wheel (cp312, CUDA 13) and the pure-Python/cp312
-wheels the full export and the server need beyond what the device has (torch, onnx, numpy),
-packed into one ``kit.tar`` and split into ``parts/NN/part`` of at most ``--part-mb`` MiB: one
-carried ignored folder per device call (a call carries at most 64 MiB, the repo included).
+wheels the full export, the server and the diffusers baseline need beyond what the device has
+(torch, onnx, numpy), packed into one ``kit.tar`` and split into ``parts/NN/part`` of at most
+``--part-mb`` MiB: one carried ignored folder per device call (a call carries at most 64 MiB,
+the repo included).
 
 ``install`` (device, last call): join the parts, unpack, ``pip install --no-deps --target``
 the ORT wheel and every carried wheel whose module the device's Python cannot import.
@@ -29,16 +30,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CARRY = ROOT / ".cache" / "gpu-carry"
 ORT_GPU = "onnxruntime-gpu==1.31.1"  # built for CUDA 13 / cuDNN 9: the device's torch libraries
-#: distributions the full export and the server import beyond the device's torch / onnx / numpy:
-#: the requirement closure of diffusers, transformers, onnxscript, pydantic, tokenizers and
-#: huggingface-hub in this checkout's venv, minus what torch brings. Versions: this checkout's.
+#: distributions the full export, the server and the diffusers baseline (gpu_check's
+#: ``baseline`` stage: diffusers' StableDiffusionInpaintPipeline / AutoencoderTiny on torch)
+#: import beyond the device's torch / onnx / numpy: the requirement closure of diffusers,
+#: transformers, onnxscript, pydantic, tokenizers and huggingface-hub in this checkout's venv,
+#: minus what torch brings (filelock, fsspec, jinja2, networkx, sympy, typing-extensions).
+#: Versions: this checkout's. importlib-metadata (a diffusers requirement) imports
+#: lazy-importer at import time below Python 3.15 (the device has 3.12).
 WHEELS = (
     "diffusers", "transformers", "onnxscript", "pydantic", "tokenizers", "huggingface-hub",
-    "importlib-metadata", "regex", "requests", "safetensors", "pillow", "packaging", "pyyaml",
-    "typer", "tqdm", "ml-dtypes", "onnx-ir", "annotated-types", "pydantic-core",
-    "typing-inspection", "click", "hf-xet", "httpx2", "zipp", "charset-normalizer", "idna",
-    "urllib3", "certifi", "shellingham", "rich", "annotated-doc", "anyio", "httpcore2",
-    "truststore", "markdown-it-py", "pygments", "h11", "mdurl", "typing-extensions",
+    "importlib-metadata", "lazy-importer", "regex", "requests", "safetensors", "pillow",
+    "packaging", "pyyaml", "typer", "tqdm", "ml-dtypes", "onnx-ir", "annotated-types",
+    "pydantic-core", "typing-inspection", "click", "hf-xet", "httpx2", "zipp",
+    "charset-normalizer", "idna", "urllib3", "certifi", "shellingham", "rich", "annotated-doc",
+    "anyio", "httpcore2", "truststore", "markdown-it-py", "pygments", "h11", "mdurl",
+    "typing-extensions",
     "open-clip-torch",  # its CLIP BPE vocabulary file only (export.tiny)
 )  # fmt: skip
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "any")
