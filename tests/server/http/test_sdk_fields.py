@@ -135,8 +135,11 @@ async def test_stream_progress_is_opt_in_and_brackets_a_single_pass_model(make_c
     assert names[0] == "image_edit.progress" and names[-2:] == ["image_edit.completed"] * 2
     steps = [(d["steps_done"], d["steps_total"]) for n, d in events if n == "image_edit.progress"]
     assert steps == [(0, 2), (2, 2)]  # no steps: each image counts as one, done at the end
-    assert all(set(d) == {"type", "steps_done", "steps_total", "created_at"}
-               for n, d in events if n == "image_edit.progress")
+    assert all(
+        set(d) == {"type", "steps_done", "steps_total", "created_at"}
+        for n, d in events
+        if n == "image_edit.progress"
+    )
     bad = await post_edit(cl, edit_form(IMG, MASK, stream="true", stream_progress="maybe"))
     await expect_error(bad, 400, param="stream_progress", code="invalid_value")
 
