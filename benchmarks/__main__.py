@@ -232,7 +232,13 @@ class Runner:
                 proc.kill()
                 proc.wait()
                 reader.join(5)
-                return {"ok": False, "error": f"killed after {timeout_s:.0f} s (time budget)"}
+                error = f"killed after {timeout_s:.0f} s (time budget)"
+                from .phase import partial_path
+
+                kept = partial_path(dst)
+                if kept.is_file():  # the configurations that finished before the kill
+                    return {**json.loads(kept.read_text()), "ok": True, "partial": error}
+                return {"ok": False, "error": error}
         reader.join(5)
         if not dst.is_file():
             return {"ok": False, "error": "phase died without a result:\n" + "\n".join(tail[-15:])}
@@ -532,6 +538,8 @@ class Runner:
             **self._common(),
         }
         res = self.run_phase("ours", args, timeout_s=max(self.remaining(), 0) + 120)
+        if res.get("partial"):
+            self.skip(f"{v.label}: only some configurations finished: {res['partial']}")
         self._record_inprocess(res, "ours", v.label, v.device_class, dataclasses.asdict(v))
 
     def _baseline(
@@ -556,6 +564,12 @@ class Runner:
         }
         hard = min(max(self.remaining(), 0) + 180, 1.5 * soft + 120)
         res = self.run_phase("diffusers", args, timeout_s=hard)
+        if res.get("partial"):
+            done = len(res.get("runs", []))
+            self.skip(
+                f"{b.label}: {done} of {len(args['configs'])} configurations finished; the rest "
+                f"was {res['partial']} (the finished ones are reported)"
+            )
         if not res.get("ok") and "killed after" in str(res.get("error")):
             res["error"] = (
                 f"did not finish within {hard:.0f} s (warm-up {common['warmup']} + 1 image; "

@@ -64,7 +64,10 @@ def bench_diffusers(
     deadline_s: float | None = None,
     tiny_vae_dir: str | None = None,
     log=print,
+    on_result=None,
 ) -> list[dict[str, Any]]:
+    """``on_result(results so far)`` after each configuration (the phase keeps them, so a
+    phase killed for time still reports what finished)."""
     if compile:
         # no background compile-worker pool left busy on our cores while we measure
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
@@ -140,6 +143,8 @@ def bench_diffusers(
             cuda_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
         )
         results.append(res)
+        if on_result is not None:
+            on_result(results)
     return results
 
 

@@ -196,11 +196,12 @@ def bench_ours(
     deadline_s: float | None = None,
     check_error: bool = False,
     log=print,
+    on_result=None,
 ) -> list[dict[str, Any]]:
     """Load once, then per config (a recipe dict: width, height, steps[, guidance, scheduler,
     tiny_vae, recipe, extrapolate_to, repeats]): ``warmup`` untimed + up to ``repeats`` timed
     images. Past ``deadline_s`` (seconds since the call) a config stops after its first timed
-    run (the caller notes the shortfall)."""
+    run (the caller notes the shortfall). ``on_result(results so far)`` after each config."""
     from server.models.sd_inpaint import SDInpaintModel
 
     from .inputs import edit_mask, scene
@@ -252,6 +253,8 @@ def bench_ours(
                     f"over {res['unet_error']['calls']} calls"
                 )
             out.append(res)
+            if on_result is not None:
+                on_result(out)
     finally:
         model.close()
     return out

@@ -27,17 +27,28 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
+def partial_path(dst: Path) -> Path:
+    """Where a phase keeps the configurations it has finished (read if it is killed)."""
+    return dst.with_name(dst.stem + ".partial.json")
+
+
+def run(spec: dict[str, Any], partial: Path | None = None) -> dict[str, Any]:
     kind = spec["kind"]
     args = spec["args"]
+
+    def keep(runs: list) -> None:
+        if partial is not None:
+            partial.write_text(json.dumps({"runs": runs}, default=float))
+
     if kind == "ours":
         from .inprocess import bench_ours
 
-        return {"runs": bench_ours(Path(args.pop("folder")), log=_log, **args)}
+        return {"runs": bench_ours(Path(args.pop("folder")), log=_log, on_result=keep, **args)}
     if kind == "diffusers":
         from .baseline import bench_diffusers
 
-        return {"runs": bench_diffusers(Path(args.pop("pipeline")), log=_log, **args)}
+        pipeline = Path(args.pop("pipeline"))
+        return {"runs": bench_diffusers(pipeline, log=_log, on_result=keep, **args)}
     if kind == "optimum":  # runs in the optimum-intel venv (optimum_venv.py)
         from .optimum_pipe import bench_optimum
 
@@ -58,7 +69,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(src.read_text())
     t0 = time.perf_counter()
     try:
-        result = run(spec)
+        result = run(spec, partial_path(dst))
         result["ok"] = True
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which notes and goes on
         traceback.print_exc()

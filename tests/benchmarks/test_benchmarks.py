@@ -303,3 +303,26 @@ def test_phase_peak_memory_is_the_phase_own_not_inherited():
     )
     assert float(out.stdout) < 200
     assert ballast.sum() > 0
+
+
+def test_a_phase_keeps_each_finished_configuration(tmp_path, monkeypatch):
+    # a phase killed for time must still report the configurations it finished: the phase
+    # writes them after each one, next to its result, where the runner reads them
+    import json
+
+    from benchmarks import inprocess, phase
+
+    def fake_bench(folder, *, log, on_result, **kw):
+        runs = []
+        for cfg in kw["configs"]:
+            runs.append({"width": cfg["width"]})
+            on_result(runs)
+            kept = json.loads(phase.partial_path(tmp_path / "out.json").read_text())
+            assert kept["runs"] == runs
+        return runs
+
+    monkeypatch.setattr(inprocess, "bench_ours", fake_bench)
+    spec = {"kind": "ours", "args": {"folder": "x", "configs": [{"width": 8}, {"width": 16}]}}
+    out = phase.run(spec, phase.partial_path(tmp_path / "out.json"))
+    assert out["runs"] == [{"width": 8}, {"width": 16}]
+    assert phase.partial_path(tmp_path / "out.json").name == "out.partial.json"
