@@ -35,17 +35,7 @@ from typing import Any
 import numpy as np
 
 from .recipes import extrapolate
-from .stats import summarize
-
-STAGES = (
-    "text_encoder",
-    "vae_encoder",
-    "prepare_other",
-    "unet",
-    "scheduler_other",
-    "vae_decoder",
-    "finish_other",
-)
+from .stats import STAGES, summarize
 
 
 def bench_diffusers(

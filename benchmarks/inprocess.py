@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .recipes import extrapolate
-from .stats import summarize
+from .stats import STAGES, summarize
 
 COMPONENTS = ("text_encoder", "vae_encoder", "unet", "vae_decoder")
 
@@ -140,17 +140,6 @@ def run_once(model, rec: Recorder, row) -> dict[str, float]:
         "finish_other": finish - s.get("vae_decoder", 0.0) - s.get("taesd_decoder", 0.0),
         "output_mean": float(img.mean()),
     }
-
-
-STAGES = (
-    "text_encoder",
-    "vae_encoder",
-    "prepare_other",
-    "unet",
-    "scheduler_other",
-    "vae_decoder",
-    "finish_other",
-)
 
 
 def codec_timings(image: np.ndarray, mask: np.ndarray, repeats: int = 5) -> dict[str, float]:

@@ -32,17 +32,8 @@ from typing import Any
 import numpy as np
 
 from .recipes import extrapolate
-from .stats import summarize
+from .stats import STAGES, summarize
 
-STAGES = (
-    "text_encoder",
-    "vae_encoder",
-    "prepare_other",
-    "unet",
-    "scheduler_other",
-    "vae_decoder",
-    "finish_other",
-)
 PARTS = {
     "text_encoder": "text_encoder",
     "unet": "unet",

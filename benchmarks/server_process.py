@@ -69,6 +69,18 @@ class ServerProcess:
                 env=child_env,
             )
 
+    @classmethod
+    def builtin_only(
+        cls, key: str, work: Path, extra: list[str] | tuple[str, ...] = (), **kw
+    ) -> ServerProcess:
+        """The server with only its built-in model (an empty models dir under ``work``), API
+        key ``key``, url files in ``work/files``, log in ``work/server.log``; ``extra``: more
+        flags; ``kw``: as for the constructor (the harnesses that attack it: soak, fuzz)."""
+        work = Path(work)
+        args = ["--api-key", key, "--models-dir", str(work / "no-models")]
+        args += ["--files-dir", str(work / "files"), *extra]
+        return cls(args, work / "server.log", **kw)
+
     @property
     def pid(self) -> int:
         return self.proc.pid

@@ -379,14 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="inpaint-soak-"))
     files_dir = work / "files"
     key = "sk-soak-" + secrets.token_hex(8)
-    server = ServerProcess(
+    server = ServerProcess.builtin_only(
+        key,
+        work,
         [
-            "--api-key",
-            key,
-            "--models-dir",
-            str(work / "no-models"),
-            "--files-dir",
-            str(files_dir),
             "--max-batch-size",
             str(args.max_batch_size),
             "--max-queue",
@@ -400,7 +396,6 @@ def main(argv: list[str] | None = None) -> int:
             "--log-level",
             "WARNING",
         ],
-        work / "server.log",
     )
     base = server.base
     failures: list[str] = []

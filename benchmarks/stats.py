@@ -12,6 +12,19 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 
+#: the stage breakdown of one image, in pipeline order, as every in-process bench reports it
+#: (ours, diffusers, optimum-intel): seconds per stage, "*_other" = the time between the
+#: timed model calls
+STAGES = (
+    "text_encoder",
+    "vae_encoder",
+    "prepare_other",
+    "unet",
+    "scheduler_other",
+    "vae_decoder",
+    "finish_other",
+)
+
 
 def percentile(values: Iterable[float], q: float) -> float:
     """The ``q``-th percentile (0..100) of ``values``; NaN for no values."""

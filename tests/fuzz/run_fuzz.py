@@ -34,20 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_server(key: str, work: Path) -> ServerProcess:
-    server = ServerProcess(
-        [
-            "--api-key",
-            key,
-            "--models-dir",
-            str(work / "no-models"),
-            "--files-dir",
-            str(work / "files"),
-            "--log-level",
-            "INFO",
-        ],
-        work / "server.log",
-        ready_timeout_s=60,
-    )
+    server = ServerProcess.builtin_only(key, work, ["--log-level", "INFO"], ready_timeout_s=60)
     server.__enter__()
     return server
 
