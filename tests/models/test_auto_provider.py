@@ -114,6 +114,7 @@ def test_beyond_tolerance_falls_back_to_fp32_and_the_verdict_is_kept(tiny, caplo
     assert {c: v["precision"] for c, v in again.choices.items()} == {c: "fp32" for c in COMPONENTS}
     assert all("cached check" in v["why"] for v in again.choices.values())
     (cache,) = again.describe()["cache"]
+    assert cache["folder"] == "ov_cache" and str(folder) not in json.dumps(again.describe())
     n_ov = sum(FP32_RUNTIME[c] == "openvino" for c in COMPONENTS)
     assert (cache["hits"], cache["misses"], cache["stores"]) == (n_ov, 0, 0)
 

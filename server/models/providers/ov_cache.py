@@ -97,8 +97,10 @@ class BlobCache:
             path.unlink(missing_ok=True)
 
     def describe(self) -> dict[str, Any]:
+        """For ``/v1/models``: the cache folder's own name (inside the model's folder), never
+        its path (clients learn nothing of the server's file system)."""
         return {
-            "folder": str(self.folder),
+            "folder": self.folder.name,
             "enabled": self.enabled,
             "hits": self.hits,
             "misses": self.misses,
