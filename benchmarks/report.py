@@ -524,6 +524,17 @@ def markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
             ],
         )
         lines.append("")
+        above = sorted({f["label"] for f in floor if (f.get("fraction_of_peak") or 0) > 1.0})
+        if above:
+            lines += [
+                f"**Above 100% of the measured peak: {', '.join(above)}.** No run can beat the "
+                "peak of its precision, so the matmul probe was disturbed (something else ran "
+                "on the cores while it measured) or underestimates this CPU: the fractions and "
+                "image floors above are not meaningful. Re-measure the peaks alone "
+                "(`python -m benchmarks --preset ci` prints them) or state them with "
+                "`--peak-gflops`.",
+                "",
+            ]
     skipped = res.get("skipped", [])
     if skipped:
         lines += ["Skipped or reduced:", ""] + [f"- {x}" for x in skipped] + [""]

@@ -422,6 +422,12 @@ def test_report_renders_targets_peaks_and_extrapolation(tmp_path):
     assert "610 (cpu bf16)" in md and "146%" not in md
     assert "diffusers bf16 compiled (UNet alone)" in md
     assert doc["summary"]["targets"]["fast_latency"] == "PASS"
+    assert "Above 100% of the measured peak" not in md
+    # a run faster than the probe's peak says the probe was disturbed, not "146% of peak"
+    res["compute_floor"][0]["fraction_of_peak"] = 1.46
+    doc["results"] = res
+    warned = report.markdown(doc)
+    assert "**Above 100% of the measured peak: ours auto fast 512x512/4.**" in warned
     report.write_json(doc, tmp_path / "r.json")
     assert len(report.plots(doc, tmp_path / "r")) == 3
 
