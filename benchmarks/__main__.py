@@ -352,6 +352,7 @@ class Runner:
         for i, (v, mbs) in enumerate(modes):
             self._http(v, exports[(v.precision, v.target)], mbs, len(modes) - i, first=i == 0)
 
+        self._probe(machine, again=True)  # a probe that other work disturbed measures low
         self._compute_floor(a.peak_gflops)
         if p.targets:
             from .targets import evaluate
@@ -469,14 +470,18 @@ class Runner:
             return None
         return Recipe("default", p.http_width, p.http_height, p.http_steps, guidance=p.guidance)
 
-    def _probe(self, machine) -> None:
+    def _probe(self, machine, again: bool = False) -> None:
+        """The matmul peaks; ``again``: a second probe after the measurements, keeping the
+        higher figure of each (a probe that other work disturbed measures low, never high)."""
         gpu = self.p.device_class == "gpu"
-        self.log("matmul peak probe ...")
+        self.log("matmul peak probe" + (" again, after the measurements" if again else "") + " ...")
         res = self.run_phase("probe", {"threads": self.threads, "gpu": gpu}, timeout_s=300)
         if not res.get("ok"):
             self.skip(f"matmul probe failed: {res.get('error')}")
             return
         res["source"] = "measured (matmul probe)"
+        if again and self.results.get("peak", {}).get("peaks"):
+            res = best_of_probes(self.results["peak"], res)
         self.results["peak"] = res
         for name, pr in res.get("probes", {}).items():
             self.log(f"  probe {name}: {pr['gflops']:.1f} GFLOP/s (computes {pr['precision']})")
@@ -957,6 +962,27 @@ def _cfg(r: Recipe, mode: str = "image") -> dict[str, Any]:
     d["recipe"] = d.pop("name")
     d["mode"] = mode
     return d
+
+
+def best_of_probes(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two probe results merged: per precision (``peaks``), per probe (``probes``) and per
+    ``*_gflops`` figure, the higher of the two; ``runs`` keeps both runs' peaks."""
+    out = {**first, **second}
+
+    def best(a, b, value):
+        if a is None or b is None:
+            return b if a is None else a
+        return a if value(a) >= value(b) else b
+
+    for field in ("peaks", "probes"):
+        one, two = first.get(field, {}), second.get(field, {})
+        out[field] = {k: best(one.get(k), two.get(k), lambda e: e["gflops"]) for k in {*one, *two}}
+    for key in {*first, *second}:
+        if key.endswith("_gflops"):
+            out[key] = best(first.get(key), second.get(key), float)
+    out["runs"] = [first.get("peaks", {}), second.get("peaks", {})]
+    out["source"] = "measured (matmul probe: the best of a run before and one after)"
+    return out
 
 
 def _flop_key(recipe: str, width: int, height: int) -> str:
