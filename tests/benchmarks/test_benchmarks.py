@@ -277,7 +277,8 @@ def test_presets_match_the_issue():
     assert cpu.model == "sd15-random" and cpu.budget_s < 20 * 60
     assert {b.dtype for b in cpu.baselines} == {"fp32", "bf16-autocast"}
     for p in PRESETS.values():  # every preset measures one request at a time over HTTP
-        assert 1 in p.concurrency and p.batch_sizes
+        assert 1 in p.concurrency, p.name
+        assert len(p.batch_sizes) >= 1 and all(b >= 1 for b in p.batch_sizes), p.name
     # the batching target (tiny model, concurrency 12) is measured by ci, batching on and off
     ci = PRESETS["ci"]
     assert 12 in ci.concurrency and ci.model == "tiny" and "batching" in ci.targets

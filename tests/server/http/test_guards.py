@@ -105,7 +105,8 @@ async def test_failed_authentication_is_throttled_per_address(make_client):
     await expect_error(
         resp, 429, type="rate_limit_exceeded", code="rate_limit_exceeded", param=None
     )
-    assert 1 <= int(resp.headers["Retry-After"]) <= 61
+    # the window began at the first failure, moments ago: the address waits most of a minute
+    assert 56 <= int(resp.headers["Retry-After"]) <= 61
     # the address waits out the window, whatever key it now presents
     resp = await cl.get("/v1/models", headers=AUTH)
     assert resp.status == 429

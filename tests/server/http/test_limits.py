@@ -220,7 +220,8 @@ async def test_per_key_rate_limit(make_client):
     await expect_error(
         resp, 429, type="rate_limit_exceeded", code="rate_limit_exceeded", param=None
     )
-    assert int(resp.headers["Retry-After"]) in range(1, 62)
+    # the window began at the first request, moments ago: room again in most of a minute
+    assert 56 <= int(resp.headers["Retry-After"]) <= 61
     # per key: another key is not limited; probes are never limited
     assert (await cl.get("/v1/models", headers={"Authorization": "Bearer sk-other"})).status == 200
     assert (await cl.get("/health")).status == 200
@@ -235,7 +236,8 @@ async def test_per_end_user_rate_limit(make_client):
         resp, 429, type="rate_limit_exceeded", code="rate_limit_exceeded", param=None
     )
     assert "end user" in error["message"]
-    assert int(resp.headers["Retry-After"]) in range(1, 62)
+    # the window began at the first request, moments ago: room again in most of a minute
+    assert 56 <= int(resp.headers["Retry-After"]) <= 61
     # `user` is the fallback id
     again = await post_edit(cl, edit_form(IMG, MASK, safety_identifier="", user="alice"))
     assert again.status == 429
