@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .recipes import extrapolate
-from .stats import STAGES, summarize
+from .stats import image_summary, summarize, timed_images
 
 
 def bench_diffusers(
@@ -245,7 +245,6 @@ def _images(pipe, cfg, guidance, prompt, seed, warmup, repeats, timer, sync, aut
     """``warmup`` + up to the recipe's repeats whole images; summary with stage medians."""
     from PIL import Image
 
-    from .inprocess import over_deadline
     from .inputs import edit_mask, scene
 
     width, height, n_steps = cfg["width"], cfg["height"], cfg["steps"]
@@ -306,35 +305,24 @@ def _images(pipe, cfg, guidance, prompt, seed, warmup, repeats, timer, sync, aut
             "output_mean": float(np.asarray(out, dtype=np.float32).mean() * 255),
         }
 
-    t0 = time.perf_counter()
-    first = None
-    for i in range(warmup):
-        r = one(seed + i)
-        first = r["total"] if first is None else first
-    warm_s = time.perf_counter() - t0
-    runs = []
     want = cfg.get("repeats") or repeats
-    for i in range(want):
-        if runs and over_deadline(start, deadline_s, runs[-1]["total"]):
-            break
-        runs.append(one(seed + i))
+
+    def on_run(i: int, run: dict[str, float]) -> None:
         log(f"@@ {tag} {cfg.get('recipe', '')} {width}x{height}/{n_steps} steps run "
-            f"{i + 1}/{want}: {runs[-1]['total']:.3f} s")  # fmt: skip
-    totals = [r["total"] for r in runs]
-    med = float(np.median(totals))
+            f"{i + 1}/{want}: {run['total']:.3f} s")  # fmt: skip
+
+    runs, warm_s, first = timed_images(
+        one, seed=seed, warmup=warmup, repeats=want, start=start, deadline_s=deadline_s,
+        on_run=on_run,
+    )  # fmt: skip
+    med = float(np.median([r["total"] for r in runs]))
     res = {
         **_recipe_fields(cfg, "image"),
         "guidance": guidance,
-        "latency_s": summarize(totals),
-        # per denoising iteration (= UNet call; PNDM makes steps + 1 of them), as for ours
-        "per_step_s": summarize([r["denoise"] / max(1, r["unet_calls"]) for r in runs]),
-        "unet_call_s": summarize([r["unet"] / max(1, r["unet_calls"]) for r in runs]),
-        "unet_calls_per_image": runs[0]["unet_calls"],
-        "stages_s": {k: float(np.median([r[k] for r in runs])) for k in STAGES},
+        **image_summary(runs),
         "warmup_s": warm_s,
         "first_call_s": first,
         "compile_s": max(0.0, first - med) if first is not None else None,
-        "output_mean": runs[-1]["output_mean"],
     }
     if cfg.get("extrapolate_to"):
         res["extrapolated"] = extrapolate(

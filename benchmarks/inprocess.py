@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .recipes import extrapolate
-from .stats import STAGES, summarize
+from .stats import STAGES, over_deadline, summarize
 
 COMPONENTS = ("text_encoder", "vae_encoder", "unet", "vae_decoder")
 
@@ -285,13 +285,6 @@ def unet_error_vs_fp32(model, folder: Path, captured, threads) -> dict[str, Any]
         "fp32_call_s": float(np.median(times)),
         "timesteps": [float(np.asarray(f["timestep"]).ravel()[0]) for f, _ in captured],
     }
-
-
-def over_deadline(start: float, deadline_s: float | None, next_run_s: float) -> bool:
-    """Whether one more run of ``next_run_s`` would end past ``deadline_s`` after ``start``."""
-    if deadline_s is None:
-        return False
-    return time.perf_counter() - start + next_run_s > deadline_s
 
 
 def _summarize_runs(runs, n_steps, load_s, warm_s, codec, model, provider="") -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .recipes import extrapolate
-from .stats import STAGES, summarize
+from .stats import image_summary, timed_images
 
 PARTS = {
     "text_encoder": "text_encoder",
@@ -227,33 +227,21 @@ def bench_optimum(
                 "output_mean": float(np.asarray(out, dtype=np.float32).mean() * 255),
             }  # fmt: skip
 
-        t_warm = time.perf_counter()
-        first = None
-        for i in range(warmup):
-            r = one(seed + i)
-            first = r["total"] if first is None else first
-        warm_s = time.perf_counter() - t_warm
-        runs: list[dict[str, float]] = []
         want = cfg.get("repeats") or repeats
-        for i in range(want):
-            if runs and deadline_s is not None:
-                if time.perf_counter() - start + runs[-1]["total"] > deadline_s:
-                    break
-            runs.append(one(seed + i))
-            log(f"@@ optimum {cfg.get('recipe', '')} {width}x{height}/{n_steps} steps run "
-                f"{i + 1}/{want}: {runs[-1]['total']:.3f} s")  # fmt: skip
+        label = f"@@ optimum {cfg.get('recipe', '')} {width}x{height}/{n_steps} steps run"
+        runs, warm_s, first = timed_images(
+            one, seed=seed, warmup=warmup, repeats=want, start=start, deadline_s=deadline_s,
+            on_run=lambda i, run, label=label, want=want: log(
+                f"{label} {i + 1}/{want}: {run['total']:.3f} s"
+            ),
+        )  # fmt: skip
         med = float(np.median([r["total"] for r in runs]))
         res = {
             "recipe": cfg.get("recipe", "default"), "scheduler": name,
             "tiny_vae": use_tiny, "mode": "image", "width": width, "height": height,
             "steps": n_steps, "guidance": g,
-            "latency_s": summarize([r["total"] for r in runs]),
-            "per_step_s": summarize([r["denoise"] / max(1, r["unet_calls"]) for r in runs]),
-            "unet_call_s": summarize([r["unet"] / max(1, r["unet_calls"]) for r in runs]),
-            "unet_calls_per_image": runs[0]["unet_calls"],
-            "stages_s": {k: float(np.median([r[k] for r in runs])) for k in STAGES},
+            **image_summary(runs),
             "load_s": load_s, "warmup_s": warm_s, "first_call_s": first,
-            "output_mean": runs[-1]["output_mean"],
             "precisions": {k: _normalize(v) for k, v in precisions.items()},
             "ov_config": ov_config, "torch_threads": torch.get_num_threads(),
         }  # fmt: skip

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 #: the stage breakdown of one image, in pipeline order, as every in-process bench reports it
 #: (ours, diffusers, optimum-intel): seconds per stage, "*_other" = the time between the
@@ -69,3 +71,55 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if not (math.isfinite(numerator) and math.isfinite(denominator)) or denominator == 0:
         return None
     return numerator / denominator
+
+
+def over_deadline(start: float, deadline_s: float | None, next_run_s: float) -> bool:
+    """Whether one more run of ``next_run_s`` would end past ``deadline_s`` after ``start``
+    (``time.perf_counter`` seconds)."""
+    if deadline_s is None:
+        return False
+    return time.perf_counter() - start + next_run_s > deadline_s
+
+
+def timed_images(
+    one: Callable[[int], dict[str, float]],
+    *,
+    seed: int,
+    warmup: int,
+    repeats: int,
+    start: float,
+    deadline_s: float | None,
+    on_run: Callable[[int, dict[str, float]], None],
+) -> tuple[list[dict[str, float]], float, float | None]:
+    """``warmup`` untimed images, then up to ``repeats`` timed ones (image i: ``one(seed +
+    i)``, a dict with at least ``total`` seconds); past the deadline a further run only starts
+    while it would end in time (the first timed run always does). ``on_run(i, run)`` after each
+    timed run. Returns ``(runs, warm-up seconds, the first warm-up image's seconds or None)``."""
+    t0 = time.perf_counter()
+    first = None
+    for i in range(warmup):
+        r = one(seed + i)
+        first = r["total"] if first is None else first
+    warm_s = time.perf_counter() - t0
+    runs: list[dict[str, float]] = []
+    for i in range(repeats):
+        if runs and over_deadline(start, deadline_s, runs[-1]["total"]):
+            break
+        runs.append(one(seed + i))
+        on_run(i, runs[-1])
+    return runs, warm_s, first
+
+
+def image_summary(runs: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """The fields every whole-image bench reports from its timed runs (each: ``total``,
+    ``denoise``, ``unet``, ``unet_calls``, the ``STAGES`` and ``output_mean``): latency, time
+    per denoising iteration and per UNet call, the stage medians."""
+    return {
+        "latency_s": summarize([r["total"] for r in runs]),
+        # per denoising iteration (= UNet call; PNDM makes steps + 1 of them), as for ours
+        "per_step_s": summarize([r["denoise"] / max(1, r["unet_calls"]) for r in runs]),
+        "unet_call_s": summarize([r["unet"] / max(1, r["unet_calls"]) for r in runs]),
+        "unet_calls_per_image": runs[0]["unet_calls"],
+        "stages_s": {k: statistics.median([r[k] for r in runs]) for k in STAGES},
+        "output_mean": runs[-1]["output_mean"],
+    }
