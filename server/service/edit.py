@@ -242,9 +242,7 @@ class EditService:
             progress = Progress(lambda: loop.call_soon_threadsafe(previews.put_nowait, progress))
             progress.attach(prepared.rows)
             sent = progress.snapshot()
-            yield ProgressEvent(
-                steps_done=sent[0], steps_total=sent[1], created_at=int(time.time())
-            )
+            yield _progress_event(sent)
         common = {
             "output_format": request.output_format,
             "quality": prepared.quality,
@@ -262,9 +260,7 @@ class EditService:
                 if isinstance(item, Progress):
                     if item.snapshot() != sent:
                         sent = item.snapshot()
-                        yield ProgressEvent(
-                            steps_done=sent[0], steps_total=sent[1], created_at=int(time.time())
-                        )
+                        yield _progress_event(sent)
                     continue
                 image_index, index, image = item
                 encoded, background = await self._blocking(encode.render, prepared, image)
@@ -280,9 +276,8 @@ class EditService:
         finally:
             if not task.done():
                 task.cancel()
-        if progress is not None and progress.complete() != sent:
-            done, total = progress.snapshot()
-            yield ProgressEvent(steps_done=done, steps_total=total, created_at=int(time.time()))
+        if progress is not None and (final := progress.complete()) != sent:
+            yield _progress_event(final)
         usage = encode.usage(prepared)
         for image_index, img in enumerate(generated):
             encoded, background = await self._blocking(encode.render, prepared, img)
@@ -296,6 +291,11 @@ class EditService:
                 **common,
             )
         self._observe(prepared, prepared.started)
+
+
+def _progress_event(counts: tuple[int, int]) -> ProgressEvent:
+    """``ProgressEvent`` of ``(steps done, steps planned)``, stamped now."""
+    return ProgressEvent(steps_done=counts[0], steps_total=counts[1], created_at=int(time.time()))
 
 
 def row_cost(prepared: PreparedEdit) -> int:
