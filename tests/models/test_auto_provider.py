@@ -1,5 +1,5 @@
 """``--provider auto`` on the real runtimes with the tiny export: the per-component choice, the
-one-time accuracy check against fp32 and its fallback, what describe() reports, and the
+one-time accuracy and speed check against fp32 and its fallbacks, what describe() reports, and the
 OpenVINO compiled-graph cache (disk blobs, static per-shape graphs) through its counters and
 the cache folder's content.
 
@@ -68,7 +68,8 @@ def test_avx2_machine_runs_fp32_with_no_check(tiny):
 def test_reduced_precision_within_tolerance_is_kept_and_reported(tiny):
     folder, m = tiny
     loose = {c: 0.2 for c in COMPONENTS}
-    auto = AutoProvider(threads=1, flags=ZEN4, runtimes=BOTH, tolerances=loose)
+    # min_speedup 0: on the tiny model bf16 is no faster than fp32, which is beside the point here
+    auto = AutoProvider(threads=1, flags=ZEN4, runtimes=BOTH, tolerances=loose, min_speedup=0)
     sessions = load_all(auto, folder, m)
     comps = auto.describe()["components"]
     if not NATIVE_BF16:
@@ -81,6 +82,7 @@ def test_reduced_precision_within_tolerance_is_kept_and_reported(tiny):
     assert auto.checks_run == 4
     for v in comps.values():
         assert 0 < v["max_rel_err"] <= 0.2 and v["why"].startswith("avx512_bf16 native; max rel")
+        assert "x fp32's speed on the sample" in v["why"]
     spec = m.components["unet"]
     feeds = sample_feeds(spec, seed=3)  # not the checked sample
     ref = CPUProvider(threads=1).load(folder / spec.file, spec).run(feeds)["out_sample"]
@@ -117,6 +119,30 @@ def test_beyond_tolerance_falls_back_to_fp32_and_the_verdict_is_kept(tiny, caplo
     assert cache["folder"] == "ov_cache" and str(folder) not in json.dumps(again.describe())
     n_ov = sum(FP32_RUNTIME[c] == "openvino" for c in COMPONENTS)
     assert (cache["hits"], cache["misses"], cache["stores"]) == (n_ov, 0, 0)
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="needs native bf16: the speed check follows the error's")
+def test_accurate_but_not_faster_falls_back_to_fp32_and_the_verdict_is_kept(tiny):
+    folder, m = tiny
+    loose = {c: 0.2 for c in COMPONENTS}
+    # a speed-up no graph reaches: every accurate candidate is refused for its speed
+    auto = AutoProvider(threads=1, flags=ZEN4, runtimes=BOTH, tolerances=loose, min_speedup=1e6)
+    load_all(auto, folder, m)
+    comps = auto.describe()["components"]
+    assert {c: v["precision"] for c, v in comps.items()} == {c: "fp32" for c in COMPONENTS}
+    for v in comps.values():
+        assert "fell back from openvino bf16: not faster: " in v["why"]
+        assert "x fp32's speed on the sample (needs 1000000.00x)" in v["why"]
+    checks = json.loads((folder / "ov_cache" / "accuracy-checks.json").read_text())
+    assert len(checks) == 4
+    for v in checks.values():
+        assert 0 < v["max_rel_err"] <= 0.2 and 0 < v["speedup"] < 1e6
+        assert v["reason"].startswith("not faster: ")
+    # the kept verdict holds the measured speed-up: a lower bar accepts it with no new check
+    again = AutoProvider(threads=1, flags=ZEN4, runtimes=BOTH, tolerances=loose, min_speedup=0)
+    load_all(again, folder, m)
+    assert again.checks_run == 0
+    assert {c: v["precision"] for c, v in again.choices.items()} == {c: "bf16" for c in COMPONENTS}
 
 
 def test_openvino_second_load_imports_the_compiled_graph(tiny):

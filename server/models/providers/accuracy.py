@@ -1,8 +1,11 @@
-"""The one-time accuracy check of a reduced-precision component against fp32: a fixed sample
-input built from the component's declared inputs, and the error measure.
+"""The one-time check of a reduced-precision component against fp32: a fixed sample input built
+from the component's declared inputs, the error measure, and the speed measure.
 """
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +23,9 @@ PIXELS_PER_LATENT = 8
 SAMPLE_TIMESTEPS = (999.0, 21.0)
 #: token ids below 256 exist in every BPE vocabulary (the byte tokens).
 SAMPLE_MAX_TOKEN = 256
+#: timed runs on the sample per session (after a warm-up run); the best one counts, since
+#: interruptions only ever add time.
+SPEED_RUNS = 3
 
 
 def _dim(d: int | str, batch: int, latent: int) -> int:
@@ -74,3 +80,14 @@ def max_relative_error(out: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -
         scale = max(float(np.abs(r).max()), 1e-12)
         worst = max(worst, float(np.abs(o - r).max()) / scale)
     return worst
+
+
+def best_seconds(session: Any, feeds: dict[str, np.ndarray], runs: int = SPEED_RUNS) -> float:
+    """Best wall time of ``runs`` calls of ``session`` on ``feeds`` (the caller has already run
+    it once on them: kernels built, buffers allocated)."""
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(feeds)
+        best = min(best, time.perf_counter() - t0)
+    return best
