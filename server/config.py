@@ -100,7 +100,7 @@ class ModelsConfig:
         "execution provider for exported models: auto, cpu, cuda, tensorrt, openvino, "
         "openvino:bf16, openvino:f16; auto = cuda if available, else per component the "
         "fastest precision this CPU computes natively (bf16/f16 on OpenVINO) that stays within "
-        "its tolerance of fp32",
+        "its tolerance of fp32 and measures faster than fp32",
     )
     threads: int | None = option(None, "CPU threads per model session; default: all cores")
 

@@ -121,7 +121,9 @@ def test_beyond_tolerance_falls_back_to_fp32_and_the_verdict_is_kept(tiny, caplo
     assert (cache["hits"], cache["misses"], cache["stores"]) == (n_ov, 0, 0)
 
 
-@pytest.mark.skipif(not NATIVE_BF16, reason="needs native bf16: the speed check follows the error's")
+@pytest.mark.skipif(
+    not NATIVE_BF16, reason="needs native bf16: the speed check follows the error's"
+)
 def test_accurate_but_not_faster_falls_back_to_fp32_and_the_verdict_is_kept(tiny):
     folder, m = tiny
     loose = {c: 0.2 for c in COMPONENTS}
