@@ -359,6 +359,7 @@ class Runner:
 
             self.results["targets"] = evaluate(p, self.results, machine)
         settings = self._settings(source, exports, ours, http, baselines)
+        self._note_steal(machine)
         doc = report.document(machine, versions(), settings, self.results, self.notes)
         return self._write(doc)
 
@@ -469,6 +470,19 @@ class Runner:
         if not p.http or p.http_quality:
             return None
         return Recipe("default", p.http_width, p.http_height, p.http_steps, guidance=p.guidance)
+
+    def _note_steal(self, machine: dict[str, Any]) -> None:
+        """Record the hypervisor's CPU steal over the run, with a note when it disturbed it."""
+        from .machine import STEAL_NOTE_FRACTION, cpu_times, steal_fraction
+
+        steal = steal_fraction(machine.get("cpu_times_at_start"), cpu_times())
+        machine["cpu_steal_during_run"] = steal
+        if steal is not None and steal > STEAL_NOTE_FRACTION:
+            self.notes.append(
+                f"the hypervisor took {steal:.0%} of this VM's CPU time during the run (steal): "
+                "the same configuration can measure far apart between runs; compare only ratios "
+                "of configurations measured close together, and rerun on a quieter machine"
+            )
 
     def _probe(self, machine, again: bool = False) -> None:
         """The matmul peaks; ``again``: a second probe after the measurements, keeping the

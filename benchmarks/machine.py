@@ -33,6 +33,7 @@ INTERESTING_FLAGS = (
     "avx512_fp16",
     "amx_bf16",
     "amx_tile",
+    "amx_int8",
     "amx_fp16",
     "avx_vnni",
 )
@@ -80,6 +81,35 @@ def gpus() -> list[dict[str, str]]:
     return rows
 
 
+#: CPU steal (time the hypervisor gave this VM's CPUs to others) above which a run's numbers are
+#: flagged as disturbed: a few percent is normal on shared hosts.
+STEAL_NOTE_FRACTION = 0.05
+
+
+def cpu_times() -> list[int] | None:
+    """The machine-wide CPU time counters of /proc/stat's ``cpu`` line (user nice system idle
+    iowait irq softirq steal ...), in clock ticks; None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            first = f.readline().split()
+    except OSError:
+        return None
+    if not first or first[0] != "cpu":
+        return None
+    return [int(x) for x in first[1:]]
+
+
+def steal_fraction(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of CPU time stolen by the hypervisor between two ``cpu_times()`` readings
+    (None when unknown). Steal is the 8th counter; guest time (9th, 10th) is already counted
+    in user and nice, so it is left out of the total."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return None
+    delta = [b - a for a, b in zip(before[:8], after[:8], strict=True)]
+    total = sum(delta)
+    return delta[7] / total if total > 0 else None
+
+
 def machine_info() -> dict[str, Any]:
     import psutil
 
@@ -99,6 +129,7 @@ def machine_info() -> dict[str, Any]:
         else None,
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "load_average_at_start": list(load),
+        "cpu_times_at_start": cpu_times(),
         "gpus": gpus(),
     }
     try:

@@ -283,7 +283,13 @@ def markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
     lines.append(
         f"Machine: {m.get('cpu_model')} ({m.get('physical_cores')} cores, flags "
         f"{' '.join(m.get('cpu_flags') or []) or '-'}), {m.get('memory_gb')} GB, {gpus}; "
-        f"load average at start {_f((m.get('load_average_at_start') or [None])[0], 2)}. "
+        f"load average at start {_f((m.get('load_average_at_start') or [None])[0], 2)}"
+        + (
+            f", CPU steal during the run {m['cpu_steal_during_run']:.1%}"
+            if m.get("cpu_steal_during_run") is not None
+            else ""
+        )
+        + ". "
         f"Threads: {s.get('threads')}. Versions: "
         + ", ".join(
             f"{k} {v}"

@@ -16,6 +16,7 @@ from benchmarks.attribution import (
     peak_key,
     peaks_by_precision,
 )
+from benchmarks.machine import cpu_times, steal_fraction
 from benchmarks.optimum_venv import OPTIMUM_INTEL, export_command, install_commands
 from benchmarks.presets import PRESETS
 from benchmarks.recipes import extrapolate, recipe_key
@@ -428,7 +429,7 @@ def test_report_renders_targets_peaks_and_extrapolation(tmp_path):
         }
     ]
     doc = report.document(
-        {**MACHINE, "physical_cores": 2, "memory_gb": 23.5},
+        {**MACHINE, "physical_cores": 2, "memory_gb": 23.5, "cpu_steal_during_run": 0.134},
         {"onnxruntime": "1"},
         {"preset": "cpu-512", "started": "now", "model_description": "m", "threads": 2},
         res,
@@ -436,6 +437,7 @@ def test_report_renders_targets_peaks_and_extrapolation(tmp_path):
     )
     md = report.markdown(doc)
     assert "### Targets (checked on this machine: AMD EPYC, 2 cores, CPU flags avx2 avx512f" in md
+    assert ", CPU steal during the run 13.4%. Threads: 2." in md
     assert "**PASS**" in md and "| <= 6 s | 4.10 s |" in md
     assert "| cpu bf16 | **610** | openvino bf16 hint |" in md
     assert "EXTRAPOLATED" in md and "250 (25)" not in md and "50.0 (25)" in md
@@ -450,6 +452,19 @@ def test_report_renders_targets_peaks_and_extrapolation(tmp_path):
     assert "**Above 100% of the measured peak: ours auto fast 512x512/4.**" in warned
     report.write_json(doc, tmp_path / "r.json")
     assert len(report.plots(doc, tmp_path / "r")) == 3
+
+
+def test_steal_fraction_reads_the_eighth_counter_of_the_cpu_line():
+    # user nice system idle iowait irq softirq steal guest guest_nice (guest is inside user)
+    before = [100, 0, 50, 800, 10, 0, 0, 40, 30, 0]
+    after = [400, 0, 150, 1300, 10, 0, 0, 140, 90, 0]
+    # deltas: 300 user, 100 system, 500 idle, 100 steal (guest's 60 not counted twice)
+    assert steal_fraction(before, after) == pytest.approx(100 / 1000)
+    assert steal_fraction(None, after) is None and steal_fraction(before, before) is None
+    now = cpu_times()
+    if now is not None:  # Linux: the counters this machine reports
+        assert len(now) >= 8 and all(x >= 0 for x in now)
+        assert steal_fraction(now, cpu_times()) in (None, pytest.approx(0.0, abs=1.0))
 
 
 # ----------------------------------------------------------------------------- optimum venv
