@@ -15,6 +15,7 @@ from benchmarks.loadgen import check_loopback, poisson_schedule
 from benchmarks.lock import BenchmarkLocked, exclusive
 from benchmarks.presets import PRESETS
 from benchmarks.stats import percentile, ratio, summarize
+from server.config import BatchingConfig
 
 # ----------------------------------------------------------------------------- stats
 
@@ -276,13 +277,14 @@ def test_presets_match_the_issue():
     cpu = PRESETS["cpu"]
     assert cpu.model == "sd15-random" and cpu.budget_s < 20 * 60
     assert {b.dtype for b in cpu.baselines} == {"fp32", "bf16-autocast"}
-    for p in PRESETS.values():  # every preset measures one request at a time over HTTP
-        assert 1 in p.concurrency, p.name
+    for p in PRESETS.values():  # levels ascend from one request at a time (the c=1 latency)
+        assert p.concurrency[0] == 1 and list(p.concurrency) == sorted(set(p.concurrency)), p.name
         assert len(p.batch_sizes) >= 1 and all(b >= 1 for b in p.batch_sizes), p.name
     # the batching target (tiny model, concurrency 12) is measured by ci, batching on and off
     ci = PRESETS["ci"]
     assert 12 in ci.concurrency and ci.model == "tiny" and "batching" in ci.targets
-    assert 1 in ci.batch_sizes and any(b > 1 for b in ci.batch_sizes)
+    # batching on = the server's default --max-batch-size, off = one row per call
+    assert ci.batch_sizes == (BatchingConfig().max_batch_size, 1)
 
 
 def test_phase_peak_memory_is_the_phase_own_not_inherited():
