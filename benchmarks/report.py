@@ -280,16 +280,12 @@ def markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
     m, s, res, summ = doc["machine"], doc["settings"], doc["results"], doc["summary"]
     lines = [f"## Benchmark `{s['preset']}` ({s['started']})", ""]
     gpus = ", ".join(g["name"] for g in m.get("gpus") or []) or "no GPU"
+    steal = m.get("cpu_steal_during_run")
+    steal = f", CPU steal during the run {steal:.1%}" if steal is not None else ""
     lines.append(
         f"Machine: {m.get('cpu_model')} ({m.get('physical_cores')} cores, flags "
         f"{' '.join(m.get('cpu_flags') or []) or '-'}), {m.get('memory_gb')} GB, {gpus}; "
-        f"load average at start {_f((m.get('load_average_at_start') or [None])[0], 2)}"
-        + (
-            f", CPU steal during the run {m['cpu_steal_during_run']:.1%}"
-            if m.get("cpu_steal_during_run") is not None
-            else ""
-        )
-        + ". "
+        f"load average at start {_f((m.get('load_average_at_start') or [None])[0], 2)}{steal}. "
         f"Threads: {s.get('threads')}. Versions: "
         + ", ".join(
             f"{k} {v}"
