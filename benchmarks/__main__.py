@@ -803,7 +803,7 @@ class Runner:
         srv = ModelServer(
             folder,
             folder.name,
-            provider=v.provider.split(":")[0],
+            provider=v.provider,  # "openvino:bf16" carries its precision hint
             threads=self.threads,
             max_batch_size=mbs,
             request_timeout_s=timeout,
