@@ -26,6 +26,7 @@ from server.models.providers import (
 )
 from server.models.providers import onnxruntime as ort_eps
 from server.models.providers.base import _model_folder
+from server.models.providers.openvino_graph import _is_precise
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -252,9 +253,54 @@ def test_openvino_time_embedding_marks(ov, unet_path, tmp_path):
         return float(np.abs(out[c.outputs[1]] - ref).max())
 
     marked_xml, n = prov.write_ir_time_embedding_fp32(core, path, tmp_path)
-    assert n == len(names)
+    assert n >= len(names)  # + the shape constants of the Reshapes that replace Unsqueezes
     assert embedding_error(path) > 1e-2  # the trap, reproduced
     assert embedding_error(marked_xml) < 1e-4  # the fix
+
+
+def test_time_embedding_pin_has_no_node_the_plugin_replaces(ov, unet_path, tmp_path):
+    """OpenVINO rewrites Unsqueeze/Squeeze as Reshape when compiling and drops the ``precise``
+    mark on the way; the pinned IR must hold Reshapes of our own there instead."""
+    path, _ = unet_path
+    core = ov.Core()
+    before = core.read_model(str(path))
+    names = prov.time_embedding_nodes(before)
+    kinds_before = {
+        op.get_type_name() for op in before.get_ordered_ops() if op.get_friendly_name() in names
+    }
+    assert "Unsqueeze" in kinds_before  # the exporter's t[:, None]: what tripped the plugin
+    xml, _ = prov.write_ir_time_embedding_fp32(core, path, tmp_path)
+    after = core.read_model(str(xml))
+    pinned = [op for op in after.get_ordered_ops() if _is_precise(op)]
+    kinds = {op.get_type_name() for op in pinned}
+    assert {"Reshape", "Multiply", "Sin", "Cos"} <= kinds
+    assert not kinds & {"Unsqueeze", "Squeeze"}
+
+
+def test_time_embedding_stays_fp32_under_a_real_bf16_hint(ov, unet_path, ort_reference):
+    """On a CPU with bf16 units the timestep must reach sin/cos unrounded: bf16 holds 8
+    significant bits, so 999 and 998 both round to 1000, which the first pin let happen at
+    the graph's input (identical outputs for the three timesteps)."""
+    path, m = unet_path
+    p = OpenVINOProvider("bf16", threads=1, cache=False)
+    sess = p.load(path, m.components["unet"])
+    if sess.effective_precision != "bf16":
+        pytest.skip("this CPU has no native bf16 (AVX512_BF16/AMX): the hint runs in f32")
+    feeds = unet_feeds(batch=1, hidden=m.text_hidden_size)
+    outs = {}
+    for t in (999.0, 1000.0):
+        outs[t] = sess.run({**feeds, "timestep": np.array([t], np.float32)})["out_sample"]
+    assert np.abs(outs[999.0] - outs[1000.0]).max() > 1e-3 * np.abs(outs[1000.0]).max()
+    runtime = sess.compiled.get_runtime_model()
+    param = next(q for q in runtime.get_parameters() if q.get_friendly_name() == "timestep")
+    first = [t.get_node() for t in param.output(0).get_target_inputs()]
+    precisions = {
+        str(n.get_rt_info()["runtimePrecision"].astype(str))
+        for n in first
+        if "runtimePrecision" in n.get_rt_info()
+        and str(n.get_rt_info()["layerType"].astype(str)) != "ShapeOf"
+    }
+    assert precisions == {"f32"}, precisions
 
 
 def test_mark_precise_in_ir_text():

@@ -22,6 +22,9 @@ _PRECISION_NAMES = {"bf16": "bf16", "f16": "f16", "f32": "f32"}
 
 Shapes = tuple[tuple[str, tuple[int, ...]], ...]
 
+#: version of the fp32 time-embedding pin (``openvino_graph``), part of every cache key
+PIN_VERSION = 2
+
 
 def effective_precision(compiled) -> str | None:
     """The precision a compiled CPU graph computes in ("f32" | "bf16" | "f16"), or None."""
@@ -199,7 +202,9 @@ class OpenVINOProvider(ExecutionProvider):
         return {
             "files": files,
             "precision": self.precision,
-            "time_embedding_fp32": self._pins(),
+            # the pin's version: graphs (and auto's verdicts) made with the first one, whose
+            # timestep input was still rounded to bf16, are not reused
+            "time_embedding_fp32": PIN_VERSION if self._pins() else False,
             "openvino": ov.__version__,
             "device": self.device,
             "cpu": [cpu, *reported_flags(read_cpu_flags())],
