@@ -61,6 +61,12 @@ def _build(core, onnx: str, kind: str, calib: list[dict]) -> ov.Model:
     model = core.read_model(onnx)
     if kind in ("f32", "bf16"):
         return model
+    # NNCF's settings for both int8 variants (optimum-intel's defaults for diffusion models)
+    common = {
+        "preset": nncf.QuantizationPreset.MIXED,
+        "subset_size": len(calib),
+        "model_type": nncf.ModelType.TRANSFORMER,
+    }
     data = nncf.Dataset(calib)
     if kind == "hybrid":
         model = nncf.compress_weights(
@@ -70,23 +76,10 @@ def _build(core, onnx: str, kind: str, calib: list[dict]) -> ov.Model:
         )
         adv = nncf.AdvancedQuantizationParameters()
         adv.smooth_quant_alphas.matmul = -1
-        return nncf.quantize(
-            model,
-            data,
-            preset=nncf.QuantizationPreset.MIXED,
-            subset_size=len(calib),
-            model_type=nncf.ModelType.TRANSFORMER,
-            ignored_scope=nncf.IgnoredScope(names=_weighted_matmuls(model)),
-            advanced_parameters=adv,
-        )
+        ignored = nncf.IgnoredScope(names=_weighted_matmuls(model))
+        return nncf.quantize(model, data, ignored_scope=ignored, advanced_parameters=adv, **common)
     if kind == "full":
-        return nncf.quantize(
-            model,
-            data,
-            preset=nncf.QuantizationPreset.MIXED,
-            subset_size=len(calib),
-            model_type=nncf.ModelType.TRANSFORMER,
-        )
+        return nncf.quantize(model, data, **common)
     raise ValueError(f"unknown variant {kind!r}: f32, bf16, hybrid or full")
 
 
