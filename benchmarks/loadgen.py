@@ -265,7 +265,8 @@ async def open_loop(
 def sdk_edit(
     base: str, payload: Payload, model: str, width: int, height: int, timeout_s: float
 ) -> dict[str, Any]:
-    """One request through the OpenAI SDK; checks the image decodes at width x height."""
+    """One request through the OpenAI SDK, with the payload's ``quality`` when it has one (the
+    fast preset is reached as ``quality="low"``); checks the image decodes at width x height."""
     check_loopback(base)
     from openai import OpenAI
     from PIL import Image
@@ -281,6 +282,7 @@ def sdk_edit(
         n=1,
         size=f["size"],
         response_format="b64_json",
+        **({"quality": f["quality"]} if "quality" in f else {}),
         extra_body={k: f[k] for k in ("seed", "steps", "guidance_scale") if k in f},
     )
     latency = time.perf_counter() - t0
