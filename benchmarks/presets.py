@@ -229,7 +229,7 @@ CPU_512 = Preset(
         recipes.fast(512, 512),
         recipes.default(512, 512, steps=2, extrapolate_to=recipes.DEFAULT_STEPS, repeats=2),
     ),
-    # auto keeps fp32 where bf16 fails its accuracy check (random weights do: ~3% on the UNet);
+    # auto keeps fp32 where bf16 fails its accuracy check (random weights: the VAE, 2.2-3.2%);
     # the explicit bf16 variant shows what the native precision costs and gains regardless
     ours=(OursVariant("auto", check_error=True), OursVariant("openvino:bf16", check_error=True)),
     # the compiled baseline first: two targets compare with it and its compile (minutes per
