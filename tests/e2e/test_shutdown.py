@@ -86,15 +86,19 @@ def test_requests_outlasting_the_grace_get_503_and_the_process_exits_in_time(
             str(grace),
             "--max-batch-size",
             "1",
+            "--max-queue",  # the 256x256 edits below cost more queue rows than the default holds
+            "1000",
         ],
         ready_s=60,
     )
     port, proc = srv.port, srv.proc
-    image = png(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    mask = np.full((64, 64, 4), 255, np.uint8)
-    mask[16:48, 16:48, 3] = 0
-    # 10 images x 150 steps each, one row per UNet call: 1500 tiny-UNet calls, several seconds
-    # of work per request (the grace is 1.5 s)
+    # 256x256: a 64x64 or 128x128 edit was short enough for a Zen 5 to finish the running
+    # request within the grace. Slow CPUs do not lengthen the test: the shutdown aborts work at its next step.
+    image = png(np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    mask = np.full((256, 256, 4), 255, np.uint8)
+    mask[64:192, 64:192, 3] = 0
+    # 10 images x 150 steps each (the most steps), one row per UNet call: 1500 tiny-UNet calls
+    # on 32x32 latents, seconds of work per request (the grace is 1.5 s)
     slow = {"prompt": "x", "steps": "150", "seed": "1", "n": "10"}
     json_body, ctype = _multipart(slow, image, png(mask))
     stream_body, _ = _multipart({**slow, "stream": "true"}, image, png(mask))
