@@ -117,6 +117,8 @@ def main() -> None:
             outs = outs[: len(feeds)]
             if kind == "f32":
                 ref[batch] = outs
+            # server.models.providers.accuracy.max_relative_error's measure, written out: the
+            # optimum venv this runs in has no onnxruntime, which the server package imports
             errs = [
                 float(np.abs(o - r).max() / np.abs(r).max())
                 for o, r in zip(outs, ref.get(batch, outs), strict=True)

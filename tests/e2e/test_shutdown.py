@@ -93,7 +93,8 @@ def test_requests_outlasting_the_grace_get_503_and_the_process_exits_in_time(
     )
     port, proc = srv.port, srv.proc
     # 256x256: a 64x64 or 128x128 edit was short enough for a Zen 5 to finish the running
-    # request within the grace. Slow CPUs do not lengthen the test: the shutdown aborts work at its next step.
+    # request within the grace. Slow CPUs do not lengthen the test: the shutdown aborts work at
+    # its next step.
     image = png(np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8))
     mask = np.full((256, 256, 4), 255, np.uint8)
     mask[64:192, 64:192, 3] = 0

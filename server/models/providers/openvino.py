@@ -14,16 +14,13 @@ from server.models.cpu_features import read_cpu_flags, reported_flags
 from server.models.manifest import ComponentSpec
 
 from .base import ExecutionProvider, ProviderUnavailable, Session, _model_folder, component_name
-from .openvino_graph import _is_precise, write_ir_time_embedding_fp32
+from .openvino_graph import PIN_VERSION, _is_precise, write_ir_time_embedding_fp32
 from .ov_cache import BlobCache
 
 #: OpenVINO's element type names -> the names this project uses.
 _PRECISION_NAMES = {"bf16": "bf16", "f16": "f16", "f32": "f32"}
 
 Shapes = tuple[tuple[str, tuple[int, ...]], ...]
-
-#: version of the fp32 time-embedding pin (``openvino_graph``), part of every cache key
-PIN_VERSION = 2
 
 
 def effective_precision(compiled) -> str | None:

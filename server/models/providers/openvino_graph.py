@@ -10,6 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+#: version of the pin below, part of the OpenVINO provider's cache keys: bump it when the pin
+#: changes what a compiled graph computes (2: the timestep is no longer rounded at the input)
+PIN_VERSION = 2
+
 #: ops of the sinusoidal timestep embedding (t * freqs -> sin/cos) and what feeds them.
 _TIME_EMBED_OPS = {
     "Convert", "Multiply", "Sin", "Cos", "Exp", "Concat", "Unsqueeze", "Reshape", "Broadcast",
