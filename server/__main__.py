@@ -13,6 +13,7 @@ from .config import ServerConfig
 from .http.app import create_app
 from .http.serve import serve
 from .logs import setup_logging
+from .models.instances import check_count
 from .service.admission import return_freed_memory
 
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     return_freed_memory()
     try:
         check_provider(config)
+        check_count(config.models.instances)
         app = create_app(config)
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .models.instances import MIN_GAIN
 from .protocol import MAX_IMAGES, MAX_PROMPT_CHARS
 
 #: every environment variable of the server starts with this (harnesses drop them by prefix).
@@ -102,7 +103,16 @@ class ModelsConfig:
         "fastest precision this CPU computes natively (bf16/f16 on OpenVINO) that stays within "
         "its tolerance of fp32 and measures faster than fp32",
     )
-    threads: int | None = option(None, "CPU threads per model session; default: all cores")
+    threads: int | None = option(
+        None,
+        "CPU threads per model (its budget, split between its instances); default: all cores",
+    )
+    instances: int | None = option(
+        None,
+        "concurrent batches per exported model, sharing its sessions and splitting the cores; "
+        "default: measured at load (as many as there are cores when concurrent calls of the "
+        f"model give >= {MIN_GAIN}x the throughput of one, as for small models; else 1)",
+    )
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ model that drives the model.
 - Diffusion models: step-level continuous batching. The running batch advances one denoising step
   per UNet call; between steps finished rows leave (batched VAE decode) and queued compatible rows
   join (batched text/VAE encode), each row with its own scheduler state, timestep and guidance.
+- Instances: a model may run several batches at once (``instances`` loop threads sharing its
+  queue and sessions; ``server.models.instances`` says when that pays).
 - FIFO fairness: rows are admitted strictly in arrival order. When the oldest queued row cannot
   join the running batch (different latent size), nothing behind it jumps the queue; the batch
   drains and the next one starts with that row.
@@ -75,19 +77,23 @@ def make_worker(
     max_wait_ms: float,
     max_queue: int,
     metrics=None,
+    instances: int = 1,
 ) -> ModelWorker:
-    """A started worker for ``model`` with the loop ``worker_class`` picks."""
+    """A started worker for ``model`` with the loop ``worker_class`` picks, ``instances`` of
+    them running at once."""
     return worker_class(model)(
         model,
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
         max_queue=max_queue,
         metrics=metrics,
+        instances=instances,
     )
 
 
 class Batcher:
-    """One worker per model name (``worker(name)``); ``stop`` stops them all."""
+    """One worker per model name (``worker(name)``); ``stop`` stops them all. ``instances``:
+    model name -> concurrent batches (absent: one)."""
 
     def __init__(
         self,
@@ -97,6 +103,7 @@ class Batcher:
         max_wait_ms: float,
         max_queue: int,
         metrics=None,
+        instances: dict[str, int] | None = None,
     ) -> None:
         self.workers = {
             name: make_worker(
@@ -105,6 +112,7 @@ class Batcher:
                 max_wait_ms=max_wait_ms,
                 max_queue=max_queue,
                 metrics=metrics,
+                instances=(instances or {}).get(name, 1),
             )
             for name, m in models.items()
         }

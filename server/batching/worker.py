@@ -4,11 +4,16 @@ It owns the bounded FIFO of rows (``submit`` / ``stop``), the take step (``_wait
 ``_admit``), deadline and cancellation dropping, and the running-row accounting. A subclass
 supplies only ``_run_batch``: one batch, from its first admitted row until it drains.
 
-Accounting, in one place: every row ``_admit`` hands out is put in ``_running``, and leaves it
-only through ``_settle``, which ``_deliver``, ``_fail`` and ``_drop_dead`` all use. If
-``_run_batch`` raises, or returns while rows it took are still held, ``_loop`` fails and settles
-those rows. The queue-depth gauge is always ``len(_pending) + len(_running)``, never counted by
-hand.
+Instances: ``instances`` loop threads share the queue, each running its own batch (a model
+instance, ``server.models.instances``); the model's methods are called from all of them at
+once. Rows still leave the queue strictly in arrival order: whichever loop takes next takes the
+oldest.
+
+Accounting, in one place: every row ``_admit`` hands out is put in ``_running`` under the loop
+that took it, and leaves it only through ``_settle``, which ``_deliver``, ``_fail`` and
+``_drop_dead`` all use. If ``_run_batch`` raises, or returns while rows it took are still held,
+``_loop`` fails and settles those rows (its own, never another loop's). The queue-depth gauge
+is always ``len(_pending) + len(_running)``, never counted by hand.
 """
 
 from __future__ import annotations
@@ -61,8 +66,9 @@ def _keyed(key_fn: Callable[[Row], tuple]) -> Callable[[Row], tuple]:
 class ModelWorker:
     """Owns one model: a bounded queue of rows and a thread that runs the model.
 
-    Subclasses implement ``_run_batch`` and add no state of their own (the thread starts at the
-    end of ``__init__``).
+    Subclasses implement ``_run_batch`` and add no state of their own (the threads start at the
+    end of ``__init__``); ``_run_batch`` keeps its batch in local variables, since every loop
+    thread runs it.
     """
 
     def __init__(
@@ -73,6 +79,7 @@ class ModelWorker:
         max_wait_ms: float,
         max_queue: int,
         metrics=None,
+        instances: int = 1,
     ) -> None:
         self.model = model
         self.max_batch_size = max(1, max_batch_size)
@@ -81,11 +88,17 @@ class ModelWorker:
         self.metrics = metrics
         self._cond = threading.Condition()
         self._pending: deque[QueuedRow] = deque()  # queued, FIFO; guarded by _cond
-        self._running: set[QueuedRow] = set()  # admitted, not yet settled; guarded by _cond
+        # admitted, not yet settled -> the loop thread holding it; guarded by _cond
+        self._running: dict[QueuedRow, int] = {}
         self._stopping = False
         self._avg_row_s = 1.0  # running estimate of seconds per row, for Retry-After
-        self._thread = threading.Thread(target=self._loop, name=f"model-{model.name}", daemon=True)
-        self._thread.start()
+        self.instances = max(1, int(instances))
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"model-{model.name}-{i}", daemon=True)
+            for i in range(self.instances)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # ------------------------------------------------------------------ submit side (event loop)
     def submit(self, rows: list[Row], *, timeout_s: float, row_cost: int = 1) -> Job:
@@ -108,7 +121,8 @@ class ModelWorker:
             if queued + job.row_cost * len(rows) > self.max_queue:
                 ahead = queued + sum(item.job.row_cost for item in self._running)
                 wait = ahead * self._avg_row_s
-                raise QueueFull(max(1, min(60, int(wait / max(1, self.max_batch_size)) + 1)))
+                slots = max(1, self.max_batch_size * self.instances)
+                raise QueueFull(max(1, min(60, int(wait / slots) + 1)))
             for i in range(len(rows)):
                 self._pending.append(QueuedRow(job, i))
             self._gauge()
@@ -130,7 +144,9 @@ class ModelWorker:
             self._cond.notify_all()
         for item in dropped:
             item.job.resolve(error=ShuttingDown())
-        self._thread.join(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if end is None else max(0.0, end - time.monotonic()))
 
     # ------------------------------------------------------------------ the loop (worker thread)
     def _run_batch(self) -> bool:
@@ -139,6 +155,7 @@ class ModelWorker:
         raise NotImplementedError
 
     def _loop(self) -> None:
+        me = threading.get_ident()
         while True:
             error: Exception | None = None
             try:
@@ -147,7 +164,7 @@ class ModelWorker:
                 log.exception("batcher loop error in model %s", self.model.name)
                 error, alive = exc, True
             with self._cond:
-                held = list(self._running)
+                held = [item for item, owner in self._running.items() if owner == me]
             if held:
                 if error is None:
                     error = RuntimeError(f"batch loop ended with {len(held)} rows still running")
@@ -187,7 +204,8 @@ class ModelWorker:
                     self._fail_queued_job(bad.row, bad.error)
             for _ in taken:
                 self._pending.popleft()
-            self._running.update(taken)
+            owner = threading.get_ident()
+            self._running.update((item, owner) for item in taken)
             self._gauge()
         now = time.monotonic()
         for item in taken:
@@ -225,7 +243,8 @@ class ModelWorker:
         Rows already settled are ignored, so no row is answered or uncounted twice."""
         with self._cond:
             mine = [(item, out) for item, out in outcomes if item in self._running]
-            self._running.difference_update(item for item, _ in mine)
+            for item, _ in mine:
+                del self._running[item]
             self._gauge()
         for item, outcome in mine:
             job = item.job

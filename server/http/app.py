@@ -82,6 +82,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
                     provider=models.provider,
                     threads=models.threads,
                     default_model=models.default_model,
+                    instances=models.instances,
                 ),
             )
         # a local folder, or an S3 bucket (probed over the network: off the loop)
@@ -93,6 +94,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
             max_wait_ms=batching.max_wait_ms,
             max_queue=batching.max_queue,
             metrics=metrics,
+            instances={name: reg.instances_of(name).count for name in reg.models},
         )
         app[EXECUTOR] = executor
         app[REGISTRY] = reg

@@ -115,6 +115,7 @@ def _card(request: web.Request, name: str) -> ModelCard:
         created=request.app[STATE].started,
         default=(name == registry.default),
         capabilities=model.capabilities.card(),
+        instances=registry.instances_of(name).card(),
         **model.describe(),
     )
 

@@ -20,6 +20,7 @@ so a 4096x4096 photo with a small mask costs one 512x512 pass); a dynamic one at
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +73,19 @@ class OneShotModel:
 
     @classmethod
     def from_folder(
-        cls, folder: Path, *, name: str, provider: str = "auto", threads: int | None = None
+        cls,
+        folder: Path,
+        *,
+        name: str,
+        provider: str = "auto",
+        threads: int | None = None,
+        instances: int = 1,
     ) -> OneShotModel:
         manifest = read_manifest(Path(folder))
         if not isinstance(manifest, OneShotManifest):
             raise ValueError("not a one-shot model folder (manifest pipeline)")
-        return cls(folder, manifest, select_provider(provider, threads=threads), name=name)
+        engine = select_provider(provider, threads=threads, streams=instances)
+        return cls(folder, manifest, engine, name=name)
 
     # ------------------------------------------------------------------ metadata
     def describe(self) -> dict[str, Any]:
@@ -120,6 +128,15 @@ class OneShotModel:
         feeds = to_feeds([r.image for r in rows], [r.mask for r in rows], self.io, size)
         result = self.session.run(feeds)[self.io.output]
         return from_output(result, self.io, [r.image.shape[:2] for r in rows])
+
+    def probe(self) -> Callable[[], Any]:
+        """One call of the graph on one image at its native size: what
+        ``instances.measure`` times."""
+        side = self.capabilities.limits.native_side
+        size = padded_size(side, side, self.io)
+        image = np.zeros((side, side, 3), np.uint8)
+        feeds = to_feeds([image], [np.zeros((side, side), np.float32)], self.io, size)
+        return lambda: self.session.run(feeds)
 
     @staticmethod
     def _check(row: Row) -> None:

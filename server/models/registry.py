@@ -6,6 +6,10 @@ folder that fails to load is recorded with a short reason ("manifest invalid: fi
 "component missing", "provider unavailable"...) that ``GET /v1/models`` shows; the full error
 (paths, exception text) goes to the log only. The others still serve.
 
+Instances: each exported model gets its instance count (concurrent batches, ``instances.py``)
+here, set by ``--instances`` or measured at load; ``instances_of`` gives it (one for a model
+registered without).
+
 Aliases: a one-shot manifest may name other ids for its model (``aliases``, e.g. "dall-e-2" so
 clients hard-wired to an OpenAI model name reach it); ``get`` resolves them. A model name always
 wins over an alias, and an alias two models claim is dropped (logged).
@@ -21,6 +25,7 @@ from pathlib import Path
 
 from .base import InpaintModel
 from .builtin import BuiltinInpaintModel
+from .instances import Instances, check_count, choose, fixed
 from .manifest import MANIFEST_FILE, UnknownModelKind, read_manifest
 from .providers import ProviderUnavailable
 
@@ -46,6 +51,11 @@ class ModelRegistry:
     default: str | None = None
     #: alias -> model name
     aliases: dict[str, str] = field(default_factory=dict)
+    #: model name -> its instances (absent: one)
+    instances: dict[str, Instances] = field(default_factory=dict)
+
+    def instances_of(self, name: str) -> Instances:
+        return self.instances.get(name) or Instances()
 
     def get(self, name: str | None) -> InpaintModel:
         key = name or self.default
@@ -84,7 +94,8 @@ def _load_oneshot(folder: Path, **kw) -> InpaintModel:
     return OneShotModel.from_folder(folder, **kw)
 
 
-#: pipeline kind (the manifest's ``pipeline``) -> loader(folder, name=, provider=, threads=)
+#: pipeline kind (the manifest's ``pipeline``) -> loader(folder, name=, provider=, threads=,
+#: instances=)
 LOADERS: dict[str, Callable[..., InpaintModel]] = {
     "sd-inpaint": _load_sd,
     "one-shot": _load_oneshot,
@@ -115,13 +126,36 @@ def failure_reason(exc: BaseException) -> str:
     return "load failed (see the server log)"
 
 
-def load_model(folder: Path, *, name: str, provider: str, threads: int | None) -> InpaintModel:
-    """Load one model folder by its manifest's kind. Raises what the loader raises."""
+def load_model(
+    folder: Path,
+    *,
+    name: str,
+    provider: str,
+    threads: int | None,
+    instances: int | None = None,
+) -> tuple[InpaintModel, Instances]:
+    """Load one model folder by its manifest's kind, with its instances: ``instances`` of
+    them, or (None) as many as ``instances.choose`` finds worth it (it loads the model a second
+    time, for that many instances, to compare). Each instance gets its share of the thread
+    budget (``threads``, else the cores).
+    Raises what the loader raises."""
     manifest = read_manifest(folder)
     loader = LOADERS.get(manifest.pipeline)
     if loader is None:
         raise UnknownModelKind(manifest.pipeline)
-    return loader(folder, name=name, provider=provider, threads=threads)
+    if instances is not None:
+        plan = fixed(instances, threads)
+        model = loader(
+            folder, name=name, provider=provider, threads=plan.threads, instances=plan.count
+        )
+        return model, plan
+    model = loader(folder, name=name, provider=provider, threads=threads, instances=1)
+
+    def load(count: int, each: int | None) -> InpaintModel:
+        return loader(folder, name=name, provider=provider, threads=each, instances=count)
+
+    plan, model = choose(model, load, threads)
+    return model, plan
 
 
 def load_registry(
@@ -130,12 +164,14 @@ def load_registry(
     provider: str = "auto",
     threads: int | None = None,
     default_model: str | None = None,
+    instances: int | None = None,
 ) -> ModelRegistry:
     """Load the built-in model and every exported model; never raises for a broken folder.
 
     The default model is ``default_model`` if given (a model name or alias; it must exist:
     ValueError otherwise), else the first exported model that loaded, else the built-in one.
     """
+    check_count(instances)
     registry = ModelRegistry()
     builtin = BuiltinInpaintModel()
     registry.models[builtin.name] = builtin
@@ -143,15 +179,25 @@ def load_registry(
     for folder in discover(Path(models_dir)):
         name = folder.name
         try:
-            model = load_model(folder, name=name, provider=provider, threads=threads)
+            model, plan = load_model(
+                folder, name=name, provider=provider, threads=threads, instances=instances
+            )
         except Exception as exc:  # noqa: BLE001 - one broken folder must not stop the others
             reason = failure_reason(exc)
             log.error("model %s (%s) failed to load: %s: %s", name, folder, type(exc).__name__, exc)
             registry.failures.append(LoadFailure(name=name, path=str(folder), reason=reason))
             continue
         registry.models[name] = model
+        registry.instances[name] = plan
         exported.append(name)
-        log.info("loaded model %s from %s", name, folder)
+        log.info(
+            "loaded model %s from %s: %d instance(s), %s threads each (%s)",
+            name,
+            folder,
+            plan.count,
+            plan.threads or "default",
+            plan.reason,
+        )
     _collect_aliases(registry)
     if default_model is not None:
         try:

@@ -43,6 +43,8 @@ backed source to reproduce diffusers with ``generator=torch.Generator().manual_s
 from __future__ import annotations
 
 import itertools
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,17 +221,26 @@ class SDInpaintModel:
             if comp not in self.sessions:
                 raise ValueError(f"{folder}: manifest lacks component {comp!r}; re-export")
         self._uids = itertools.count()
-        self._batch: _StepBatch | None = None
+        # the kept step arrays, one set per thread: each batching loop (model instance) steps
+        # its own rows, and all of them share this object and its sessions
+        self._local = threading.local()
 
     @classmethod
     def from_folder(
-        cls, folder: Path, *, name: str, provider: str = "auto", threads: int | None = None
+        cls,
+        folder: Path,
+        *,
+        name: str,
+        provider: str = "auto",
+        threads: int | None = None,
+        instances: int = 1,
     ) -> SDInpaintModel:
         manifest = Manifest.read(Path(folder))
         inpainting = manifest.unet_in_channels == 2 * manifest.latent_channels + 1
         if manifest.pipeline != "sd-inpaint" or not inpainting:
             raise ValueError(f"{folder}: not an SD inpainting export (UNet in-channels)")
-        return cls(folder, manifest, select_provider(provider, threads=threads), name=name)
+        engine = select_provider(provider, threads=threads, streams=instances)
+        return cls(folder, manifest, engine, name=name)
 
     def _tokenizer_dir(self) -> Path:
         files = self.manifest.tokenizer
@@ -261,7 +272,20 @@ class SDInpaintModel:
 
     def close(self) -> None:
         self.sessions.clear()
-        self._batch = None
+        self._local = threading.local()
+
+    def probe(self) -> Callable[[], Any]:
+        """One UNet call as one guided request at the native size runs it (2 rows: the
+        conditional and unconditional halves): what ``instances.measure`` times."""
+        spec = self.manifest.components["unet"]
+        side = self.capabilities.limits.native_side // self.vae_scale
+        rng = np.random.default_rng(0)
+        feeds = {}
+        for t in spec.inputs:  # batch axis first; the named spatial axes are the latent's
+            shape = [2] + [side if isinstance(d, str) else int(d) for d in t.shape[1:]]
+            feeds[t.name] = rng.standard_normal(shape).astype(np.float32)
+        feeds["timestep"] = np.full(feeds["timestep"].shape, 500.0, np.float32)
+        return lambda: self._run("unet", feeds)
 
     # ------------------------------------------------------------------ 1. validation
 
@@ -503,9 +527,10 @@ class SDInpaintModel:
         become views of it), writes the mask channels of the UNet input and uploads the text
         embeddings (``session.to_device``: once per batch on CUDA, not once per step).
         """
-        if self._batch is not None and self._batch.holds(rows):
-            return self._batch
-        self._batch = None  # free the old arrays before allocating the new ones
+        kept: _StepBatch | None = getattr(self._local, "batch", None)
+        if kept is not None and kept.holds(rows):
+            return kept
+        self._local.batch = None  # free the old arrays before allocating the new ones
         order = sorted(range(len(rows)), key=lambda i: rows[i].state.scheduler.config_key)
         states: list[_RowState] = [rows[i].state for i in order]
         n_rows = len(states)
@@ -522,7 +547,7 @@ class SDInpaintModel:
         sample[:n_rows, c:] = extra
         sample[n_rows:, c:] = extra[cfg]
         text = [st.cond for st in states] + [states[i].uncond for i in guided]
-        self._batch = _StepBatch(
+        self._local.batch = _StepBatch(
             uids=tuple(r.state.uid for r in rows),
             order=order,
             states=states,
@@ -533,7 +558,7 @@ class SDInpaintModel:
             guidance=_f32([states[i].guidance for i in guided]).reshape(-1, 1, 1, 1),
             text=self.sessions["unet"].to_device(np.concatenate(text, axis=0).astype(np.float32)),
         )
-        return self._batch
+        return self._local.batch
 
     def _emit_previews(self, previews: list[tuple[Row, list[int], np.ndarray]]) -> None:
         """Decode previews with the tiny autoencoder whenever the folder has one: a preview is

@@ -464,3 +464,80 @@ async def test_a_row_the_model_cannot_key_fails_alone_and_the_queue_moves_on():
             await asyncio.wait_for(bad.future, 5)
         assert (await asyncio.wait_for(good.future, 5))[0][0, 0, 0] == 7
         await wait_depth(metrics, model, 0)
+
+
+# ---------------------------------------------------------------- instances (concurrent batches)
+
+
+class OverlapDiffusion(FakeDiffusion):
+    """Counts how many ``step`` calls run at once (the most seen: ``peak``)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.now = self.peak = 0
+
+    def step(self, rows):
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            super().step(rows)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+async def test_instances_run_batches_at_once_and_every_row_gets_its_own_image():
+    model = OverlapDiffusion(step_delay=0.02)
+    with serving(model, max_batch_size=1, max_wait_ms=0, instances=2) as w:
+        assert w.instances == 2
+        jobs = [w.submit([make_row(seed=i, steps=4)], timeout_s=10) for i in range(4)]
+        images = await asyncio.gather(*(j.future for j in jobs))
+    assert [int(im[0][0, 0, 0]) for im in images] == [0, 1, 2, 3]
+    assert model.peak == 2  # two batches of one row stepped at the same time
+    assert all(len(c) == 1 for c in model.calls)  # never more than max_batch_size per call
+    assert sorted(s for p in model.prepared for s in p) == [0, 1, 2, 3]
+
+
+async def test_one_instance_steps_one_batch_at_a_time():
+    model = OverlapDiffusion(step_delay=0.01)
+    with serving(model, max_batch_size=1, max_wait_ms=0) as w:
+        jobs = [w.submit([make_row(seed=i, steps=3)], timeout_s=10) for i in range(3)]
+        await asyncio.gather(*(j.future for j in jobs))
+    assert model.peak == 1
+
+
+async def test_instances_take_rows_in_arrival_order():
+    model = FakeDiffusion(step_delay=0.01)
+    with serving(model, max_batch_size=1, max_wait_ms=0, instances=2) as w:
+        jobs = [w.submit([make_row(seed=i, steps=2)], timeout_s=10) for i in range(6)]
+        await asyncio.gather(*(j.future for j in jobs))
+    firsts = [p[0] for p in model.prepared]
+    # each loop takes the oldest queued row: the two running batches are always the two
+    # oldest unfinished requests, so row i starts no later than row i + 2's start
+    assert sorted(firsts) == list(range(6))
+    assert all(firsts.index(i) <= firsts.index(i + 2) for i in range(4))
+
+
+async def test_a_loop_error_fails_only_the_rows_of_that_instance():
+    metrics = Metrics()
+    model = FakeDiffusion(step_delay=0.02, done_error_seed=3)
+    with serving(model, max_batch_size=1, max_wait_ms=0, metrics=metrics, instances=2) as w:
+        long = w.submit([make_row(seed=1, steps=10)], timeout_s=10)
+        await asyncio.sleep(0.05)  # row 1 runs in one loop; row 3 goes to the other
+        bad = w.submit([make_row(seed=3, steps=2)], timeout_s=10)
+        with pytest.raises(RuntimeError, match="is_done failed"):
+            await asyncio.wait_for(bad.future, 5)
+        assert (await asyncio.wait_for(long.future, 5))[0][0, 0, 0] == 1
+        await wait_depth(metrics, model, 0)
+        await refill_full_queue(w, metrics, model, 8)
+
+
+async def test_stop_waits_for_every_instance():
+    model = FakeDiffusion(step_delay=0.02)
+    w = worker_for(model, max_batch_size=1, max_wait_ms=0, instances=3)
+    jobs = [w.submit([make_row(seed=i, steps=3)], timeout_s=10) for i in range(3)]
+    await asyncio.sleep(0.03)
+    await asyncio.get_running_loop().run_in_executor(None, w.stop, 5)
+    assert [int((await j.future)[0][0, 0, 0]) for j in jobs] == [0, 1, 2]
+    assert not any(t.is_alive() for t in w._threads)

@@ -88,6 +88,7 @@ def select_provider(
     threads: int | None = None,
     device_id: int = 0,
     openvino_precision: str | None = None,
+    streams: int = 1,
 ) -> ExecutionProvider:
     """The provider for ``name`` ("auto" | "cpu" | "cuda" | "tensorrt" | "openvino").
 
@@ -97,7 +98,9 @@ def select_provider(
     auto = CUDA when onnxruntime has CUDAExecutionProvider (never TensorRT: its engine builds
     take minutes, so it is opt-in), else ``AutoProvider``: per component the fastest precision
     this CPU computes natively that holds against fp32. Raises ``ProviderUnavailable`` saying
-    what to install, ``ValueError`` for an unknown name.
+    what to install, ``ValueError`` for an unknown name. ``streams``: concurrent calls the
+    sessions take (one per model instance, ``threads`` each); ONNX Runtime's sessions take
+    them as they are, OpenVINO compiles a stream per call.
     """
     name = (name or "auto").lower()
     if name.startswith("openvino:"):  # "openvino:bf16" selects the precision hint
@@ -107,7 +110,7 @@ def select_provider(
     if name == "auto" and CUDAProvider.available():
         name = "cuda"
     if name == "auto":
-        provider: ExecutionProvider = AutoProvider(threads)
+        provider: ExecutionProvider = AutoProvider(threads, streams=streams)
     elif name == "cpu":
         provider = CPUProvider(threads)
     elif name == "cuda":
@@ -116,6 +119,6 @@ def select_provider(
         provider = TensorRTProvider(device_id, threads=threads)
     else:
         precision = openvino_precision or "f32"
-        provider = OpenVINOProvider(precision, threads)
+        provider = OpenVINOProvider(precision, threads, streams=streams)
     provider.check()
     return provider

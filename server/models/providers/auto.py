@@ -89,6 +89,7 @@ class AutoProvider(ExecutionProvider):
         self,
         threads: int | None = None,
         *,
+        streams: int = 1,
         flags: Iterable[str] | None = None,
         runtimes: Iterable[str] | None = None,
         tolerances: dict[str, float] | None = None,
@@ -97,6 +98,7 @@ class AutoProvider(ExecutionProvider):
         cache_dir: Path | None = None,
     ):
         self.threads = threads
+        self.streams = streams
         self.flags = frozenset(read_cpu_flags() if flags is None else flags)
         self.runtimes = frozenset(available_runtimes() if runtimes is None else runtimes)
         self.tolerances = dict(tolerances or {})
@@ -123,7 +125,11 @@ class AutoProvider(ExecutionProvider):
         precision = "f32" if choice.precision == "fp32" else choice.precision
         if precision not in self._ov:
             self._ov[precision] = OpenVINOProvider(
-                precision, self.threads, cache=self.cache, cache_dir=self.cache_dir
+                precision,
+                self.threads,
+                cache=self.cache,
+                cache_dir=self.cache_dir,
+                streams=self.streams,
             )
             self._ov[precision]._caches = self._blob_caches
         return self._ov[precision]

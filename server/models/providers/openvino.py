@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -49,12 +50,16 @@ class OVSession:
         compile_for: Callable[[Shapes], Any] | None = None,
         capacity: int = 4,
         names: tuple[list[str], list[str]] | None = None,
+        streams: int = 1,
     ):
         if (compiled is None) == (compile_for is None):
             raise ValueError("give a compiled model or compile_for, not both")
         self._compile_for = compile_for
         self.capacity = max(1, int(capacity))
         self._static: OrderedDict[Shapes, tuple[Any, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.streams = max(1, int(streams))
+        self._mine = threading.local()  # with several streams: each caller's own request
         self.compiles = 0
         if compiled is not None:
             self.compiled = compiled
@@ -90,11 +95,23 @@ class OVSession:
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
-        if self._compile_for is not None:
-            compiled, request = self._for_shapes(feeds)
-        else:
-            compiled, request = self.compiled, self._request
-        result = request.infer(feeds)
+        if self.streams > 1 and self._compile_for is None:
+            # a graph compiled with several streams: concurrent callers (model instances)
+            # run at once, each on a request of its own
+            request = getattr(self._mine, "request", None)
+            if request is None:
+                request = self._mine.request = self.compiled.create_infer_request()
+            return self._outputs(self.compiled, request.infer(feeds))
+        # One stream: concurrent callers take turns on the one request; the lock also guards
+        # the static-graph table.
+        with self._lock:
+            if self._compile_for is not None:
+                compiled, request = self._for_shapes(feeds)
+            else:
+                compiled, request = self.compiled, self._request
+            return self._outputs(compiled, request.infer(feeds))
+
+    def _outputs(self, compiled, result) -> dict[str, np.ndarray]:
         return {
             name: np.array(result[out], copy=True)
             for name, out in zip(self.output_names, compiled.outputs, strict=True)
@@ -111,6 +128,8 @@ class OpenVINOProvider(ExecutionProvider):
 
     cache: compiled graphs are kept in ``cache_dir`` (default ``<model folder>/ov_cache``), so
     a restart imports them instead of compiling; ``cache=False`` turns that off.
+    streams: concurrent calls the graphs take (one per model instance, ``threads`` each); 1 =
+    callers take turns.
     static_shapes: 0 = one dynamic graph per component (default); N > 0 = a static graph per
     input-shape set, at most N per component in memory (each holds its own copy of the
     weights: ~1.7 GB for the SD 1.5 UNet in bf16) and all of them on disk.
@@ -130,6 +149,7 @@ class OpenVINOProvider(ExecutionProvider):
         cache: bool = True,
         cache_dir: Path | None = None,
         static_shapes: int = 0,
+        streams: int = 1,
     ):
         if precision not in self.PRECISIONS:
             raise ValueError(
@@ -144,6 +164,7 @@ class OpenVINOProvider(ExecutionProvider):
         self.cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.static_shapes = int(static_shapes)
+        self.streams = max(1, int(streams))
         self._core = None
         self._caches: dict[Path, BlobCache] = {}
         self.effective_precision: str | None = None
@@ -173,8 +194,10 @@ class OpenVINOProvider(ExecutionProvider):
 
     def config(self) -> dict[str, str]:
         cfg = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
+        if self.streams > 1:  # one stream per model instance, ``threads`` each
+            cfg["NUM_STREAMS"] = str(self.streams)
         if self.threads is not None:
-            cfg["INFERENCE_NUM_THREADS"] = str(int(self.threads))
+            cfg["INFERENCE_NUM_THREADS"] = str(int(self.threads) * self.streams)
         return cfg
 
     def blob_cache(self, folder: Path) -> BlobCache | None:
@@ -271,7 +294,7 @@ class OpenVINOProvider(ExecutionProvider):
                 names=names,
             )
         else:
-            session = OVSession(self._compiled(path, spec, None, model_box))
+            session = OVSession(self._compiled(path, spec, None, model_box), streams=self.streams)
             del model_box[:]  # the compiled graph holds what it needs
         self.effective_precision = session.effective_precision
         return session
@@ -288,6 +311,7 @@ class OpenVINOProvider(ExecutionProvider):
             "effective_precision": self.effective_precision,
             "device_capabilities": caps,
             "threads": self.threads or "default",
+            "streams": self.streams,
             "static_shapes": self.static_shapes,
             "cache": [c.describe() for c in self._caches.values()],
         }
