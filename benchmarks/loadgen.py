@@ -1,8 +1,9 @@
 """HTTP load against a real ``python -m server`` subprocess on 127.0.0.1 (never elsewhere).
 
 - ``ModelServer``: the one launcher (``server_process.ServerProcess``) with ``--no-auth``, a
-  models dir holding only the model under test, ``--provider``, ``--threads`` and
-  ``--max-batch-size``; reports the peak RSS (VmHWM) of the server process.
+  models dir holding only the model under test, ``--provider``, ``--threads``,
+  ``--max-batch-size`` and ``--instances`` (unset: the server measures it); reports the peak
+  RSS (VmHWM) of the server process and ``card()``, the model's ``/v1/models`` entry.
 - ``closed_loop``: ``concurrency`` clients, each sending its next request as soon as its last
   one returned, ``total`` requests in all: throughput (images/s) and per-request latency.
 - ``open_loop``: Poisson arrivals (exponential gaps, seeded) at ``rate`` requests/s, ``n``
@@ -66,6 +67,7 @@ class ModelServer(ServerProcess):
         max_queue: int = 64,
         log_dir: Path | None = None,
         ready_timeout_s: float = 1200,
+        instances: int | None = None,
     ):
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-server-")
         models_dir = Path(self._tmp.name) / "models"
@@ -92,10 +94,22 @@ class ModelServer(ServerProcess):
         ]
         if threads:
             args += ["--threads", str(threads)]
+        if instances is not None:
+            args += ["--instances", str(instances)]
+        self.model_name = model_name
         log = Path(log_dir or self._tmp.name) / (
             f"server-{model_name}-{provider.replace(':', '_')}-b{max_batch_size}.log"
         )
         super().__init__(args, log, ready_timeout_s=ready_timeout_s)
+
+    def card(self) -> dict[str, Any]:
+        """The model's ``GET /v1/models/{name}`` entry (what it runs with: provider, instances)."""
+        import json
+        import urllib.request
+
+        url = f"{self.base}/v1/models/{self.model_name}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.loads(r.read())
 
     def stop(self, timeout: float = 30.0) -> int:
         rc = super().stop(timeout)

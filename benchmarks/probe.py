@@ -6,13 +6,17 @@ OpenVINO's bf16 UNet then achieved):
 
 - fp32: numpy (its bundled BLAS), torch (oneDNN/MKL), OpenVINO (a one-MatMul model compiled
   with ``INFERENCE_PRECISION_HINT=f32``);
-- bf16: torch bf16 matmul (oneDNN; emulated, and slow, without AVX512-BF16/AMX) and OpenVINO
-  with the bf16 hint. A probe is filed under the precision its graph really computes in:
-  OpenVINO runs a bf16 hint in f32 on CPUs without the units (``effective_precision``);
-- int8: torch's ``_int_mm`` (int8 x int8 -> int32; VNNI/AMX-INT8 where present). No
-  configuration measured here computes in int8 (``--provider auto`` never picks it), so this
-  peak is informational;
+- bf16: torch bf16 matmul (oneDNN) and OpenVINO with the bf16 hint. A probe is filed under the
+  precision its graph really computes in: OpenVINO runs a bf16 hint in f32 on CPUs without the
+  units (``effective_precision``);
+- int8: torch's ``_int_mm`` (int8 x int8 -> int32). No configuration measured here computes in
+  int8 (``--provider auto`` never picks it), so this peak is informational;
 - GPU: torch fp16 / fp32 matmul on CUDA when torch sees a GPU.
+
+torch's bf16 and int8 probes run only on CPUs with the units (``NATIVE_UNITS``): without them
+torch emulates the type at 1-3 GFLOP/s (measured on an AVX2-only Zen 2: 1.4 bf16, 3.1 int8 at
+n=512), so a 2048 probe took minutes and measured nothing any configuration uses; the result
+says which were skipped and why.
 
 Square matrices of side n in {1024, 2048} (best of both), 2 n^3 FLOPs each, the best of
 ``repeats`` runs after one warm-up, at the benchmark's thread count.
@@ -23,9 +27,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from server.models.cpu_features import NATIVE_FLAGS, read_cpu_flags
+
 from .attribution import normalize_precision, peaks_by_precision
 
 CPU_SIDES = (1024, 2048)
+#: torch probe precision -> the CPU flags that compute it natively (else it is not probed)
+NATIVE_UNITS = {
+    "bf16": NATIVE_FLAGS["bf16"],
+    "int8": ("amx_int8", "avx512_vnni", "avx_vnni"),
+}
 
 
 def _best(fn, repeats: int, sync=None) -> float:
@@ -141,19 +152,26 @@ def probe(
         pass
     add("numpy fp32", _best_over_sides(numpy_matmul_gflops), "fp32", "numpy BLAS")
     add("torch fp32", _best_over_sides(torch_matmul_gflops), "fp32", "torch (oneDNN/MKL)")
-    add(
-        "torch bf16",
-        _best_over_sides(lambda n: torch_matmul_gflops(n, repeats=3, dtype="bfloat16")),
-        "bf16",
-        "torch (oneDNN)",
-    )
-    if int8:
+    flags = read_cpu_flags()
+    skipped: dict[str, str] = {}
+    for precision, dtype, library in (
+        ("bf16", "bfloat16", "torch (oneDNN)"),
+        ("int8", "int8", "torch _int_mm"),
+    ):
+        if precision == "int8" and not int8:
+            continue
+        name, units = f"torch {precision}", NATIVE_UNITS[precision]
+        if not set(units) & flags:
+            skipped[name] = f"no {'/'.join(units)} on this CPU: torch would emulate it"
+            continue
         add(
-            "torch int8",
-            _best_over_sides(lambda n: torch_matmul_gflops(n, repeats=3, dtype="int8")),
-            "int8",
-            "torch _int_mm",
+            name,
+            _best_over_sides(lambda n, d=dtype: torch_matmul_gflops(n, repeats=3, dtype=d)),
+            precision,
+            library,
         )
+    if skipped:
+        out["skipped"] = skipped
     for hint in ("f32", "bf16"):
         best: tuple[float, str] | None = None
         for n in CPU_SIDES:

@@ -397,7 +397,7 @@ def markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
             http_rows.append(
                 [
                     h["label"],
-                    f"{h['batching']} (max {h['max_batch_size']})",
+                    _batching(h),
                     f"{h['width']}x{h['height']}/{h['steps']}",
                     str(c["concurrency"]),
                     f"{c['requests']} x {c['repeats_done']}",
@@ -436,7 +436,7 @@ def markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
             ol_rows.append(
                 [
                     h["label"],
-                    f"{h['batching']} (max {h['max_batch_size']})",
+                    _batching(h),
                     _f(o["offered_rps"]),
                     _f(o["throughput_img_s"]),
                     f"{o['ok']}/{o['requests']}",
@@ -470,9 +470,17 @@ def markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
         lines.append(
             "Batching on / off throughput: "
             + ", ".join(f"{k} {_f(v, 2)}x" for k, v in gain.items())
-            + "."
+            + ". Batching off = one request at a time (``--max-batch-size 1 --instances 1``)."
         )
         lines.append("")
+    for h in res.get("http", []):
+        inst = h.get("instances")
+        if inst and h["batching"] == "on":
+            lines += [
+                f"Model instances, {h['label']} batching on: {inst['count']} x "
+                f"{inst['threads']} thread(s): {inst['reason']}.",
+                "",
+            ]
 
     srows = stage_rows(res)
     if srows:
@@ -582,6 +590,15 @@ def targets_md(targets: list[dict[str, Any]], machine: dict[str, Any]) -> list[s
     return lines
 
 
+def _batching(h: dict[str, Any]) -> str:
+    """ "on (max 4, 2 instances x 1 thread)": the server's batching and its model instances."""
+    inst = h.get("instances") or {}
+    extra = ""
+    if inst.get("count", 1) > 1:
+        extra = f", {inst['count']} instances x {inst['threads']} thread(s)"
+    return f"{h['batching']} (max {h['max_batch_size']}{extra})"
+
+
 def unet_step_md(steps: list[dict[str, Any]]) -> list[str]:
     if not steps:
         return []
@@ -620,6 +637,8 @@ def peaks_md(peak: dict[str, Any]) -> list[str]:
     lines.append("")
     lines.append(f"Method: {peak.get('method', '-')}. Source: {peak.get('source', 'measured')}.")
     lines.append("")
+    for name, why in (peak.get("skipped") or {}).items():
+        lines += [f"Not probed: {name} ({why}).", ""]
     return lines
 
 

@@ -15,8 +15,9 @@ How the numbers are taken:
 - default-recipe UNet step: our UNet call at batch 2 (median, from the default-recipe images)
   vs PyTorch's compiled bf16 UNet call at the same shape; the error is ours vs ONNX Runtime fp32
   on the same denoising inputs (``inprocess.unet_error_vs_fp32``);
-- batching: closed-loop throughput with batching on over batching off (one request at a
-  time: ``--max-batch-size 1``), at concurrency 12, on the tiny model.
+- batching: closed-loop throughput with batching on (the server's defaults: step-level
+  batching, and the model instances it measures at load) over batching off (one request at a
+  time: ``--max-batch-size 1 --instances 1``), at concurrency 12, on the tiny model.
 """
 
 from __future__ import annotations
