@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .models.instances import MIN_GAIN
+from .models.instances import MAX_LONE_SLOWDOWN, MIN_GAIN
 from .protocol import MAX_IMAGES, MAX_PROMPT_CHARS
 
 #: every environment variable of the server starts with this (harnesses drop them by prefix).
@@ -109,9 +109,10 @@ class ModelsConfig:
     )
     instances: int | None = option(
         None,
-        "concurrent batches per exported model, sharing its sessions and splitting the cores; "
-        "default: measured at load (as many as there are cores when concurrent calls of the "
-        f"model give >= {MIN_GAIN}x the throughput of one, as for small models; else 1)",
+        "concurrent batches per exported model, sharing its sessions and splitting its "
+        "threads; default: measured at load (one per thread when concurrent calls of the model "
+        f"give >= {MIN_GAIN}x the throughput of one and a lone call stays within "
+        f"{MAX_LONE_SLOWDOWN}x of its time, as for small models; else 1)",
     )
 
 

@@ -17,11 +17,14 @@ memory and latency.
 (``choose``): the model's probe (one call of its main component at its native size, as one
 request runs it) is timed with one caller on the model as loaded for one instance; then the
 model is loaded a second time for C instances (C = the thread budget, one thread each) and the
-probe timed with C concurrent callers. The C-instance model is kept when it gives at least
-``MIN_GAIN`` times the throughput, else closed. Models whose probe call takes longer than
+probe timed with C concurrent callers, and with one. The C-instance model is kept when it gives
+at least ``MIN_GAIN`` times the throughput and a lone call on it takes at most
+``MAX_LONE_SLOWDOWN`` times as long (a request arriving alone must not pay for the split), else
+closed. Models whose probe call takes longer than
 ``PROBE_MAX_CALL_S`` are not probed (their ops are large enough for the threads, and a second
 load of a large model would cost seconds and gigabytes); models without a probe (the built-in
-one) keep one instance.
+one) and models on a GPU provider keep one instance (a second engine build and concurrent
+streams on a GPU are unmeasured here; ``--instances`` sets them).
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ PROBE_S = 0.4
 PROBE_MIN_CALLS = 5
 #: concurrent calls must give at least this much more throughput than one caller
 MIN_GAIN = 1.25
+#: and a lone request may run at most this much slower on its share of the threads (the
+#: users are latency-sensitive: a model whose ops do scale with threads keeps them)
+MAX_LONE_SLOWDOWN = 1.15
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,8 @@ def choose(
         return Instances(1, threads, "no probe (one batch at a time)"), model
     if callers < 2:
         return Instances(1, threads, "a thread budget of one"), model
+    if getattr(getattr(model, "provider", None), "device_class", "cpu") != "cpu":
+        return Instances(1, threads, "a GPU provider (not measured there: set --instances)"), model
     probe = model.probe()
     probe()  # warm-up: first-call allocations and lazy initialisation
     t0 = time.perf_counter()
@@ -144,17 +152,19 @@ def choose(
         other_probe = other.probe()
         other_probe()  # warm-up
         many = _throughput(other_probe, callers)
+        lone = _throughput(other_probe, 1)
     except Exception:
         other.close()
         raise
-    gain = many / one
+    gain, slower = many / one, one / lone
     alone = f"{threads} thread(s)" if threads is not None else "all cores"
     how = (
         f"{callers} concurrent calls on {each} thread(s) each gave {gain:.2f}x the throughput "
-        f"of one call on {alone}"
+        f"of one call on {alone}, a lone call {slower:.2f}x its time"
     )
-    if gain < MIN_GAIN:
+    if gain < MIN_GAIN or slower > MAX_LONE_SLOWDOWN:
         other.close()
-        return Instances(1, threads, f"{how} (< {MIN_GAIN}x)"), model
+        limits = f"needs >= {MIN_GAIN}x and <= {MAX_LONE_SLOWDOWN}x"
+        return Instances(1, threads, f"{how} ({limits})"), model
     model.close()
     return Instances(callers, each, how), other

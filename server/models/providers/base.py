@@ -61,6 +61,8 @@ class ExecutionProvider(ABC):
     name: str = ""
     #: what to install when unavailable
     install_hint: str = ""
+    #: where the sessions compute: "cpu" or "gpu" (model instances are measured on CPUs only)
+    device_class: str = "cpu"
 
     @classmethod
     @abstractmethod

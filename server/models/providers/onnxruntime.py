@@ -127,6 +127,7 @@ class CUDAProvider(CPUProvider):
     """ONNX Runtime's CUDA EP (CPU EP as fallback for unsupported nodes), with IO binding."""
 
     name = "cuda"
+    device_class = "gpu"
     install_hint = (
         "pip install '.[gpu]' (onnxruntime-gpu, in place of onnxruntime) and a CUDA 12 runtime"
     )
