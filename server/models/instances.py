@@ -137,11 +137,15 @@ def choose(
         return Instances(1, threads, "a thread budget of one"), model
     if getattr(getattr(model, "provider", None), "device_class", "cpu") != "cpu":
         return Instances(1, threads, "a GPU provider (not measured there: set --instances)"), model
-    probe = model.probe()
-    probe()  # warm-up: first-call allocations and lazy initialisation
-    t0 = time.perf_counter()
-    probe()
-    call_s = time.perf_counter() - t0
+    try:
+        probe = model.probe()
+        probe()  # warm-up: first-call allocations and lazy initialisation
+        t0 = time.perf_counter()
+        probe()
+        call_s = time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 - a model that serves must not fail on its probe
+        log.warning("model instances: the probe call failed (%s); one instance", exc)
+        return Instances(1, threads, f"the probe call failed ({type(exc).__name__})"), model
     if call_s > PROBE_MAX_CALL_S:
         why = f"one call takes {call_s:.2f} s: its ops use every core (not probed)"
         return Instances(1, threads, why), model
@@ -153,9 +157,10 @@ def choose(
         other_probe()  # warm-up
         many = _throughput(other_probe, callers)
         lone = _throughput(other_probe, 1)
-    except Exception:
+    except Exception as exc:  # noqa: BLE001 - keep the model that works
         other.close()
-        raise
+        log.warning("model instances: the %d-instance load failed its probe (%s)", callers, exc)
+        return Instances(1, threads, f"the probe call failed ({type(exc).__name__})"), model
     gain, slower = many / one, one / lone
     alone = f"{threads} thread(s)" if threads is not None else "all cores"
     how = (

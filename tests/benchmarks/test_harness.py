@@ -210,6 +210,47 @@ def test_baseline_configs_split_images_and_unet_steps(tmp_path):
     assert fp32[1]["extrapolate_to"] == 25 and fp32[1]["repeats"] == 2
 
 
+def test_bf16_baselines_on_a_cpu_without_bf16_run_in_fp32_or_not_at_all(tmp_path):
+    from benchmarks.__main__ import Runner, parse_args
+
+    runner = Runner(PRESETS["cpu-512"], parse_args(["--preset", "cpu-512", "--out", str(tmp_path)]))
+    compiled, eager = PRESETS["cpu-512"].baselines[:2]
+    assert (compiled.dtype, compiled.compile, eager.dtype, eager.compile) == (
+        "bf16",
+        True,
+        "bf16",
+        False,
+    )
+    fp32 = runner._fp32_instead(compiled)
+    assert (fp32.dtype, fp32.compile, fp32.recipes, fp32.unet_step) == (
+        "fp32",
+        True,
+        compiled.recipes,
+        compiled.unet_step,
+    )
+    assert runner._fp32_instead(eager) is None
+    assert any("no native bf16" in n for n in runner.notes)
+
+
+def test_torch_probes_of_types_the_cpu_lacks_are_skipped(monkeypatch):
+    from benchmarks import probe as probe_mod
+
+    asked = []
+    monkeypatch.setattr(probe_mod, "read_cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(probe_mod, "CPU_SIDES", (64,))
+    real = probe_mod.torch_matmul_gflops
+
+    def spy(n=1024, repeats=5, dtype="float32", device="cpu"):
+        asked.append(dtype)
+        return real(n, repeats, dtype, device)
+
+    monkeypatch.setattr(probe_mod, "torch_matmul_gflops", spy)
+    out = probe_mod.probe(threads=1)
+    assert "bfloat16" not in asked and "int8" not in asked and "float32" in asked
+    assert set(out["skipped"]) == {"torch bf16", "torch int8"}
+    assert "torch fp32" in out["probes"]
+
+
 # ----------------------------------------------------------------------------- comparisons
 
 

@@ -113,6 +113,23 @@ def test_a_model_on_a_gpu_provider_keeps_one_instance():
     assert model is on_gpu and plan.count == 1 and "GPU" in plan.reason and loads.calls == []
 
 
+def test_a_probe_that_fails_keeps_the_model_loaded_with_one_instance():
+    class Broken(FakeModel):
+        def probe(self):
+            def call():
+                raise RuntimeError("wrong input shape")
+
+            return call
+
+    first, loads = FakeModel(), Loads(Broken())
+    plan, model = choose(Broken(), loads, threads=2)
+    assert plan.count == 1 and "probe call failed (RuntimeError)" in plan.reason
+    assert loads.calls == []
+    # the second load's probe fails: it is closed, the first model serves
+    plan, model = choose(first, loads, threads=2)
+    assert model is first and loads.model.closed and plan.count == 1
+
+
 def test_fixed_counts_split_the_thread_budget(monkeypatch):
     monkeypatch.setattr(inst, "cores", lambda: 8)
     assert fixed(1, None) == Instances(1, None, "--instances 1")
