@@ -1,5 +1,5 @@
-"""The batcher: a bounded FIFO of rows per model, a pure collate step, and one worker thread per
-model that drives the model.
+"""The batcher: a bounded FIFO of rows per model, a pure collate step, and one worker per model
+whose threads (one per model instance, usually one) drive the model.
 
 - Single-pass models: dynamic batching. The worker waits for a first row, gathers compatible rows
   for up to ``max_wait_ms`` (at most ``max_batch_size``), runs them in one call. (Diffusion

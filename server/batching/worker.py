@@ -64,7 +64,8 @@ def _keyed(key_fn: Callable[[Row], tuple]) -> Callable[[Row], tuple]:
 
 
 class ModelWorker:
-    """Owns one model: a bounded queue of rows and a thread that runs the model.
+    """Owns one model: a bounded queue of rows and the threads that run the model (one per
+    instance).
 
     Subclasses implement ``_run_batch`` and add no state of their own (the threads start at the
     end of ``__init__``); ``_run_batch`` keeps its batch in local variables, since every loop

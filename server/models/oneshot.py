@@ -131,7 +131,7 @@ class OneShotModel:
 
     def probe(self) -> Callable[[], Any]:
         """One call of the graph on one image at its native size: what
-        ``instances.measure`` times."""
+        ``instances.choose`` times."""
         side = self.capabilities.limits.native_side
         size = padded_size(side, side, self.io)
         image = np.zeros((side, side, 3), np.uint8)

@@ -276,7 +276,7 @@ class SDInpaintModel:
 
     def probe(self) -> Callable[[], Any]:
         """One UNet call as one guided request at the native size runs it (2 rows: the
-        conditional and unconditional halves): what ``instances.measure`` times."""
+        conditional and unconditional halves): what ``instances.choose`` times."""
         spec = self.manifest.components["unet"]
         side = self.capabilities.limits.native_side // self.vae_scale
         rng = np.random.default_rng(0)
