@@ -20,11 +20,11 @@ model is loaded a second time for C instances (C = the thread budget, one thread
 probe timed with C concurrent callers, and with one. The C-instance model is kept when it gives
 at least ``MIN_GAIN`` times the throughput and a lone call on it takes at most
 ``MAX_LONE_SLOWDOWN`` times as long (a request arriving alone must not pay for the split), else
-closed. Models whose probe call takes longer than
-``PROBE_MAX_CALL_S`` are not probed (their ops are large enough for the threads, and a second
-load of a large model would cost seconds and gigabytes); models without a probe (the built-in
-one) and models on a GPU provider keep one instance (a second engine build and concurrent
-streams on a GPU are unmeasured here; ``--instances`` sets them).
+closed. Models whose probe call takes longer than ``PROBE_MAX_CALL_S`` are not probed (their ops
+are large enough for the threads, and a second load of a large model would cost seconds and
+gigabytes); models without a probe (the built-in one) and models on a GPU provider keep one
+instance (a second engine build and concurrent streams on a GPU are unmeasured here;
+``--instances`` sets them). A probe that fails leaves the model at one instance.
 """
 
 from __future__ import annotations
