@@ -30,12 +30,14 @@ class FakeModel:
         self.call_s, self.serial = call_s, serial
         self.lock = threading.Lock()
         self.closed = False
+        self.calls = 0
 
     def close(self):
         self.closed = True
 
     def probe(self):
         def call():
+            self.calls += 1
             if self.serial:
                 with self.lock:
                     time.sleep(self.call_s)
@@ -90,10 +92,11 @@ def test_a_split_that_slows_a_lone_request_keeps_one_instance():
 
 def test_a_slow_call_is_not_probed_and_nothing_is_loaded_again(monkeypatch):
     monkeypatch.setattr(inst, "PROBE_MAX_CALL_S", 0.01)
-    loads = Loads(FakeModel())
-    plan, model = choose(FakeModel(call_s=0.03), loads, threads=None)
+    loads, slow = Loads(FakeModel()), FakeModel(call_s=0.03)
+    plan, model = choose(slow, loads, threads=None)
     assert loads.calls == [] and plan.count == 1 and plan.threads is None
     assert "not probed" in plan.reason
+    assert slow.calls == 1  # its first call decided it (and warmed the model up)
 
 
 def test_no_probe_or_a_budget_of_one_thread_keeps_one_instance():
