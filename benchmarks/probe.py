@@ -13,10 +13,10 @@ OpenVINO's bf16 UNet then achieved):
   int8 (``--provider auto`` never picks it), so this peak is informational;
 - GPU: torch fp16 / fp32 matmul on CUDA when torch sees a GPU.
 
-torch's bf16 and int8 probes run only on CPUs with the units (``NATIVE_UNITS``): without them
-torch emulates the type at 1-3 GFLOP/s (measured on an AVX2-only Zen 2: 1.4 bf16, 3.1 int8 at
-n=512), so a 2048 probe took minutes and measured nothing any configuration uses; the result
-says which were skipped and why.
+torch's bf16 and int8 probes run only on CPUs with the units (``cpu_features.NATIVE_FLAGS``):
+without them torch emulates the type at 1-3 GFLOP/s (measured on an AVX2-only Zen 2: 1.4 bf16,
+3.1 int8 at n=512), so a 2048 probe took minutes and measured nothing any configuration uses;
+the result says which were skipped and why.
 
 Square matrices of side n in {1024, 2048} (best of both), 2 n^3 FLOPs each, the best of
 ``repeats`` runs after one warm-up, at the benchmark's thread count.
@@ -27,16 +27,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from server.models.cpu_features import NATIVE_FLAGS, read_cpu_flags
+from server.models.cpu_features import NATIVE_FLAGS, native_unit, read_cpu_flags
 
 from .attribution import normalize_precision, peaks_by_precision
 
 CPU_SIDES = (1024, 2048)
-#: torch probe precision -> the CPU flags that compute it natively (else it is not probed)
-NATIVE_UNITS = {
-    "bf16": NATIVE_FLAGS["bf16"],
-    "int8": ("amx_int8", "avx512_vnni", "avx_vnni"),
-}
 
 
 def _best(fn, repeats: int, sync=None) -> float:
@@ -160,9 +155,10 @@ def probe(
     ):
         if precision == "int8" and not int8:
             continue
-        name, units = f"torch {precision}", NATIVE_UNITS[precision]
-        if not set(units) & flags:
-            skipped[name] = f"no {'/'.join(units)} on this CPU: torch would emulate it"
+        name = f"torch {precision}"
+        if native_unit(flags, precision) is None:
+            units = "/".join(NATIVE_FLAGS[precision])
+            skipped[name] = f"no {units} on this CPU: torch would emulate it"
             continue
         add(
             name,
