@@ -9,6 +9,8 @@ import shutil
 import subprocess
 from typing import Any
 
+from server.models.cpu_features import native_unit
+
 PACKAGES = (
     "onnxruntime",
     "onnxruntime-gpu",
@@ -58,7 +60,7 @@ def _cpuinfo() -> dict[str, Any]:
 
 def native_bf16(flags: list[str]) -> bool:
     """Whether the CPU computes bf16 natively (else torch emulates it: slow)."""
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+    return native_unit(flags, "bf16") is not None
 
 
 def gpus() -> list[dict[str, str]]:
