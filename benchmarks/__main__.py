@@ -935,6 +935,7 @@ class Runner:
                 f"{r['steps']}" + (" (UNet step)" if r.get("mode") == "unet_step" else "")
             )
             row["precisions"] = r.get("precisions")
+            row.update(impl=r.get("impl"), recipe=r.get("recipe", "default"), mode=r.get("mode"))
             self.results["compute_floor"].append(row)
 
     # ------------------------------------------------------------------ output

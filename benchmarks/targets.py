@@ -15,6 +15,9 @@ How the numbers are taken:
 - default-recipe UNet step: our UNet call at batch 2 (median, from the default-recipe images)
   vs PyTorch's compiled bf16 UNet call at the same shape; the error is ours vs ONNX Runtime fp32
   on the same denoising inputs (``inprocess.unet_error_vs_fp32``);
+- the latency goal against the CPU: the row names the fast recipe's compute floor (the lowest
+  of our configurations in the compute-floor table) and, when the floor is above the goal,
+  says it is out of reach on this CPU (the verdict stays FAIL);
 - batching: closed-loop throughput with batching on (the server's defaults: step-level
   batching, and the model instances it measures at load) over batching off (one request at a
   time: ``--max-batch-size 1 --instances 1``), at concurrency 12, on the tiny model.
@@ -124,6 +127,10 @@ def measure(results: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
         out["fast_latency"] = (e2e[0], f"{e2e[1]}, HTTP c=1 median (quality=low)")
     else:
         out["fast_latency"] = (ours_s, f"{ours and ours['label']}, in-process median")
+    floor = fast_floor(results)
+    if floor is not None:
+        value, how = out["fast_latency"]
+        out["fast_latency"] = (value, f"{how}; compute floor {floor:.2f} s (see below)")
     d32 = _pick(rows, impl="diffusers", recipe="default", mode="image", variant_dtype="fp32")
     d32_s = (d32 or {}).get("extrapolated", {}).get("latency_s")
     out["fast_vs_diffusers_default_fp32"] = (
@@ -175,6 +182,29 @@ def measure(results: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
     return out
 
 
+def fast_floor(results: dict[str, Any]) -> float | None:
+    """The lowest image floor of our fast-recipe configurations: the seconds one image takes
+    when every component runs at the measured peak of its precision on this CPU (no
+    implementation can go below it at those precisions); None when not computed."""
+    floors = [
+        f["image_floor_s"]
+        for f in results.get("compute_floor", [])
+        if f.get("impl") == "ours" and f.get("recipe") == "fast" and f.get("image_floor_s")
+    ]
+    return min(floors) if floors else None
+
+
+def out_of_reach(t: Target, results: dict[str, Any]) -> str | None:
+    """Why a latency goal cannot be met on this machine at all (its compute floor is above
+    the goal), else None. The verdict stays FAIL; this says it is the CPU's bound."""
+    if t.key != "fast_latency":
+        return None
+    floor = fast_floor(results)
+    if floor is None or floor <= t.threshold:
+        return None
+    return f"out of reach on this CPU: compute floor {floor:.2f} s > {t.threshold:g} s"
+
+
 def verdict(t: Target, value: float | None, not_applicable: str | None) -> str:
     if value is None:
         return "not measured"
@@ -206,6 +236,7 @@ def evaluate(preset, results: dict[str, Any], machine: dict[str, Any]) -> list[d
                 "how": how,
                 "verdict": verdict(t, value, na),
                 "not_applicable": na,
+                "out_of_reach": out_of_reach(t, results),
                 "applies": t.applies,
                 "cpu_flags": flags,
                 "cores": machine.get("affinity_cores") or machine.get("logical_cores"),

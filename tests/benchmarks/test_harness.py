@@ -410,6 +410,30 @@ def test_targets_pass_and_fail_on_the_matching_machine():
     assert slow["fast_vs_diffusers_bf16_compiled"]["verdict"] == "FAIL"  # 5.2 / 7.0 < 1.2
 
 
+def test_latency_target_names_the_compute_floor_and_when_it_is_out_of_reach():
+    def floor(impl, recipe, seconds):
+        return {"impl": impl, "recipe": recipe, "mode": "image", "image_floor_s": seconds}
+
+    res = _results(7.0)
+    res["compute_floor"] = [
+        floor("ours", "fast", 6.8),  # the lowest of ours: the one that decides
+        floor("ours", "fast", 9.0),
+        floor("ours", "default", 1.0),  # another recipe
+        floor("diffusers", "fast", 2.0),  # a baseline's floor is not ours
+    ]
+    rows = {t["key"]: t for t in evaluate(PRESETS["cpu-512"], res, MACHINE)}
+    row = rows["fast_latency"]
+    assert row["verdict"] == "FAIL" and "compute floor 6.80 s" in row["how"]
+    assert row["out_of_reach"] == "out of reach on this CPU: compute floor 6.80 s > 6 s"
+    md = "\n".join(report.targets_md(list(rows.values()), MACHINE))
+    assert "**FAIL (out of reach on this CPU: compute floor 6.80 s > 6 s)**" in md
+    assert rows["fast_vs_diffusers_bf16_eager"]["out_of_reach"] is None
+    res["compute_floor"] = [floor("ours", "fast", 3.9)]  # reachable: a plain FAIL
+    row = {t["key"]: t for t in evaluate(PRESETS["cpu-512"], res, MACHINE)}["fast_latency"]
+    assert row["verdict"] == "FAIL" and row["out_of_reach"] is None
+    assert "compute floor 3.90 s" in row["how"]
+
+
 def test_targets_elsewhere_are_not_applicable_or_not_measured():
     avx2 = {**MACHINE, "cpu_native_bf16": False, "affinity_cores": 8}
     rows = {t["key"]: t for t in evaluate(PRESETS["cpu-512"], _results(), avx2)}
