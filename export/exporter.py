@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 from server.models.manifest import (
     MANIFEST_FILE,
     ComponentSpec,
+    FastPreset,
     Manifest,
     Source,
     Verification,
@@ -41,7 +42,7 @@ EXPORTER_VERSION = 1
 #: export_args keys that only affect verification: changing them re-verifies, never re-exports.
 VERIFY_KEYS = ("verify", "tolerance")
 #: export_args keys that only affect manifest.json: changing them rewrites it, nothing else.
-MANIFEST_KEYS = ("fast_preset",)
+MANIFEST_KEYS = ("fast_preset", "tiny_vae_encode")
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 LIBRARIES = (
     "torch",
@@ -85,6 +86,11 @@ class Options:
     tiny_vae: str | None = None  # AutoencoderTiny folder or hub id (export/taesd.py)
     loras: tuple[LoraArg, ...] = ()  # fused in order before export (export/lora.py)
     fast_preset: str | None = None  # --fast-preset as given; None = automatic from the LoRAs
+    tiny_vae_encode: bool = False  # --tiny-vae-encode: the fast preset encodes with the tiny VAE
+
+    def fast_preset_entry(self) -> FastPreset | None:
+        """The manifest's ``fast_preset`` for these arguments (export/lora.py)."""
+        return lora.fast_preset(self.fast_preset, self.loras, self.tiny_vae_encode)
 
     def export_args(self) -> dict:
         # "tiny_vae" only when given: folders exported before the option stay "up to date"
@@ -94,6 +100,8 @@ class Options:
             extra["loras"] = [[lora.source, lora.scale] for lora in self.loras]
         if self.fast_preset is not None:
             extra["fast_preset"] = self.fast_preset
+        if self.tiny_vae_encode:
+            extra["tiny_vae_encode"] = True
         return {
             "model": self.model,
             "revision": self.revision,
@@ -352,7 +360,7 @@ def _export(opts: Options, log: Clock) -> Manifest:
         source=source,
         tiny_vae=manifest_entry(opts.tiny_vae, pipe.tiny_vae) if opts.tiny_vae else None,
         loras=pipe.lora_records,
-        fast_preset=lora.fast_preset(opts.fast_preset, opts.loras),
+        fast_preset=opts.fast_preset_entry(),
         versions=versions(),
         verification=checks,
         notes=notes,
@@ -394,7 +402,7 @@ def _reverify(opts: Options, existing: Manifest, log: Clock) -> Manifest:
             "verification": checks,
             "notes": notes,
             "export_args": opts.export_args(),
-            "fast_preset": lora.fast_preset(opts.fast_preset, opts.loras),
+            "fast_preset": opts.fast_preset_entry(),
         }
     )
     manifest.write(opts.out)
@@ -407,7 +415,7 @@ def _rewrite_manifest(opts: Options, existing: Manifest, log: Clock) -> Manifest
     manifest = existing.model_copy(
         update={
             "export_args": opts.export_args(),
-            "fast_preset": lora.fast_preset(opts.fast_preset, opts.loras),
+            "fast_preset": opts.fast_preset_entry(),
         }
     )
     manifest.write(opts.out)

@@ -17,7 +17,8 @@ SCHEDULER:STEPS[:GUIDANCE]`` (guidance default 1.0 = no classifier-free guidance
 automatic: the first LoRA whose *name* contains "lcm" or "tcd" (case-insensitive) gives
 ``lcm:4:1.0`` or ``tcd:4:1.0``. A LoRA's name is the last component of SOURCE as given: the hub
 repository's name (``latent-consistency/lcm-lora-sdv1-5`` -> ``lcm-lora-sdv1-5``), the folder's
-name or the file's name.
+name or the file's name. ``--tiny-vae-encode`` (with ``--tiny-vae``) makes the preset encode
+with the tiny autoencoder too (``FastPreset.tiny_vae_encode``).
 
 ``build_random_lora`` makes a random-weight LoRA for a local pipeline (tests; no hub).
 """
@@ -80,9 +81,25 @@ def parse_fast_preset(text: str) -> FastPreset:
     )  # fmt: skip
 
 
-def fast_preset(spec: str | None, loras: tuple[LoraArg, ...]) -> FastPreset | None:
+def fast_preset(
+    spec: str | None, loras: tuple[LoraArg, ...], tiny_vae_encode: bool = False
+) -> FastPreset | None:
     """The manifest's fast preset: ``spec`` (a ``--fast-preset`` value; "none" = no preset) or,
-    without one, the automatic choice from the LoRAs' names (see the module docstring)."""
+    without one, the automatic choice from the LoRAs' names (see the module docstring).
+    ``tiny_vae_encode`` (``--tiny-vae-encode``): the preset also encodes with the tiny
+    autoencoder; ValueError when there is no preset for it to apply to."""
+    preset = _fast_preset(spec, loras)
+    if not tiny_vae_encode:
+        return preset
+    if preset is None:
+        raise ValueError(
+            "--tiny-vae-encode applies to the fast preset, and there is none: give "
+            "--fast-preset SCHEDULER:STEPS[:GUIDANCE] or an LCM/TCD --lora"
+        )
+    return preset.model_copy(update={"tiny_vae_encode": True})
+
+
+def _fast_preset(spec: str | None, loras: tuple[LoraArg, ...]) -> FastPreset | None:
     if spec is not None:
         return None if spec == "none" else parse_fast_preset(spec)
     for lora in loras:

@@ -117,6 +117,10 @@ class FastPreset(BaseModel):
     scheduler: str  # a public scheduler name of the server ("lcm", "tcd", ...)
     steps: int = Field(ge=1)
     guidance_scale: float = Field(ge=0)
+    #: the preset also encodes (the masked image, and the image when strength < 1) with the tiny
+    #: autoencoder's encoder, as diffusers with vae=AutoencoderTiny does (``python -m export
+    #: --tiny-vae-encode``); False: the full VAE encodes, only the final decode is tiny
+    tiny_vae_encode: bool = False
     #: how it was chosen, e.g. "--fast-preset lcm:4:1.0" or "LoRA name contains 'lcm'"
     reason: str = ""
 

@@ -18,7 +18,10 @@ The steps, as in diffusers (numbers match the comments in the code):
    in exactly the order diffusers draws them from its generator:
    strength < 1: image latent sample, initial noise, masked-image latent sample;
    strength = 1: initial noise, masked-image latent sample (the image itself is not encoded).
-   Latent sample = mean + std * noise, times the VAE scaling factor.
+   Latent sample = mean + std * noise, times the VAE scaling factor. Fast-preset rows of a
+   model exported with ``--tiny-vae-encode`` encode with the tiny encoder instead
+   (``taesd_encoder``: deterministic latents times its scaling factor, no draw), as diffusers
+   with ``vae=AutoencoderTiny`` does.
 6. Initial latents: strength 1 -> noise * init_noise_sigma; else add_noise(image latents, noise,
    first timestep).
 7. ``step``: UNet input = cat(scaled latents, mask, masked-image latents) (9 channels) for
@@ -73,8 +76,10 @@ GUIDANCE_SCALE = Range(0, 30)
 STRENGTH = Range(0, 1, lo_exclusive=True)  # 1 = repaint fully; 0 would leave no step
 DEFAULT_GUIDANCE = 7.5
 QUALITY_PRESETS = {"low": Preset(12), "medium": Preset(25), "high": Preset(50)}
-#: the tiny-autoencoder decoder component; the fast preset decodes with it when present
+#: the tiny-autoencoder components: the fast preset decodes with the decoder when present, and
+#: encodes with the encoder when its manifest entry says so (``FastPreset.tiny_vae_encode``)
 TINY_VAE_DECODER = "taesd_decoder"
+TINY_VAE_ENCODER = "taesd_encoder"
 
 
 def quality_presets(manifest: Manifest) -> dict[str, Preset]:
@@ -92,6 +97,11 @@ def quality_presets(manifest: Manifest) -> dict[str, Preset]:
         )
     STEPS.check("steps", fast.steps)
     GUIDANCE_SCALE.check("guidance_scale", fast.guidance_scale)
+    if fast.tiny_vae_encode and TINY_VAE_ENCODER not in manifest.components:
+        raise ValueError(
+            f"manifest fast_preset encodes with the tiny autoencoder, but the folder has no "
+            f"{TINY_VAE_ENCODER}; re-export with --tiny-vae PATH_OR_HUB_ID --tiny-vae-encode"
+        )
     tiny = TINY_VAE_DECODER in manifest.components
     low = Preset(fast.steps, fast.scheduler, fast.guidance_scale, tiny_vae=tiny)
     return {**QUALITY_PRESETS, "low": low}
@@ -220,6 +230,9 @@ class SDInpaintModel:
         for comp in ("text_encoder", "unet", "vae_encoder", "vae_decoder"):
             if comp not in self.sessions:
                 raise ValueError(f"{folder}: manifest lacks component {comp!r}; re-export")
+        #: fast-preset rows (``row.tiny_vae``) encode with the tiny encoder (quality_presets
+        #: has checked that the folder has it)
+        self.tiny_encode = bool(manifest.fast_preset and manifest.fast_preset.tiny_vae_encode)
         self._uids = itertools.count()
         # the kept step arrays, one set per thread: each batching loop (model instance) steps
         # its own rows, and all of them share this object and its sessions
@@ -258,6 +271,8 @@ class SDInpaintModel:
             "source": self.manifest.source.model,
             # the tiny autoencoder's source when one was exported (previews use it), else None
             "tiny_vae": self._tiny_vae_source(),
+            # whether quality=low also encodes with it (else the full VAE encodes)
+            "tiny_vae_encode": self.tiny_encode,
             # LoRAs fused into the weights at export (python -m export --lora), in order
             "loras": [{"source": x.source, "scale": x.scale} for x in self.manifest.loras],
         }
@@ -407,9 +422,13 @@ class SDInpaintModel:
             # F.interpolate(mode="nearest") to (H/8, W/8): source index floor(i * 8)
             masks.append(np.ascontiguousarray(m[:, :, :: self.vae_scale, :: self.vae_scale]))
 
-        # 5. one VAE-encoder call (per image size): images of strength < 1 rows, masked images
+        # 5. one encoder call per encoder and image size: images of strength < 1 rows, masked
+        #    images; fast-preset rows encode with the tiny encoder when the preset says so
         partial = [i for i, st in enumerate(settings) if st.strength < 1.0]
-        moments = self._vae_encode([images[i] for i in partial] + masked)
+        tiny = [bool(row.tiny_vae) and self.tiny_encode for row in rows]
+        moments = self._encode(
+            [images[i] for i in partial] + masked, [tiny[i] for i in partial] + tiny
+        )
         img_moments = dict(zip(partial, moments[: len(partial)], strict=True))
         masked_moments = moments[len(partial) :]
         for i, row in enumerate(rows):
@@ -418,18 +437,16 @@ class SDInpaintModel:
             if noise_src is None:
                 noise_src = NumpyNoise(row.seed)
             sched, ts = scheds[i], timesteps[i]
-            mean_m, std_m = masked_moments[i]
-            shape = mean_m.shape
+            shape = masked_moments[i][0].shape
             if strength < 1.0:
-                mean_i, std_i = img_moments[i]
-                image_latents = self.scaling * (mean_i + std_i * self._randn(noise_src, shape))
+                image_latents = self._sample(img_moments[i], noise_src)
                 noise = self._randn(noise_src, shape)
                 # 6. initial latents = image latents noised to the first timestep
                 latents = sched.add_noise(image_latents, noise, np.asarray(ts[:1]))
             else:
                 noise = self._randn(noise_src, shape)
                 latents = noise * np.float32(sched.init_noise_sigma)
-            masked_latents = self.scaling * (mean_m + std_m * self._randn(noise_src, shape))
+            masked_latents = self._sample(masked_moments[i], noise_src)
             state = _RowState(
                 uid=next(self._uids),
                 scheduler=sched,
@@ -446,6 +463,43 @@ class SDInpaintModel:
                 else {},
             )
             row.state = state
+
+    def _encode(
+        self, images: list[np.ndarray], tiny: list[bool]
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """(1, 3, H, W) images in [-1, 1] -> per image (mean, std) from the full VAE, unscaled,
+        or, where ``tiny``, (UNet-scaled latents, None) from the tiny encoder (``_sample``)."""
+        full = [k for k, t in enumerate(tiny) if not t]
+        small = [k for k, t in enumerate(tiny) if t]
+        out: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        out.update(zip(full, self._vae_encode([images[k] for k in full]), strict=True))
+        small_latents = self._tiny_vae_encode([images[k] for k in small])
+        out.update((k, (lat, None)) for k, lat in zip(small, small_latents, strict=True))
+        return [out[k] for k in range(len(images))]
+
+    def _sample(self, moments: tuple[np.ndarray, np.ndarray | None], noise: Any) -> np.ndarray:
+        """UNet-scaled latents from ``_encode``'s entry: the full VAE's latent_dist.sample(),
+        drawing from the row's noise source in diffusers' order; the tiny encoder's latents as
+        they are (deterministic: diffusers draws nothing for them either)."""
+        mean, std = moments
+        if std is None:
+            return mean
+        return self.scaling * (mean + std * self._randn(noise, mean.shape))
+
+    def _tiny_vae_encode(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """(1, 3, H, W) images in [-1, 1] -> UNet-scaled latents (1, 4, h, w) each: the tiny
+        encoder's output times its VAE's scaling factor (TAESD's is 1.0), as diffusers'
+        pipeline scales ``vae.encode(x).latents``. One call per distinct image size."""
+        factor = np.float32(
+            self.manifest.tiny_vae.scaling_factor if self.manifest.tiny_vae else 1.0
+        )
+        out: dict[int, np.ndarray] = {}
+        for group in _group_by_shape(list(enumerate(images)), lambda p: p[1].shape):
+            res = self._run(TINY_VAE_ENCODER, {"sample": np.concatenate([x for _, x in group])})
+            lat = res["latent_sample"].astype(np.float32) * factor
+            for k, (i, _) in enumerate(group):
+                out[i] = lat[k : k + 1]
+        return [out[i] for i in range(len(images))]
 
     def _vae_encode(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(1, 3, H, W) images in [-1, 1] -> [(mean, std)] each (1, 4, h, w), unscaled.

@@ -252,6 +252,20 @@ def test_arguments():
     assert opts.export_args()["loras"] == [["a", 0.5], ["b", 1.0]]
     assert opts.export_args()["fast_preset"] == "tcd:4"
     assert "loras" not in parse_args(["--tiny"]).export_args()  # older folders stay up to date
+    # --tiny-vae-encode: needs the tiny VAE and a fast preset to apply to
+    for bad in (
+        ["--fast-preset", "lcm:4"],
+        ["--tiny-vae", "t"],
+        ["--tiny-vae", "t", "--lora", "b"],
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(["--tiny", "--tiny-vae-encode", *bad])
+    opts = parse_args(["--tiny", "--tiny-vae", "t", "--tiny-vae-encode", "--lora", "lcm-x"])
+    assert opts.export_args()["tiny_vae_encode"] is True
+    entry = opts.fast_preset_entry()
+    assert (entry.scheduler, entry.tiny_vae_encode) == ("lcm", True)
+    assert "tiny_vae_encode" not in parse_args(["--tiny", "--tiny-vae", "t"]).export_args()
+    assert fast_preset("lcm:4", ()).tiny_vae_encode is False  # the full VAE encodes by default
 
 
 def test_missing_lora_is_a_clear_error(tmp_path, capsys):

@@ -6,13 +6,19 @@
   full VAE still encodes the image (our pipeline keeps it for that; TAESD only decodes);
 - rows with and without ``tiny_vae`` finishing in one call each get their own decoder;
 - previews always come from the tiny decoder when the folder has one (the real sessions are
-  wrapped by a recorder that only counts calls and keeps their inputs and outputs).
+  wrapped by a recorder that only counts calls and keeps their inputs and outputs);
+- with ``--tiny-vae-encode`` (the manifest's ``fast_preset.tiny_vae_encode``) fast rows equal
+  diffusers' pipeline with ``vae=AutoencoderTiny``, which encodes with TAESD too; other rows
+  still encode with the full VAE.
 
 The folder is the tiny preset exported with ``--tiny-vae`` (a random AutoencoderTiny built
 here); ``tiny_model_fp32`` (no tiny VAE) is the same pipeline without it.
 """
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -22,6 +28,7 @@ diffusers = pytest.importorskip("diffusers")
 from diffusers import AutoencoderTiny  # noqa: E402
 
 from export.taesd import build_random_tiny_vae  # noqa: E402
+from server.models.manifest import MANIFEST_FILE  # noqa: E402
 from server.models.sd_inpaint import SDInpaintModel, to_uint8  # noqa: E402
 from tests.numerics import (  # noqa: E402
     FP32_TOL,
@@ -196,3 +203,62 @@ def test_without_a_tiny_vae_previews_and_fast_rows_use_the_full_vae(plain):
 def test_describe_names_the_tiny_vae(model, tiny_vae_dir):
     assert model.has_tiny_vae is True
     assert model.describe()["tiny_vae"] == str(tiny_vae_dir)
+
+
+@pytest.fixture(scope="module")
+def encoding(folder, tiny_vae_dir, tmp_path_factory):
+    """``folder`` given a fast preset that encodes with the tiny VAE by ``python -m export
+    --tiny-vae-encode``: the graphs are the same, so only manifest.json is rewritten."""
+    from export.__main__ import main
+
+    out = tmp_path_factory.mktemp("tiny-taesd-encode") / "m"
+    shutil.copytree(folder, out)
+    unet = out / "unet" / "model.onnx"
+    mtime = unet.stat().st_mtime_ns
+    args = ["--tiny", "--tiny-vae", str(tiny_vae_dir), "--out", str(out)]
+    assert main([*args, "--fast-preset", "lcm:4", "--tiny-vae-encode"]) == 0
+    fast = json.loads((out / MANIFEST_FILE).read_text())["fast_preset"]
+    assert fast["tiny_vae_encode"] is True and fast["scheduler"] == "lcm"
+    assert unet.stat().st_mtime_ns == mtime  # not exported again
+    return SDInpaintModel.from_folder(out, name="tiny-taesd-enc", provider="cpu", threads=1)
+
+
+@pytest.mark.parametrize(
+    "scheduler,steps,strength,guidance", [("lcm", 4, 1.0, 1.0), ("pndm", 6, 0.6, 7.5)]
+)
+def test_tiny_encode_matches_diffusers_with_autoencoder_tiny(
+    tiny_pipeline_dir, taesd, model, encoding, scheduler, steps, strength, guidance
+):
+    img, mask = inputs()
+    ref_pipe = load_pipeline(tiny_pipeline_dir, vae=taesd)  # TAESD encodes and decodes
+    ref = run_diffusers(
+        ref_pipe, scheduler, img, mask, prompt="a red cat", negative_prompt="blurry",
+        guidance=guidance, strength=strength, steps=steps,
+    )  # fmt: skip
+    kw = dict(scheduler=scheduler, strength=strength, guidance_scale=guidance, steps=steps)
+
+    def row(**extra):
+        return make_row(img, mask, meta={"noise": TorchNoise(SEED)}, **kw, **extra)
+
+    ours = run_ours(encoding, row(tiny_vae=True))
+    assert ours.shape == ref.shape == (H, W, 3)
+    assert np.abs(ours - ref).max() <= FP32_TOL
+    assert ref.std() > 0.05 and 0.2 < ref.mean() < 0.8  # an image, not a clipped constant
+    # the encoder shows: the same fast row where the full VAE encodes differs
+    assert np.abs(run_ours(model, row(tiny_vae=True)) - ours).mean() > 0.01
+    # rows not on the fast preset keep the full VAE for everything
+    assert np.abs(run_ours(encoding, row()) - run_ours(model, row())).max() <= 1e-6
+    assert encoding.describe()["tiny_vae_encode"] is True
+    assert model.describe()["tiny_vae_encode"] is False
+
+
+def test_a_fast_preset_that_encodes_needs_the_tiny_encoder(tiny_model_fp32, tmp_path):
+    out = tmp_path / "m"
+    shutil.copytree(tiny_model_fp32, out)
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    manifest["fast_preset"] = {
+        "scheduler": "lcm", "steps": 4, "guidance_scale": 1.0, "tiny_vae_encode": True,
+    }  # fmt: skip
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="--tiny-vae-encode"):
+        SDInpaintModel.from_folder(out, name="x", provider="cpu", threads=1)
