@@ -371,6 +371,13 @@ class SDInpaintModel:
         tiny = self.manifest.tiny_vae
         return tiny.source.model if tiny is not None else "unknown"
 
+    @property
+    def _tiny_scaling(self) -> np.float32:
+        """The tiny autoencoder's latent scaling factor (TAESD's: 1.0, its latents are the
+        UNet's); 1.0 for folders exported before the manifest recorded it."""
+        tiny = self.manifest.tiny_vae
+        return np.float32(tiny.scaling_factor if tiny is not None else 1.0)
+
     def _decode(self, latents: np.ndarray, tiny: bool = False) -> np.ndarray:
         """8. UNet-scaled latents float32 (B, 4, h, w) -> float32 (B, H, W, 3) in [0, 1].
 
@@ -378,8 +385,7 @@ class SDInpaintModel:
         latents divided by its own VAE's scaling factor, as diffusers' pipeline does with
         ``vae=AutoencoderTiny`` (TAESD's is 1.0: it decodes the UNet's latents as they are)."""
         if tiny:
-            factor = self.manifest.tiny_vae.scaling_factor if self.manifest.tiny_vae else 1.0
-            out = self._run(TINY_VAE_DECODER, {"latent_sample": latents / np.float32(factor)})
+            out = self._run(TINY_VAE_DECODER, {"latent_sample": latents / self._tiny_scaling})
         else:
             out = self._run("vae_decoder", {"latent_sample": latents / self.scaling})
         out = np.clip(out["sample"].astype(np.float32) / 2 + 0.5, 0, 1)
@@ -490,13 +496,10 @@ class SDInpaintModel:
         """(1, 3, H, W) images in [-1, 1] -> UNet-scaled latents (1, 4, h, w) each: the tiny
         encoder's output times its VAE's scaling factor (TAESD's is 1.0), as diffusers'
         pipeline scales ``vae.encode(x).latents``. One call per distinct image size."""
-        factor = np.float32(
-            self.manifest.tiny_vae.scaling_factor if self.manifest.tiny_vae else 1.0
-        )
         out: dict[int, np.ndarray] = {}
         for group in _group_by_shape(list(enumerate(images)), lambda p: p[1].shape):
             res = self._run(TINY_VAE_ENCODER, {"sample": np.concatenate([x for _, x in group])})
-            lat = res["latent_sample"].astype(np.float32) * factor
+            lat = res["latent_sample"].astype(np.float32) * self._tiny_scaling
             for k, (i, _) in enumerate(group):
                 out[i] = lat[k : k + 1]
         return [out[i] for i in range(len(images))]
