@@ -495,26 +495,24 @@ class SDInpaintModel:
     def _tiny_vae_encode(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """(1, 3, H, W) images in [-1, 1] -> UNet-scaled latents (1, 4, h, w) each: the tiny
         encoder's output times its VAE's scaling factor (TAESD's is 1.0), as diffusers'
-        pipeline scales ``vae.encode(x).latents``. One call per distinct image size."""
-        out: dict[int, np.ndarray] = {}
-        for group in _group_by_shape(list(enumerate(images)), lambda p: p[1].shape):
-            res = self._run(TINY_VAE_ENCODER, {"sample": np.concatenate([x for _, x in group])})
-            lat = res["latent_sample"].astype(np.float32) * self._tiny_scaling
-            for k, (i, _) in enumerate(group):
-                out[i] = lat[k : k + 1]
-        return [out[i] for i in range(len(images))]
+        pipeline scales ``vae.encode(x).latents``."""
+        outs = self._encode_by_size(TINY_VAE_ENCODER, images)
+        return [o["latent_sample"] * self._tiny_scaling for o in outs]
 
     def _vae_encode(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(1, 3, H, W) images in [-1, 1] -> [(mean, std)] each (1, 4, h, w), unscaled.
+        """(1, 3, H, W) images in [-1, 1] -> [(mean, std)] each (1, 4, h, w), unscaled."""
+        outs = self._encode_by_size("vae_encoder", images)
+        return [(o["latent_mean"], o["latent_std"]) for o in outs]
 
-        One encoder call per distinct image size."""
-        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    def _encode_by_size(self, component: str, images: list[np.ndarray]) -> list[dict]:
+        """Run an encoder ``component`` on (1, 3, H, W) images, one call per distinct image
+        size; per image, its float32 (1, ...) slice of every output, by output name."""
+        out: dict[int, dict[str, np.ndarray]] = {}
         for group in _group_by_shape(list(enumerate(images)), lambda p: p[1].shape):
-            res = self._run("vae_encoder", {"sample": np.concatenate([x for _, x in group])})
-            mean = res["latent_mean"].astype(np.float32)
-            std = res["latent_std"].astype(np.float32)
+            res = self._run(component, {"sample": np.concatenate([x for _, x in group])})
+            res = {name: v.astype(np.float32) for name, v in res.items()}
             for k, (i, _) in enumerate(group):
-                out[i] = (mean[k : k + 1], std[k : k + 1])
+                out[i] = {name: v[k : k + 1] for name, v in res.items()}
         return [out[i] for i in range(len(images))]
 
     @staticmethod
