@@ -583,7 +583,7 @@ def targets_md(targets: list[dict[str, Any]], machine: dict[str, Any]) -> list[s
         goal = f"{t['op']} {t['threshold']:g}{'' if unit == 's' else unit}" + (
             " s" if unit == "s" else ""
         )
-        why = t.get("not_applicable") or (t.get("out_of_reach") if t["verdict"] == "FAIL" else None)
+        why = t.get("not_applicable") or t.get("out_of_reach")
         verdict = t["verdict"] + (f" ({why})" if why else "")
         rows.append([t["target"], goal, shown, f"**{verdict}**", t.get("how") or "-"])
     lines += _table(["target", "goal", "measured", "verdict", "how"], rows)

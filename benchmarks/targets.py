@@ -194,13 +194,11 @@ def fast_floor(results: dict[str, Any]) -> float | None:
     return min(floors) if floors else None
 
 
-def out_of_reach(t: Target, results: dict[str, Any]) -> str | None:
-    """Why a latency goal cannot be met on this machine at all (its compute floor is above
-    the goal), else None. The verdict stays FAIL; this says it is the CPU's bound."""
-    if t.key != "fast_latency":
-        return None
-    floor = fast_floor(results)
-    if floor is None or floor <= t.threshold:
+def out_of_reach(t: Target, verdict: str, floor: float | None) -> str | None:
+    """Why a failed latency goal cannot be met on this machine at all (the fast recipe's
+    compute ``floor`` is above the goal), else None. The verdict stays FAIL; this says it is
+    the CPU's bound."""
+    if t.key != "fast_latency" or verdict != "FAIL" or floor is None or floor <= t.threshold:
         return None
     return f"out of reach on this CPU: compute floor {floor:.2f} s > {t.threshold:g} s"
 
@@ -218,6 +216,7 @@ def evaluate(preset, results: dict[str, Any], machine: dict[str, Any]) -> list[d
     """The Targets rows for ``preset``'s groups (``preset.targets``)."""
     cond = conditions(preset, machine)
     measured = measure(results)
+    floor = fast_floor(results)
     flags = " ".join(machine.get("cpu_flags") or []) or "-"
     rows = []
     for t in TARGETS:
@@ -225,6 +224,7 @@ def evaluate(preset, results: dict[str, Any], machine: dict[str, Any]) -> list[d
             continue
         value, how = measured.get(t.key, (None, ""))
         na = cond.get(t.group)
+        decided = verdict(t, value, na)
         rows.append(
             {
                 "key": t.key,
@@ -234,9 +234,9 @@ def evaluate(preset, results: dict[str, Any], machine: dict[str, Any]) -> list[d
                 "unit": t.unit,
                 "measured": value,
                 "how": how,
-                "verdict": verdict(t, value, na),
+                "verdict": decided,
                 "not_applicable": na,
-                "out_of_reach": out_of_reach(t, results),
+                "out_of_reach": out_of_reach(t, decided, floor),
                 "applies": t.applies,
                 "cpu_flags": flags,
                 "cores": machine.get("affinity_cores") or machine.get("logical_cores"),
