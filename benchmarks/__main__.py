@@ -554,6 +554,7 @@ class Runner:
             "configs": self._configs_for(with_http_shape, v.recipes),
             "deadline_s": soft,
             "check_error": v.check_error,
+            "static_shapes": v.static_shapes,
             **self._common(),
         }
         res = self.run_phase("ours", args, timeout_s=max(self.remaining(), 0) + 120)
@@ -826,6 +827,7 @@ class Runner:
             log_dir=self.log_dir,
             # batching off is sequential: one request at a time, so one instance too
             instances=None if mbs > 1 else 1,
+            static_shapes=v.static_shapes,
         )
         try:
             with gpu, srv:

@@ -184,6 +184,7 @@ def bench_ours(
     repeats: int,
     deadline_s: float | None = None,
     check_error: bool = False,
+    static_shapes: int = 0,
     log=print,
     on_result=None,
 ) -> list[dict[str, Any]]:
@@ -196,7 +197,9 @@ def bench_ours(
     from .inputs import edit_mask, scene
 
     start = time.perf_counter()
-    model = SDInpaintModel.from_folder(folder, name=name, provider=provider, threads=threads)
+    model = SDInpaintModel.from_folder(
+        folder, name=name, provider=provider, threads=threads, static_shapes=static_shapes
+    )
     load_s = time.perf_counter() - start
     rec = instrument(model)
     out = []

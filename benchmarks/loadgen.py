@@ -68,6 +68,7 @@ class ModelServer(ServerProcess):
         log_dir: Path | None = None,
         ready_timeout_s: float = 1200,
         instances: int | None = None,
+        static_shapes: int = 0,
     ):
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-server-")
         models_dir = Path(self._tmp.name) / "models"
@@ -96,6 +97,8 @@ class ModelServer(ServerProcess):
             args += ["--threads", str(threads)]
         if instances is not None:
             args += ["--instances", str(instances)]
+        if static_shapes:
+            args += ["--static-shapes", str(static_shapes)]
         self.model_name = model_name
         log = Path(log_dir or self._tmp.name) / (
             f"server-{model_name}-{provider.replace(':', '_')}-b{max_batch_size}.log"

@@ -107,6 +107,12 @@ class ModelsConfig:
         None,
         "CPU threads per model (its budget, split between its instances); default: all cores",
     )
+    static_shapes: int = option(
+        0,
+        "OpenVINO only: compile one graph per input-shape set and keep the N most recent per "
+        "component (each new size or batch pays a compile, and memory for a copy of the "
+        "weights); 0 = one dynamic graph per component. For deployments that serve few sizes",
+    )
     instances: int | None = option(
         None,
         "concurrent batches per exported model, sharing its sessions and splitting its "

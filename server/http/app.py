@@ -83,6 +83,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
                     threads=models.threads,
                     default_model=models.default_model,
                     instances=models.instances,
+                    static_shapes=models.static_shapes,
                 ),
             )
         # a local folder, or an S3 bucket (probed over the network: off the loop)

@@ -80,11 +80,14 @@ class OneShotModel:
         provider: str = "auto",
         threads: int | None = None,
         instances: int = 1,
+        static_shapes: int = 0,
     ) -> OneShotModel:
         manifest = read_manifest(Path(folder))
         if not isinstance(manifest, OneShotManifest):
             raise ValueError("not a one-shot model folder (manifest pipeline)")
-        engine = select_provider(provider, threads=threads, streams=instances)
+        engine = select_provider(
+            provider, threads=threads, streams=instances, static_shapes=static_shapes
+        )
         return cls(folder, manifest, engine, name=name)
 
     # ------------------------------------------------------------------ metadata

@@ -17,6 +17,7 @@ wins over an alias, and an alias two models claim is dropped (logged).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -95,7 +96,7 @@ def _load_oneshot(folder: Path, **kw) -> InpaintModel:
 
 
 #: pipeline kind (the manifest's ``pipeline``) -> loader(folder, name=, provider=, threads=,
-#: instances=)
+#: instances=[, static_shapes=])
 LOADERS: dict[str, Callable[..., InpaintModel]] = {
     "sd-inpaint": _load_sd,
     "one-shot": _load_oneshot,
@@ -133,16 +134,20 @@ def load_model(
     provider: str,
     threads: int | None,
     instances: int | None = None,
+    static_shapes: int = 0,
 ) -> tuple[InpaintModel, Instances]:
     """Load one model folder by its manifest's kind, with its instances: ``instances`` of
     them, or (None) as many as ``instances.choose`` finds worth it (it loads the model a second
     time, for that many instances, to compare). Each instance gets its share of the thread
-    budget (``threads``, else the cores).
+    budget (``threads``, else the cores). ``static_shapes``: OpenVINO's per-shape graphs kept
+    per component (0 = dynamic), as ``select_provider``.
     Raises what the loader raises."""
     manifest = read_manifest(folder)
     loader = LOADERS.get(manifest.pipeline)
     if loader is None:
         raise UnknownModelKind(manifest.pipeline)
+    if static_shapes:
+        loader = functools.partial(loader, static_shapes=static_shapes)
     if instances is not None:
         plan = fixed(instances, threads)
         model = loader(
@@ -165,6 +170,7 @@ def load_registry(
     threads: int | None = None,
     default_model: str | None = None,
     instances: int | None = None,
+    static_shapes: int = 0,
 ) -> ModelRegistry:
     """Load the built-in model and every exported model; never raises for a broken folder.
 
@@ -172,6 +178,8 @@ def load_registry(
     ValueError otherwise), else the first exported model that loaded, else the built-in one.
     """
     check_count(instances)
+    if static_shapes < 0:
+        raise ValueError(f"--static-shapes must be >= 0 (0 = dynamic graphs), got {static_shapes}")
     registry = ModelRegistry()
     builtin = BuiltinInpaintModel()
     registry.models[builtin.name] = builtin
@@ -180,7 +188,12 @@ def load_registry(
         name = folder.name
         try:
             model, plan = load_model(
-                folder, name=name, provider=provider, threads=threads, instances=instances
+                folder,
+                name=name,
+                provider=provider,
+                threads=threads,
+                instances=instances,
+                static_shapes=static_shapes,
             )
         except Exception as exc:  # noqa: BLE001 - one broken folder must not stop the others
             reason = failure_reason(exc)

@@ -247,12 +247,15 @@ class SDInpaintModel:
         provider: str = "auto",
         threads: int | None = None,
         instances: int = 1,
+        static_shapes: int = 0,
     ) -> SDInpaintModel:
         manifest = Manifest.read(Path(folder))
         inpainting = manifest.unet_in_channels == 2 * manifest.latent_channels + 1
         if manifest.pipeline != "sd-inpaint" or not inpainting:
             raise ValueError(f"{folder}: not an SD inpainting export (UNet in-channels)")
-        engine = select_provider(provider, threads=threads, streams=instances)
+        engine = select_provider(
+            provider, threads=threads, streams=instances, static_shapes=static_shapes
+        )
         return cls(folder, manifest, engine, name=name)
 
     def _tokenizer_dir(self) -> Path:

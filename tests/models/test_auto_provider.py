@@ -170,7 +170,7 @@ def test_openvino_second_load_imports_the_compiled_graph(tiny):
     assert len(cache_files(folder)) == 2
 
 
-def test_static_shapes_compile_once_per_shape_and_persist(tiny):
+def test_static_shapes_compile_once_per_shape_in_memory(tiny):
     folder, m = tiny
     spec = m.components["vae_decoder"]
     path = folder / spec.file
@@ -190,13 +190,11 @@ def test_static_shapes_compile_once_per_shape_and_persist(tiny):
     s.run(c)  # a third shape evicts the least recently used (b)
     assert s.compiles == 3 and len(s.static_shapes) == 2
     assert [dict(k)["latent_sample"] for k in s.static_shapes] == [(1, 4, 8, 8), (1, 4, 16, 8)]
-    assert len(cache_files(folder)) == 3  # one blob per shape on disk
-    s.run(b)  # back in memory from the disk cache, not recompiled
-    cache = p._caches[folder / "ov_cache"]
-    assert (cache.hits, cache.misses) == (1, 3)
-    restarted = OpenVINOProvider("f32", threads=1, static_shapes=2).load(path, spec)
-    restarted.run(a)
-    assert restarted.compiles == 1 and len(cache_files(folder)) == 3
+    s.run(b)  # compiled again from the model read at load
+    assert s.compiles == 4
+    # static graphs are not written to disk: an imported one would bring its own copy of the
+    # weights, compiled ones share the model read at load
+    assert cache_files(folder) == []
 
 
 def test_unwritable_cache_still_loads(tiny, caplog):
@@ -229,3 +227,64 @@ def test_auto_in_the_pipeline_describes_each_component(tiny):
     mask[8:40, 16:56] = 1
     (out,) = model.run([Row(image=img, mask=mask, prompt="a cat", seed=1, steps=2)])
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+
+
+def test_static_shapes_with_streams_run_concurrently_and_drop_evicted_requests(tiny):
+    """Model instances (streams) over static graphs: each caller thread runs on a request of
+    its own per graph, the results match the dynamic graph's, and a graph dropped from the
+    table is not kept alive by a thread's request."""
+    import threading
+
+    folder, m = tiny
+    spec = m.components["vae_decoder"]
+    path = folder / spec.file
+    rng = np.random.default_rng(1)
+    shapes = [(1, 4, 8, 8), (2, 4, 8, 16), (1, 4, 16, 8)]
+    feeds = [{"latent_sample": rng.standard_normal(s, dtype=np.float32)} for s in shapes]
+    dynamic = OpenVINOProvider("f32", threads=1, cache=False).load(path, spec)
+    want = [dynamic.run(f)["sample"] for f in feeds]
+    s = OpenVINOProvider("f32", threads=1, cache=False, static_shapes=2, streams=2).load(path, spec)
+    errors: list[BaseException] = []
+
+    def caller(order):
+        try:
+            for i in order:
+                np.testing.assert_allclose(s.run(feeds[i])["sample"], want[i], rtol=1e-4, atol=1e-4)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(o,)) for o in ([0, 1, 0], [1, 0, 1])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert s.compiles == 2
+    caller([2, 0])  # a third shape evicts shape 1's graph
+    assert not errors
+    mine = s._mine.requests  # this thread's requests: only the graphs still in the table
+    assert len(mine) == 2 and {id(c) for c, _ in mine.values()} == {
+        id(c) for c, _ in s._static.values()
+    }
+
+
+def test_static_shapes_reach_the_sessions_through_select_provider_and_load_model(tiny):
+    from server.models.providers import select_provider
+    from server.models.registry import load_model, load_registry
+
+    folder, _ = tiny
+    assert select_provider("openvino:f32", static_shapes=3).static_shapes == 3
+    auto = select_provider("auto", threads=1, static_shapes=2)
+    if isinstance(auto, AutoProvider):  # cuda where onnxruntime has it
+        assert auto.static_shapes == 2
+    model, _ = load_model(
+        folder, name="tiny", provider="openvino", threads=1, instances=1, static_shapes=2
+    )
+    unet = model.sessions["unet"]
+    assert unet.static_shapes == []  # compiled at the first call at each shape
+    model.probe()()
+    assert len(unet.static_shapes) == 1 and unet.compiles == 1
+    dyn, _ = load_model(folder, name="tiny", provider="openvino", threads=1, instances=1)
+    assert dyn.sessions["unet"].compiled is not None  # 0 = one dynamic graph
+    with pytest.raises(ValueError, match="--static-shapes must be >= 0"):
+        load_registry(folder.parent, static_shapes=-1)

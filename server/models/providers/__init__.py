@@ -89,6 +89,7 @@ def select_provider(
     device_id: int = 0,
     openvino_precision: str | None = None,
     streams: int = 1,
+    static_shapes: int = 0,
 ) -> ExecutionProvider:
     """The provider for ``name`` ("auto" | "cpu" | "cuda" | "tensorrt" | "openvino").
 
@@ -100,7 +101,9 @@ def select_provider(
     this CPU computes natively that holds against fp32. Raises ``ProviderUnavailable`` saying
     what to install, ``ValueError`` for an unknown name. ``streams``: concurrent calls the
     sessions take (one per model instance, ``threads`` each); ONNX Runtime's sessions take
-    them as they are, OpenVINO compiles a stream per call.
+    them as they are, OpenVINO compiles a stream per call. ``static_shapes``: OpenVINO (also
+    under auto) compiles a graph per input-shape set and keeps that many per component; 0 =
+    one dynamic graph (ONNX Runtime and CUDA ignore it).
     """
     name = (name or "auto").lower()
     if name.startswith("openvino:"):  # "openvino:bf16" selects the precision hint
@@ -110,7 +113,9 @@ def select_provider(
     if name == "auto" and CUDAProvider.available():
         name = "cuda"
     if name == "auto":
-        provider: ExecutionProvider = AutoProvider(threads, streams=streams)
+        provider: ExecutionProvider = AutoProvider(
+            threads, streams=streams, static_shapes=static_shapes
+        )
     elif name == "cpu":
         provider = CPUProvider(threads)
     elif name == "cuda":
@@ -119,6 +124,8 @@ def select_provider(
         provider = TensorRTProvider(device_id, threads=threads)
     else:
         precision = openvino_precision or "f32"
-        provider = OpenVINOProvider(precision, threads, streams=streams)
+        provider = OpenVINOProvider(
+            precision, threads, streams=streams, static_shapes=static_shapes
+        )
     provider.check()
     return provider

@@ -80,6 +80,7 @@ class AutoProvider(ExecutionProvider):
     min_speedup: override of ``plan.MIN_SPEEDUP`` (tests: 0 keeps a candidate whatever its
     speed, as on the tiny model, where reduced precision is slower).
     cache / cache_dir: OpenVINO's compiled-graph cache and the verdicts, as ``OpenVINOProvider``.
+    static_shapes: OpenVINO's per-shape graphs per component, as ``OpenVINOProvider``.
     """
 
     name = "auto"
@@ -96,8 +97,10 @@ class AutoProvider(ExecutionProvider):
         min_speedup: float = MIN_SPEEDUP,
         cache: bool = True,
         cache_dir: Path | None = None,
+        static_shapes: int = 0,
     ):
         self.threads = threads
+        self.static_shapes = static_shapes
         self.streams = streams
         self.flags = frozenset(read_cpu_flags() if flags is None else flags)
         self.runtimes = frozenset(available_runtimes() if runtimes is None else runtimes)
@@ -130,6 +133,7 @@ class AutoProvider(ExecutionProvider):
                 cache=self.cache,
                 cache_dir=self.cache_dir,
                 streams=self.streams,
+                static_shapes=self.static_shapes,
             )
             self._ov[precision]._caches = self._blob_caches
         return self._ov[precision]

@@ -1,10 +1,10 @@
-"""Compiled OpenVINO models kept on disk, so that only the first load (and, with static shapes,
-the first request at a size) pays for compiling.
+"""Compiled OpenVINO models kept on disk, so that only the first load pays for compiling (the
+dynamic graphs; static per-shape graphs are compiled in memory, see ``OpenVINOProvider``).
 
 Layout: ``<cache folder>/<component>-<precision>-<key>.blob`` (``CompiledModel.export_model``)
 and a ``.json`` beside it naming what the key covers. The key is a hash of everything that
 decides the blob's content: the component files' sha256 from the manifest (weights included),
-the precision, the time-embedding pin, the input shapes (static mode), the OpenVINO version
+the precision, the time-embedding pin, the input shapes (when given), the OpenVINO version
 and the CPU (a blob compiled for AMX must not be imported on another machine).
 
 Why not OpenVINO's own ``CACHE_DIR``: for a model we edited in memory (the fp32 time-embedding
