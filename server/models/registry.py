@@ -96,7 +96,7 @@ def _load_oneshot(folder: Path, **kw) -> InpaintModel:
 
 
 #: pipeline kind (the manifest's ``pipeline``) -> loader(folder, name=, provider=, threads=,
-#: instances=[, static_shapes=])
+#: instances=, static_shapes=)
 LOADERS: dict[str, Callable[..., InpaintModel]] = {
     "sd-inpaint": _load_sd,
     "one-shot": _load_oneshot,
@@ -146,8 +146,7 @@ def load_model(
     loader = LOADERS.get(manifest.pipeline)
     if loader is None:
         raise UnknownModelKind(manifest.pipeline)
-    if static_shapes:
-        loader = functools.partial(loader, static_shapes=static_shapes)
+    loader = functools.partial(loader, static_shapes=static_shapes)
     if instances is not None:
         plan = fixed(instances, threads)
         model = loader(

@@ -261,8 +261,6 @@ class OpenVINOProvider(ExecutionProvider):
         took 11-14 s against a 3 s compile)."""
         cache = self.blob_cache(_model_folder(path, spec)) if shapes is None else None
         parts = self._key_parts(path, spec) if cache is not None else {}
-        if shapes is not None:
-            parts["shapes"] = shapes
         name = f"{component_name(path, spec)}-{self.precision}"
         key = BlobCache.key(parts) if cache is not None else ""
         if cache is not None:

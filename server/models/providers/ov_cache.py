@@ -4,8 +4,8 @@ dynamic graphs; static per-shape graphs are compiled in memory, see ``OpenVINOPr
 Layout: ``<cache folder>/<component>-<precision>-<key>.blob`` (``CompiledModel.export_model``)
 and a ``.json`` beside it naming what the key covers. The key is a hash of everything that
 decides the blob's content: the component files' sha256 from the manifest (weights included),
-the precision, the time-embedding pin, the input shapes (when given), the OpenVINO version
-and the CPU (a blob compiled for AMX must not be imported on another machine).
+the precision, the time-embedding pin, the OpenVINO version and the CPU (a blob compiled for
+AMX must not be imported on another machine).
 
 Why not OpenVINO's own ``CACHE_DIR``: for a model we edited in memory (the fp32 time-embedding
 marks), a cache hit still reads, converts and hashes the whole ONNX file first (seconds for
