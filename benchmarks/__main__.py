@@ -42,6 +42,7 @@ from .assets import (
     lora_dir,
     pipeline_dir,
     taesd_dir,
+    tiny_encode_view,
 )
 from .lock import BenchmarkLocked, exclusive
 from .oneshot import PRESETS as ONESHOT_PRESETS
@@ -313,6 +314,12 @@ class Runner:
                     exports[key] = export_dir(
                         source, name, *key, threads=threads, log=self.log, extra=extra
                     )
+            # variants that encode with TAESD serve the export as --tiny-vae-encode writes it
+            self.views = {
+                (v.precision, v.target): tiny_encode_view(exports[(v.precision, v.target)])
+                for v in ours + http
+                if v.tiny_vae_encode
+            }
         except (AssetError, OSError) as exc:
             print(f"error: preparing the models failed: {exc}", file=sys.stderr)
             return 1
@@ -335,7 +342,7 @@ class Runner:
         for v in ours:
             self._ours(
                 v,
-                exports[(v.precision, v.target)],
+                self._folder(v),
                 source,
                 inproc_budget,
                 n_inproc - done,
@@ -350,7 +357,7 @@ class Runner:
             done += 1
         modes = [(v, mbs) for v in http for mbs in p.batch_sizes]
         for i, (v, mbs) in enumerate(modes):
-            self._http(v, exports[(v.precision, v.target)], mbs, len(modes) - i, first=i == 0)
+            self._http(v, self._folder(v), mbs, len(modes) - i, first=i == 0)
 
         self._probe(machine, again=True)  # a probe that other work disturbed measures low
         self._compute_floor(a.peak_gflops)
@@ -362,6 +369,12 @@ class Runner:
         self._note_steal(machine)
         doc = report.document(machine, versions(), settings, self.results, self.notes)
         return self._write(doc)
+
+    def _folder(self, v: OursVariant) -> Path:
+        """The model folder variant ``v`` serves: its export, or that export's
+        ``--tiny-vae-encode`` view."""
+        key = (v.precision, v.target)
+        return self.views[key] if v.tiny_vae_encode else self.exports[key]
 
     def _prepare_optimum(self, baselines: list[BaselineVariant], model: str):
         """The optimum-intel venv and export (once, outside the time budget); on failure the
@@ -413,6 +426,7 @@ class Runner:
         hidden = manifest["text_hidden_size"]
         scale = manifest["vae_scale_factor"]
         has_tiny = (folder / "taesd_decoder" / "model.onnx").is_file()
+        has_tiny_encoder = (folder / "taesd_encoder" / "model.onnx").is_file()
         wanted: dict[str, dict[str, dict[str, list[int]]]] = {}
         for r in self._flop_recipes():
             w, h, b = r.width, r.height, r.unet_batch
@@ -429,6 +443,8 @@ class Runner:
             }
             if has_tiny:
                 shapes["taesd_decoder"] = {"latent_sample": [1, 4, lh, lw]}
+            if has_tiny_encoder and r.tiny_vae_encode:
+                shapes["taesd_encoder"] = {"sample": [1, 3, h, w]}
             wanted[_flop_key(r.name, w, h)] = shapes
         out = self.run_phase("flops", {"folder": str(folder), "shapes": wanted}, 1800)
         if not out.get("ok"):
@@ -512,12 +528,10 @@ class Runner:
         share = (inproc_budget - used) / max(1, phases_left)
         return max(share, 0.0)
 
-    def _configs_for(
-        self, with_http_shape: bool, names: tuple[str, ...] = ()
-    ) -> list[dict[str, Any]]:
-        """Recipe dicts for a phase: the preset's recipes (those in ``names``; () = all), plus
-        the HTTP shape when that variant is also served (older presets: its own size)."""
-        out = [_cfg(r) for r in self.p.all_recipes if not names or r.name in names]
+    def _configs_for(self, with_http_shape: bool, v: OursVariant) -> list[dict[str, Any]]:
+        """Recipe dicts for a phase: the preset's recipes that ``v`` runs (``OursVariant.runs``),
+        plus the HTTP shape when that variant is also served (older presets: its own size)."""
+        out = [_cfg(r) for r in self.p.all_recipes if v.runs(r)]
         http = self._http_recipe()
         if with_http_shape and http is not None:
             key = (http.width, http.height, http.steps)
@@ -551,7 +565,7 @@ class Runner:
             "folder": str(folder),
             "name": folder.name,
             "provider": v.provider,
-            "configs": self._configs_for(with_http_shape, v.recipes),
+            "configs": self._configs_for(with_http_shape, v),
             "deadline_s": soft,
             "check_error": v.check_error,
             "static_shapes": v.static_shapes,

@@ -17,7 +17,9 @@ The fast recipe's model (presets with ``fast_model``), built once the same way:
   real architecture for the full model, the small test config for the tiny one;
 - ``fused_pipeline_dir``: the pipeline with that LoRA fused by the exporter's own
   ``export.lora.fuse_loras`` (diffusers' load + fuse + unload), saved: the baselines' input,
-  so that diffusers, optimum-intel and our export (``--lora``) compute with the same weights.
+  so that diffusers, optimum-intel and our export (``--lora``) compute with the same weights;
+- ``tiny_encode_view``: our export as ``--tiny-vae-encode`` writes it, without exporting again:
+  the same graphs (linked), a manifest whose fast preset encodes with TAESD too.
 """
 
 from __future__ import annotations
@@ -201,3 +203,33 @@ def export_dir(
     if "up to date" not in proc.stdout:
         log(f"  exported {name} ({precision}, target {target}) in {took:.0f} s")
     return out
+
+
+def tiny_encode_view(folder: Path) -> Path:
+    """``folder`` (an SD export with ``--tiny-vae`` and a fast preset) as ``python -m export ...
+    --tiny-vae-encode`` writes it: ``<folder>-tiny-encode`` beside it, whose entries are links to
+    ``folder``'s (the same graphs and caches) and whose ``manifest.json`` differs in
+    ``fast_preset.tiny_vae_encode`` (and the export arguments and name that record it), the one
+    manifest-only change the exporter makes for that option. Rewritten at every call, so it
+    follows ``folder``'s re-exports."""
+    from server.models.manifest import MANIFEST_FILE, Manifest
+
+    manifest = Manifest.read(folder)
+    if manifest.fast_preset is None or "taesd_encoder" not in manifest.components:
+        raise AssetError(f"{folder}: no fast preset or no taesd_encoder (export with --tiny-vae)")
+    view = folder.with_name(folder.name + "-tiny-encode")
+    view.mkdir(exist_ok=True)
+    for entry in folder.iterdir():
+        link = view / entry.name
+        if entry.name == MANIFEST_FILE or (link.is_symlink() and link.resolve() == entry.resolve()):
+            continue
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.exists():
+            shutil.rmtree(link)
+        link.symlink_to(entry.resolve())
+    fast = manifest.fast_preset.model_copy(update={"tiny_vae_encode": True})
+    args = {**manifest.export_args, "tiny_vae_encode": True, "name": view.name}
+    update = {"fast_preset": fast, "export_args": args, "name": view.name}
+    manifest.model_copy(update=update).write(view)
+    return view

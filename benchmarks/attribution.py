@@ -37,7 +37,14 @@ PRECISION_NAMES = {
 }
 #: diffusers variant dtype -> the precision its matmuls/convolutions compute in
 TORCH_DTYPE_PRECISION = {"fp32": "fp32", "bf16": "bf16", "bf16-autocast": "bf16", "fp16": "fp16"}
-IMAGE_COMPONENTS = ("text_encoder", "vae_encoder", "unet", "vae_decoder", "taesd_decoder")
+IMAGE_COMPONENTS = (
+    "text_encoder",
+    "vae_encoder",
+    "unet",
+    "vae_decoder",
+    "taesd_decoder",
+    "taesd_encoder",
+)
 
 
 def normalize_precision(p: Any) -> str:
@@ -113,9 +120,9 @@ def compute_floor(
     """The compute-floor row of one measured configuration.
 
     record: an in-process result (``precisions``, ``device_class``, ``unet_call_s``,
-    ``unet_calls_per_image``, ``tiny_vae``, ``latency_s``); flops: GFLOP per call of each
-    component at the record's shapes (``unet`` at the record's UNet batch); peaks:
-    ``peaks_by_precision``; stated_gflops: ``--peak-gflops`` (one peak for everything)."""
+    ``unet_calls_per_image``, ``tiny_vae``, ``tiny_vae_encode``, ``latency_s``); flops: GFLOP
+    per call of each component at the record's shapes (``unet`` at the record's UNet batch);
+    peaks: ``peaks_by_precision``; stated_gflops: ``--peak-gflops`` (one peak for everything)."""
     precs = record.get("precisions") or {}
     dev = record.get("device_class", "cpu")
     default = next(iter(precs.values()), "fp32")
@@ -131,10 +138,11 @@ def compute_floor(
     call = (record.get("unet_call_s") or {}).get("median")
     achieved = unet_gflop / call if (unet_gflop and call) else None
     decoder = "taesd_decoder" if record.get("tiny_vae") else "vae_decoder"
+    encoder = "taesd_encoder" if record.get("tiny_vae_encode") else "vae_encoder"
     parts: dict[str, float] = {}
     missing: list[str] = []
     calls = record.get("unet_calls_per_image") or 0
-    for comp, n in (("text_encoder", 1), ("vae_encoder", 1), ("unet", calls), (decoder, 1)):
+    for comp, n in (("text_encoder", 1), (encoder, 1), ("unet", calls), (decoder, 1)):
         if comp not in flops or not n:
             continue
         pk, p = peak_of(comp)

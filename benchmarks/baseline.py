@@ -15,12 +15,14 @@ Recipes (``recipes.Recipe`` dicts): scheduler ``lcm`` / ``tcd`` swap in diffuser
 decodes the final latents with ``AutoencoderTiny`` (``tiny_vae_dir``) while the full VAE still
 encodes the masked image, exactly what our server does (``SDInpaintModel``): the latents the
 pipeline divides by the full VAE's scaling factor are multiplied back and divided by TAESD's
-(1.0). Mode ``unet_step``: the UNet alone, one call at the recipe's batch (2 under guidance) and
+(1.0). ``tiny_vae_encode`` runs the pipeline built with ``vae=AutoencoderTiny`` (the same other
+components), which encodes the masked image with TAESD too, as our ``--tiny-vae-encode`` export
+does. Mode ``unet_step``: the UNet alone, one call at the recipe's batch (2 under guidance) and
 latent size, random inputs (speed does not depend on them), instead of whole images.
 
 Stage timings wrap the component entry points the pipeline calls (``text_encoder.forward``,
-``vae.encode``, ``unet.forward``, ``vae.decode``) with timers (CUDA-synchronized on GPU);
-``callback_on_step_end`` timestamps give the denoising loop time.
+``vae.encode``, ``unet.forward``, ``vae.decode``; TAESD's ``encode`` / ``decode``) with timers
+(CUDA-synchronized on GPU); ``callback_on_step_end`` timestamps give the denoising loop time.
 """
 
 from __future__ import annotations
@@ -91,9 +93,11 @@ def bench_diffusers(
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
-        for m in (pipe.unet, pipe.vae.encoder, pipe.vae.decoder, tiny and tiny.decoder):
-            if m is not None:
-                m.forward = torch.compile(m.forward, dynamic=False)
+        compiled = [pipe.unet, pipe.vae.encoder, pipe.vae.decoder]
+        if tiny is not None:  # compiled at first use: an unused one costs nothing
+            compiled += [tiny.decoder, tiny.encoder]
+        for m in compiled:
+            m.forward = torch.compile(m.forward, dynamic=False)
     load_s = time.perf_counter() - t0
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -102,14 +106,25 @@ def bench_diffusers(
     pipe.text_encoder.forward = timer.wrap("text_encoder", pipe.text_encoder.forward)
     pipe.vae.encode = timer.wrap("vae_encoder", pipe.vae.encode)
     decoders = {False: timer.wrap("vae_decoder", pipe.vae.decode)}
+    pipes = {False: pipe}  # by whether TAESD encodes
     if tiny is not None:
         ratio = pipe.vae.config.scaling_factor / tiny.config.scaling_factor
+        tiny_decode_raw = tiny.decode
 
         def tiny_decode(z, return_dict=False, generator=None):
             # the pipeline passed latents / the full VAE's factor; TAESD wants latents / its own
-            return (tiny.decode(z * ratio, return_dict=False)[0],)
+            return (tiny_decode_raw(z * ratio, return_dict=False)[0],)
 
         decoders[True] = timer.wrap("vae_decoder", tiny_decode)
+        if any(c.get("tiny_vae_encode") for c in configs):
+            # diffusers with vae=AutoencoderTiny: TAESD encodes and decodes (its own factor)
+            tiny.encode = timer.wrap("vae_encoder", tiny.encode)
+            tiny.decode = timer.wrap("vae_decoder", tiny_decode_raw)
+            parts = {k: v for k, v in pipe.components.items() if k != "vae"}
+            pipes[True] = StableDiffusionInpaintPipeline(
+                vae=tiny, **parts, requires_safety_checker=False
+            )
+            pipes[True].set_progress_bar_config(disable=True)
     schedulers = _schedulers(pipe)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16-autocast" else None
     # freezing folds weights into the compiled graph: it needs no_grad, not inference_mode
@@ -122,10 +137,14 @@ def bench_diffusers(
             with grad_off():
                 res = _unet_step(pipe, cfg, g, torch_dtype, dtype, warmup, repeats, timer, sync)
         else:
-            pipe.scheduler = schedulers(cfg.get("scheduler"))
-            pipe.vae.decode = decoders[bool(cfg.get("tiny_vae")) and tiny is not None]
+            if cfg.get("tiny_vae_encode") and True not in pipes:
+                raise ValueError(f"recipe {cfg.get('recipe')!r} encodes with TAESD: no tiny VAE")
+            run = pipes[bool(cfg.get("tiny_vae_encode"))]
+            run.scheduler = schedulers(cfg.get("scheduler"))
+            if run is pipe:
+                pipe.vae.decode = decoders[bool(cfg.get("tiny_vae")) and tiny is not None]
             with grad_off():
-                res = _images(pipe, cfg, g, prompt, seed, warmup, repeats, timer, sync,
+                res = _images(run, cfg, g, prompt, seed, warmup, repeats, timer, sync,
                               autocast, start, deadline_s, log, f"torch {device} {dtype}")  # fmt: skip
         res.update(
             load_s=load_s,
@@ -190,6 +209,7 @@ def _recipe_fields(cfg: dict[str, Any], mode: str) -> dict[str, Any]:
         "recipe": cfg.get("recipe", "default"),
         "scheduler": cfg.get("scheduler"),
         "tiny_vae": bool(cfg.get("tiny_vae")),
+        "tiny_vae_encode": bool(cfg.get("tiny_vae_encode")),
         "mode": mode,
         "width": cfg["width"],
         "height": cfg["height"],

@@ -12,7 +12,9 @@ The request codec (PNG decode of image + mask, compose, PNG encode, base64) is t
 with the server's own ``imaging`` functions, for the HTTP overhead split.
 
 Each config is a recipe (``recipes.Recipe`` as a dict): size, steps, guidance, scheduler, TAESD
-decode (``Row.tiny_vae``, what ``quality=low`` sets). With ``check_error`` the UNet inputs of the
+decode (``Row.tiny_vae``, what ``quality=low`` sets); a recipe that encodes with TAESD too
+(``tiny_vae_encode``) needs a folder whose manifest says so (``assets.tiny_encode_view``), and
+the encode stage is then TAESD's encoder. With ``check_error`` the UNet inputs of the
 last timed image are kept and run again through ONNX Runtime fp32: the max relative error
 (``max|ours - fp32| / max|fp32|``, the measure ``--provider auto`` uses) of the UNet as this
 provider runs it, on the real denoising inputs at the measured size.
@@ -131,8 +133,12 @@ def run_once(model, rec: Recorder, row) -> dict[str, float]:
         "steps": n_steps,
         "unet_calls": rec.calls.get("unet", 0),
         "text_encoder": s.get("text_encoder", 0.0),
-        "vae_encoder": s.get("vae_encoder", 0.0),
-        "prepare_other": prepare - s.get("text_encoder", 0.0) - s.get("vae_encoder", 0.0),
+        # the full VAE's encoder, or TAESD's for fast rows of a --tiny-vae-encode export
+        "vae_encoder": s.get("vae_encoder", 0.0) + s.get("taesd_encoder", 0.0),
+        "prepare_other": prepare
+        - s.get("text_encoder", 0.0)
+        - s.get("vae_encoder", 0.0)
+        - s.get("taesd_encoder", 0.0),
         "unet": s.get("unet", 0.0),
         "scheduler_other": step - s.get("unet", 0.0),
         # the final decode: the full VAE, or TAESD for rows with tiny_vae (the fast recipe)
@@ -208,6 +214,12 @@ def bench_ours(
             width, height, n_steps = cfg["width"], cfg["height"], cfg["steps"]
             g = cfg.get("guidance", guidance)
             extra = {"scheduler": cfg.get("scheduler"), "tiny_vae": bool(cfg.get("tiny_vae"))}
+            if bool(cfg.get("tiny_vae_encode")) != model.tiny_encode:
+                raise ValueError(
+                    f"recipe {cfg.get('recipe')!r} encodes with TAESD: "
+                    f"{bool(cfg.get('tiny_vae_encode'))}, but {folder} says "
+                    f"{model.tiny_encode} (serve assets.tiny_encode_view for it)"
+                )
             image, mask = scene(width, height), edit_mask(width, height)
             codec = codec_timings(image, mask)
             t0 = time.perf_counter()
@@ -257,6 +269,7 @@ def _recipe_fields(cfg: dict[str, Any]) -> dict[str, Any]:
         "recipe": cfg.get("recipe", "default"),
         "scheduler": cfg.get("scheduler"),
         "tiny_vae": bool(cfg.get("tiny_vae")),
+        "tiny_vae_encode": bool(cfg.get("tiny_vae_encode")),
         "mode": "image",
     }
 

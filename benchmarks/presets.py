@@ -11,7 +11,8 @@
   decode) and the default recipe (25 steps at guidance 7.5, from 2 measured steps and one
   batch-2 UNet step), ours (``--provider auto``) against the best PyTorch paths a user could
   pick (fp32, bf16 eager + channels_last, bf16 ``torch.compile`` with freezing) and OpenVINO's
-  own pipeline (optimum-intel), with the Targets table (``targets.py``).
+  own pipeline (optimum-intel), with the Targets table (``targets.py``); and the fast recipe
+  with TAESD encoding too (``--tiny-vae-encode``) against diffusers with ``vae=AutoencoderTiny``.
 - ``cpu-512-smoke``: the same code paths on the tiny model at 64 x 64 (minutes): checks the
   harness, its numbers say nothing.
 - ``gpu``: the full architecture at 512 x 512, 20 and 50 steps, fp16, on ONNX Runtime's CUDA and
@@ -41,14 +42,23 @@ class OursVariant:
     check_error: bool = False
     #: OpenVINO graphs per input-shape set (``--static-shapes``), 0 = one dynamic graph
     static_shapes: int = 0
+    #: serve the export as ``--tiny-vae-encode`` writes it (``assets.tiny_encode_view``): runs
+    #: only the recipes that encode with TAESD, and the others run only without it
+    tiny_vae_encode: bool = False
 
     @property
     def label(self) -> str:
         static = f" static-shapes {self.static_shapes}" if self.static_shapes else ""
+        static += " tiny-vae-encode" if self.tiny_vae_encode else ""
         if self.provider == "auto":  # precision per component: the "computes in" column
             export = "" if self.precision == "fp32" else f" {self.precision} export"
             return "ours auto" + export + static
         return f"ours ort-{self.provider} {self.precision}{static}"
+
+    def runs(self, recipe: Recipe) -> bool:
+        """Whether this variant measures ``recipe`` (its list, and TAESD encoding matching)."""
+        named = not self.recipes or recipe.name in self.recipes
+        return named and recipe.tiny_vae_encode == self.tiny_vae_encode
 
     @property
     def device_class(self) -> str:
@@ -217,6 +227,10 @@ CPU = Preset(
     ),
 )
 
+#: the fast recipe as our default export runs it (TAESD decodes) and as a --tiny-vae-encode
+#: export runs it (TAESD encodes too), each against the same recipe in diffusers
+FAST_PAIR = ("fast", "fast-tiny-encode")
+
 #: the fast-path comparison, in one run on the same weights (see the module docstring)
 CPU_512 = Preset(
     name="cpu-512",
@@ -224,7 +238,8 @@ CPU_512 = Preset(
     "TAESD, RANDOM weights, 512x512: fast recipe (LCM 4 steps, no guidance, TAESD decode) and "
     "default recipe (PNDM, guidance 7.5: 2 steps measured, 25 extrapolated; one batch-2 UNet "
     "step); ours auto vs diffusers fp32 / bf16 eager / bf16 compiled (freezing) and "
-    "optimum-intel OpenVINO; HTTP quality=low at c=1; Targets table",
+    "optimum-intel OpenVINO; the fast recipe with TAESD encoding too (--tiny-vae-encode) vs "
+    "diffusers with vae=AutoencoderTiny; HTTP quality=low at c=1; Targets table",
     model="sd15-random",
     width=512,
     height=512,
@@ -232,6 +247,7 @@ CPU_512 = Preset(
     recipes=(
         recipes.fast(512, 512),
         recipes.default(512, 512, steps=2, extrapolate_to=recipes.DEFAULT_STEPS, repeats=2),
+        recipes.fast_tiny_encode(512, 512),
     ),
     # auto keeps fp32 where bf16 fails its accuracy check (random weights: the VAE, 2.2-3.2%);
     # the explicit bf16 variant shows what the native precision costs and gains regardless;
@@ -240,14 +256,16 @@ CPU_512 = Preset(
         OursVariant("auto", check_error=True),
         OursVariant("openvino:bf16", check_error=True),
         OursVariant("openvino:bf16", check_error=True, static_shapes=4),
+        # TAESD encoding too (--tiny-vae-encode) against diffusers with vae=AutoencoderTiny
+        OursVariant("openvino:bf16", static_shapes=4, tiny_vae_encode=True),
     ),
     # the compiled baseline first: two targets compare with it and its compile (minutes per
     # shape) is what a late phase's shrunken share of the budget cannot fit
     baselines=(
-        BaselineVariant("cpu", "bf16", compile=True, recipes=("fast",), unet_step=("default",)),
-        BaselineVariant("cpu", "bf16", recipes=("fast",), unet_step=("default",)),
-        BaselineVariant("cpu", "auto", impl="optimum"),
-        BaselineVariant("cpu", "fp32"),
+        BaselineVariant("cpu", "bf16", compile=True, recipes=FAST_PAIR, unet_step=("default",)),
+        BaselineVariant("cpu", "bf16", recipes=FAST_PAIR, unet_step=("default",)),
+        BaselineVariant("cpu", "auto", impl="optimum", recipes=("fast", "default")),
+        BaselineVariant("cpu", "fp32", recipes=("fast", "default")),
     ),
     # end to end as deployed: the default (auto) and the explicit native precision; the fast
     # target takes the faster of the two
@@ -291,6 +309,7 @@ CPU_512_SMOKE = replace(
     recipes=(
         recipes.fast(64, 64),
         recipes.default(64, 64, steps=2, extrapolate_to=recipes.DEFAULT_STEPS),
+        recipes.fast_tiny_encode(64, 64),
     ),
     http_width=64,
     http_height=64,

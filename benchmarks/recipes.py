@@ -32,6 +32,9 @@ class Recipe:
     guidance: float = DEFAULT_GUIDANCE
     scheduler: str | None = None  # None: the model's default (PNDM for SD 1.5)
     tiny_vae: bool = False  # decode the final image with TAESD
+    #: encode the masked image with TAESD too (ours: a ``--tiny-vae-encode`` manifest; diffusers:
+    #: the pipeline built with ``vae=AutoencoderTiny``)
+    tiny_vae_encode: bool = False
     extrapolate_to: int | None = None
     repeats: int | None = None  # timed images for this recipe (None: the preset's repeats)
 
@@ -48,7 +51,7 @@ class Recipe:
         sched = self.scheduler or "model default scheduler"
         parts = [f"{self.size}", f"{self.steps} steps", sched, f"guidance {self.guidance:g}"]
         if self.tiny_vae:
-            parts.append("TAESD decode")
+            parts.append("TAESD encode + decode" if self.tiny_vae_encode else "TAESD decode")
         if self.extrapolate_to:
             parts.append(f"extrapolated to {self.extrapolate_to} steps")
         return ", ".join(parts)
@@ -56,6 +59,19 @@ class Recipe:
 
 def fast(width: int, height: int, steps: int = 4) -> Recipe:
     return Recipe("fast", width, height, steps, guidance=1.0, scheduler="lcm", tiny_vae=True)
+
+
+def fast_tiny_encode(width: int, height: int, steps: int = 4) -> Recipe:
+    return Recipe(
+        "fast-tiny-encode",
+        width,
+        height,
+        steps,
+        guidance=1.0,
+        scheduler="lcm",
+        tiny_vae=True,
+        tiny_vae_encode=True,
+    )
 
 
 def default(
@@ -70,7 +86,8 @@ def default(
 
 def recipe_key(rec: dict[str, Any]) -> tuple:
     """What makes two measurements comparable: recipe name, size, steps, guidance, scheduler,
-    tiny VAE (records of the older presets carry no recipe: they are ``default``)."""
+    tiny VAE decode and encode (records of the older presets carry no recipe: they are
+    ``default``)."""
     return (
         rec.get("recipe", "default"),
         rec["width"],
@@ -79,6 +96,7 @@ def recipe_key(rec: dict[str, Any]) -> tuple:
         float(rec.get("guidance") or DEFAULT_GUIDANCE),
         rec.get("scheduler"),
         bool(rec.get("tiny_vae")),
+        bool(rec.get("tiny_vae_encode")),
     )
 
 

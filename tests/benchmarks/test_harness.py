@@ -18,7 +18,7 @@ from benchmarks.attribution import (
 )
 from benchmarks.machine import cpu_times, steal_fraction
 from benchmarks.optimum_venv import OPTIMUM_INTEL, export_command, install_commands
-from benchmarks.presets import PRESETS
+from benchmarks.presets import PRESETS, OursVariant
 from benchmarks.recipes import extrapolate, recipe_key
 from benchmarks.stats import summarize
 from benchmarks.targets import TARGETS, evaluate
@@ -190,8 +190,31 @@ def test_cpu_512_preset_is_the_issue_recipe():
     assert set(p.targets) == {"fast", "default_step"}
     assert any(v.provider == "auto" and v.check_error for v in p.ours)
     smoke = PRESETS["cpu-512-smoke"]
-    assert smoke.model == "tiny" and [r.name for r in smoke.all_recipes] == ["fast", "default"]
+    names = ["fast", "default", "fast-tiny-encode"]
+    assert smoke.model == "tiny" and [r.name for r in smoke.all_recipes] == names
     assert smoke.baselines == p.baselines and smoke.ours == p.ours
+    # the like-for-like pair: the fast recipe with TAESD encoding too, ours and PyTorch's
+    tiny = p.recipe("fast-tiny-encode")
+    assert tiny.tiny_vae and tiny.tiny_vae_encode and (tiny.steps, tiny.scheduler) == (4, "lcm")
+    assert tiny.unet_batch == 1 and not fast.tiny_vae_encode
+    assert "TAESD encode + decode" in tiny.describe() and "encode" not in fast.describe()
+    assert recipe_key({**vars(fast), "recipe": "fast"}) != recipe_key(
+        {**vars(fast), "recipe": "fast", "tiny_vae_encode": True}
+    )
+
+
+def test_only_a_tiny_encode_variant_runs_the_tiny_encode_recipe(tmp_path):
+    from benchmarks.__main__ import Runner, parse_args
+
+    p = PRESETS["cpu-512"]
+    runner = Runner(p, parse_args(["--preset", "cpu-512", "--out", str(tmp_path)]))
+    runs = {v.label: [c["recipe"] for c in runner._configs_for(False, v)] for v in p.ours}
+    tiny = [v for v in p.ours if v.tiny_vae_encode]
+    assert len(tiny) == 1 and "tiny-vae-encode" in tiny[0].label
+    assert runs.pop(tiny[0].label) == ["fast-tiny-encode"]
+    assert runs and all(r == ["fast", "default"] for r in runs.values())
+    named = OursVariant("auto", recipes=("fast-tiny-encode",))  # named, but not served so
+    assert runner._configs_for(False, named) == []
 
 
 def test_baseline_configs_split_images_and_unet_steps(tmp_path):
@@ -204,8 +227,13 @@ def test_baseline_configs_split_images_and_unet_steps(tmp_path):
     eager = by_label["diffusers torch-cpu bf16 channels_last"]
     assert [(c["recipe"], c["mode"]) for c in eager] == [
         ("fast", "image"),
+        ("fast-tiny-encode", "image"),
         ("default", "unet_step"),
     ]
+    assert eager[1]["tiny_vae_encode"] and not eager[0]["tiny_vae_encode"]
+    assert by_label["diffusers torch-cpu bf16 channels_last +compile(freezing)"] == eager
+    optimum = by_label["optimum-intel openvino auto"]  # it has no TAESD-encoding pipeline
+    assert [c["recipe"] for c in optimum] == ["fast", "default"]
     assert eager[0]["scheduler"] == "lcm" and eager[0]["tiny_vae"] and eager[0]["guidance"] == 1.0
     assert fp32[1]["extrapolate_to"] == 25 and fp32[1]["repeats"] == 2
 
@@ -278,7 +306,18 @@ def _run(impl, label, recipe, median, *, dtype="fp32", compile=False, mode="imag
     }
 
 
-def _results(ours_fast=4.0):
+def _tiny_encode(run):
+    return {**run, "recipe": "fast-tiny-encode", "tiny_vae_encode": True}
+
+
+def _results(ours_fast=4.0, tiny_encode=True):
+    """A cpu-512 run's results; ``tiny_encode``: with the fast-tiny-encode pair (ours 3.0 s,
+    diffusers eager 4.2 s, compiled 3.3 s)."""
+    pair = [
+        _tiny_encode(_run("ours", "ours tiny-vae-encode", "fast", 3.0)),
+        _tiny_encode(_run("diffusers", "diffusers bf16", "fast", 4.2, dtype="bf16")),
+        _tiny_encode(_run("diffusers", "diffusers bf16 c", "fast", 3.3, dtype="bf16", compile=True)),
+    ]  # fmt: skip
     return {
         "inprocess": [
             _run("ours", "ours auto", "fast", ours_fast, precisions={"unet": "bf16"}),
@@ -315,7 +354,8 @@ def _results(ours_fast=4.0):
                 compile_s=80.0,
             ),  # fmt: skip
             _run("optimum", "optimum-intel openvino auto", "fast", 4.5, dtype="auto"),
-        ],
+        ]
+        + (pair if tiny_encode else []),
         "http": [
             {
                 "label": "ours auto",
@@ -378,7 +418,7 @@ def test_ratios_against_the_best_baseline_and_each():
     assert compiled["speedup"] == pytest.approx(2.1 / 1.5) and compiled["unet_batch"] == 2
     assert compiled["ours_max_rel_err"] == 0.009 and compiled["baseline_compile_s"] == 80.0
     assert recipe_key(_results()["inprocess"][0]) == (
-        "fast", 512, 512, 4, 1.0, "lcm", True
+        "fast", 512, 512, 4, 1.0, "lcm", True, False
     )  # fmt: skip
 
 
@@ -408,6 +448,27 @@ def test_targets_pass_and_fail_on_the_matching_machine():
     slow = {t["key"]: t for t in evaluate(PRESETS["cpu-512"], _results(7.0), MACHINE)}
     assert slow["fast_latency"]["verdict"] == "FAIL"
     assert slow["fast_vs_diffusers_bf16_compiled"]["verdict"] == "FAIL"  # 5.2 / 7.0 < 1.2
+
+
+def test_tiny_encode_pair_is_compared_like_for_like():
+    rows = {t["key"]: t for t in evaluate(PRESETS["cpu-512"], _results(tiny_encode=False), MACHINE)}
+    for kind in ("eager", "compiled"):  # not run: said so, never taken from the other recipe
+        assert rows[f"fast_tiny_encode_vs_diffusers_bf16_{kind}"]["verdict"] == "not measured"
+    res = _results()
+    rows = {t["key"]: t for t in evaluate(PRESETS["cpu-512"], res, MACHINE)}
+    eager = rows["fast_tiny_encode_vs_diffusers_bf16_eager"]
+    compiled = rows["fast_tiny_encode_vs_diffusers_bf16_compiled"]
+    assert eager["measured"] == pytest.approx(1.4) and eager["verdict"] == "FAIL"
+    assert compiled["measured"] == pytest.approx(1.1) and compiled["verdict"] == "FAIL"
+    assert "ours tiny-vae-encode 3.0 s" in eager["how"] and "Supplementary" in eager["target"]
+    # the issue's own fast-recipe rows still compare the full-VAE-encoder runs
+    assert rows["fast_vs_diffusers_bf16_eager"]["measured"] == pytest.approx(2.0)
+    assert rows["fast_vs_diffusers_bf16_compiled"]["measured"] == pytest.approx(1.3)
+    comps = report.comparisons(res)
+    pair = [c for c in comps if c["recipe"] == "fast-tiny-encode" and c["path"] == "in-process"]
+    assert {c["baseline"]: c["speedup"] for c in pair} == pytest.approx(
+        {"diffusers bf16": 1.4, "diffusers bf16 c": 1.1}
+    )
 
 
 def test_latency_target_names_the_compute_floor_and_when_it_is_out_of_reach():
