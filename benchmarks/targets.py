@@ -193,11 +193,9 @@ def _vs_pytorch(rows, recipe: str, key: str) -> dict[str, tuple[float | None, st
     out = {}
     for kind, compiled in (("eager", False), ("compiled", True)):
         b = _pick(rows, impl="diffusers", variant_dtype="bf16", variant_compile=compiled, **match)
-        out[f"{key}_vs_diffusers_bf16_{kind}"] = (
-            _ratio(_med(b), ours_s),
-            f"{b and b['label']} {_med(b) and round(_med(b), 3)} s / {ours and ours['label']} "
-            f"{ours_s and round(ours_s, 3)} s",
-        )
+        theirs = f"{b['label']} {round(_med(b), 3)} s" if b else f"no diffusers bf16 {kind} run"
+        mine = f"{ours['label']} {round(ours_s, 3)} s" if ours else f"no run of ours on {recipe}"
+        out[f"{key}_vs_diffusers_bf16_{kind}"] = (_ratio(_med(b), ours_s), f"{theirs} / {mine}")
     return out
 
 

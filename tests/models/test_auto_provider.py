@@ -197,6 +197,25 @@ def test_static_shapes_compile_once_per_shape_in_memory(tiny):
     assert cache_files(folder) == []
 
 
+@pytest.mark.parametrize("hint", ["f32", "bf16"])
+def test_static_shapes_report_the_precision_the_cpu_computes_before_any_graph(tiny, hint):
+    """A static session compiles nothing at load, yet /v1/models and the benchmark name its
+    precision then: what the plugin resolves the hint to on this CPU (bf16 runs f32 without
+    AVX512-BF16/AMX), the same as the dynamic graph's and the first static graph's."""
+    folder, m = tiny
+    spec = m.components["vae_decoder"]
+    path = folder / spec.file
+    dynamic = OpenVINOProvider(hint, threads=1, cache=False)
+    dynamic.load(path, spec)
+    static = OpenVINOProvider(hint, threads=1, static_shapes=1)
+    s = static.load(path, spec)
+    assert s.compiles == 0
+    want = dynamic.describe()["effective_precision"]
+    assert want in ("f32", "bf16") and static.describe()["effective_precision"] == want
+    s.run({"latent_sample": np.zeros((1, 4, 8, 8), np.float32)})
+    assert s.compiles == 1 and s.effective_precision == want
+
+
 def test_unwritable_cache_still_loads(tiny, caplog):
     folder, m = tiny
     spec = m.components["vae_encoder"]

@@ -178,6 +178,7 @@ class OpenVINOProvider(ExecutionProvider):
         self._core = None
         self._caches: dict[Path, BlobCache] = {}
         self.effective_precision: str | None = None
+        self._resolved: str | None = None  # resolved_precision(), once
         self.precise_nodes = 0
 
     @classmethod
@@ -209,6 +210,21 @@ class OpenVINOProvider(ExecutionProvider):
         if self.threads is not None:
             cfg["INFERENCE_NUM_THREADS"] = str(int(self.threads) * self.streams)
         return cfg
+
+    def resolved_precision(self) -> str | None:
+        """The precision this CPU computes in under ``config()`` ("f32" on a CPU without bf16
+        for a bf16 hint): read off a one-MatMul graph compiled with that config (~30 ms), since
+        the plugin resolves the hint from the CPU, not from the model. What a static session
+        reports before its first graph exists."""
+        if self._resolved is None:
+            import openvino as ov
+            import openvino.opset13 as ops
+
+            x = ops.parameter([1, 16], ov.Type.f32)
+            y = ops.matmul(x, ops.constant(np.eye(16, dtype=np.float32)), False, False)
+            probe = self.core.compile_model(ov.Model([y], [x]), self.device, self.config())
+            self._resolved = effective_precision(probe)
+        return self._resolved
 
     def blob_cache(self, folder: Path) -> BlobCache | None:
         """The disk cache for the model in ``folder`` (shared by its components), or None."""
@@ -306,6 +322,7 @@ class OpenVINOProvider(ExecutionProvider):
                 names=names,
                 streams=self.streams,
             )
+            session.effective_precision = self.resolved_precision()  # no graph compiled yet
         else:
             session = OVSession(self._compiled(path, spec, None, model_box), streams=self.streams)
             del model_box[:]  # the compiled graph holds what it needs
