@@ -823,7 +823,7 @@ class Runner:
             "height": p.http_height,
             "steps": p.http_steps,
             "quality": p.http_quality,
-            "recipe": "fast" if p.http_quality == "low" and p.fast_model else "default",
+            "recipe": _http_recipe_name(p, v),
             "closed_loop": [],
             "open_loop": None,
         }
@@ -1036,6 +1036,14 @@ def best_of_probes(first: dict[str, Any], second: dict[str, Any]) -> dict[str, A
     out["runs"] = [first.get("peaks", {}), second.get("peaks", {})]
     out["source"] = "measured (matmul probe: the best of a run before and one after)"
     return out
+
+
+def _http_recipe_name(p: Preset, v: OursVariant) -> str:
+    """The recipe an HTTP run of ``v`` makes: ``quality=low`` on the fast model is the fast
+    recipe (with TAESD encoding on a ``--tiny-vae-encode`` view), else the default one."""
+    if p.http_quality != "low" or not p.fast_model:
+        return "default"
+    return "fast-tiny-encode" if v.tiny_vae_encode else "fast"
 
 
 def _flop_key(recipe: str, width: int, height: int) -> str:

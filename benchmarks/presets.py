@@ -48,12 +48,12 @@ class OursVariant:
 
     @property
     def label(self) -> str:
-        static = f" static-shapes {self.static_shapes}" if self.static_shapes else ""
-        static += " tiny-vae-encode" if self.tiny_vae_encode else ""
+        extra = f" static-shapes {self.static_shapes}" if self.static_shapes else ""
+        extra += " tiny-vae-encode" if self.tiny_vae_encode else ""
         if self.provider == "auto":  # precision per component: the "computes in" column
             export = "" if self.precision == "fp32" else f" {self.precision} export"
-            return "ours auto" + export + static
-        return f"ours ort-{self.provider} {self.precision}{static}"
+            return "ours auto" + export + extra
+        return f"ours ort-{self.provider} {self.precision}{extra}"
 
     def runs(self, recipe: Recipe) -> bool:
         """Whether this variant measures ``recipe`` (its list, and TAESD encoding matching)."""

@@ -204,7 +204,7 @@ def test_cpu_512_preset_is_the_issue_recipe():
 
 
 def test_only_a_tiny_encode_variant_runs_the_tiny_encode_recipe(tmp_path):
-    from benchmarks.__main__ import Runner, parse_args
+    from benchmarks.__main__ import Runner, _http_recipe_name, parse_args
 
     p = PRESETS["cpu-512"]
     runner = Runner(p, parse_args(["--preset", "cpu-512", "--out", str(tmp_path)]))
@@ -215,6 +215,9 @@ def test_only_a_tiny_encode_variant_runs_the_tiny_encode_recipe(tmp_path):
     assert runs and all(r == ["fast", "default"] for r in runs.values())
     named = OursVariant("auto", recipes=("fast-tiny-encode",))  # named, but not served so
     assert runner._configs_for(False, named) == []
+    # served over HTTP, quality=low makes the recipe its manifest says
+    assert [_http_recipe_name(p, v) for v in (named, tiny[0])] == ["fast", "fast-tiny-encode"]
+    assert _http_recipe_name(PRESETS["cpu"], tiny[0]) == "default"
 
 
 def test_baseline_configs_split_images_and_unet_steps(tmp_path):
