@@ -125,6 +125,10 @@ def run_once(model, rec: Recorder, row) -> dict[str, float]:
         raise RuntimeError(f"unexpected output {img.dtype} {img.shape}, wanted {row.image.shape}")
     s = rec.seconds
     prepare, step, finish = t1 - t0, t2 - t1, t3 - t2
+    # the full VAE's encoder, or TAESD's for fast rows of a --tiny-vae-encode export; the
+    # final decode: the full VAE, or TAESD for rows with tiny_vae (the fast recipe)
+    encode = s.get("vae_encoder", 0.0) + s.get("taesd_encoder", 0.0)
+    decode = s.get("vae_decoder", 0.0) + s.get("taesd_decoder", 0.0)
     return {
         "total": t3 - t0,
         "prepare": prepare,
@@ -133,17 +137,12 @@ def run_once(model, rec: Recorder, row) -> dict[str, float]:
         "steps": n_steps,
         "unet_calls": rec.calls.get("unet", 0),
         "text_encoder": s.get("text_encoder", 0.0),
-        # the full VAE's encoder, or TAESD's for fast rows of a --tiny-vae-encode export
-        "vae_encoder": s.get("vae_encoder", 0.0) + s.get("taesd_encoder", 0.0),
-        "prepare_other": prepare
-        - s.get("text_encoder", 0.0)
-        - s.get("vae_encoder", 0.0)
-        - s.get("taesd_encoder", 0.0),
+        "vae_encoder": encode,
+        "prepare_other": prepare - s.get("text_encoder", 0.0) - encode,
         "unet": s.get("unet", 0.0),
         "scheduler_other": step - s.get("unet", 0.0),
-        # the final decode: the full VAE, or TAESD for rows with tiny_vae (the fast recipe)
-        "vae_decoder": s.get("vae_decoder", 0.0) + s.get("taesd_decoder", 0.0),
-        "finish_other": finish - s.get("vae_decoder", 0.0) - s.get("taesd_decoder", 0.0),
+        "vae_decoder": decode,
+        "finish_other": finish - decode,
         "output_mean": float(img.mean()),
     }
 

@@ -28,7 +28,7 @@ from .base import InpaintModel
 from .builtin import BuiltinInpaintModel
 from .instances import Instances, check_count, choose, fixed
 from .manifest import MANIFEST_FILE, UnknownModelKind, read_manifest
-from .providers import ProviderUnavailable
+from .providers import ProviderUnavailable, check_static_shapes
 
 log = logging.getLogger("server.models")
 
@@ -177,8 +177,7 @@ def load_registry(
     ValueError otherwise), else the first exported model that loaded, else the built-in one.
     """
     check_count(instances)
-    if static_shapes < 0:
-        raise ValueError(f"--static-shapes must be >= 0 (0 = dynamic graphs), got {static_shapes}")
+    check_static_shapes(static_shapes)  # at start, whichever provider the models get
     registry = ModelRegistry()
     builtin = BuiltinInpaintModel()
     registry.models[builtin.name] = builtin

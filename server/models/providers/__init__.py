@@ -50,7 +50,7 @@ from .onnxruntime import (
     TensorRTProvider,
     trt_shape_string,
 )
-from .openvino import OpenVINOProvider, OVSession, effective_precision
+from .openvino import OpenVINOProvider, OVSession, check_static_shapes, effective_precision
 from .openvino_graph import (
     mark_precise_in_ir,
     time_embedding_nodes,
@@ -72,6 +72,7 @@ __all__ = [
     "TensorRTProvider",
     "available_runtimes",
     "effective_precision",
+    "check_static_shapes",
     "mark_precise_in_ir",
     "select_provider",
     "time_embedding_nodes",

@@ -24,6 +24,12 @@ _PRECISION_NAMES = {"bf16": "bf16", "f16": "f16", "f32": "f32"}
 Shapes = tuple[tuple[str, tuple[int, ...]], ...]
 
 
+def check_static_shapes(n: int) -> None:
+    """``--static-shapes``: graphs kept per component, 0 = one dynamic graph."""
+    if n < 0:
+        raise ValueError(f"--static-shapes must be >= 0 (0 = one dynamic graph), got {n}")
+
+
 def effective_precision(compiled) -> str | None:
     """The precision a compiled CPU graph computes in ("f32" | "bf16" | "f16"), or None."""
     try:
@@ -165,8 +171,7 @@ class OpenVINOProvider(ExecutionProvider):
             raise ValueError(
                 f"OpenVINO precision must be one of {self.PRECISIONS}, got {precision!r}"
             )
-        if static_shapes < 0:
-            raise ValueError(f"static_shapes must be >= 0 (0 = dynamic), got {static_shapes}")
+        check_static_shapes(static_shapes)
         self.precision = precision
         self.threads = threads
         self.device = device
