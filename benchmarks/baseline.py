@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .recipes import extrapolate
+from .recipes import extrapolate, record_fields
 from .stats import image_summary, summarize, timed_images
 
 
@@ -204,19 +204,6 @@ def _schedulers(pipe):
     return get
 
 
-def _recipe_fields(cfg: dict[str, Any], mode: str) -> dict[str, Any]:
-    return {
-        "recipe": cfg.get("recipe", "default"),
-        "scheduler": cfg.get("scheduler"),
-        "tiny_vae": bool(cfg.get("tiny_vae")),
-        "tiny_vae_encode": bool(cfg.get("tiny_vae_encode")),
-        "mode": mode,
-        "width": cfg["width"],
-        "height": cfg["height"],
-        "steps": cfg["steps"],
-    }
-
-
 def _unet_step(pipe, cfg, guidance, torch_dtype, dtype, warmup, repeats, timer, sync):
     """One UNet call at the recipe's shape, ``warmup`` untimed (the compile) + ``repeats``."""
     import torch
@@ -246,7 +233,7 @@ def _unet_step(pipe, cfg, guidance, torch_dtype, dtype, warmup, repeats, timer, 
     times = [call() for _ in range(repeats)]
     med = float(np.median(times))
     return {
-        **_recipe_fields(cfg, "unet_step"),
+        **record_fields(cfg, "unet_step"),
         "guidance": guidance,
         "unet_batch": b,
         "latency_s": summarize(times),
@@ -337,7 +324,7 @@ def _images(pipe, cfg, guidance, prompt, seed, warmup, repeats, timer, sync, aut
     )  # fmt: skip
     med = float(np.median([r["total"] for r in runs]))
     res = {
-        **_recipe_fields(cfg, "image"),
+        **record_fields(cfg, "image"),
         "guidance": guidance,
         **image_summary(runs),
         "warmup_s": warm_s,

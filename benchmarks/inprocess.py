@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .recipes import extrapolate
+from .recipes import extrapolate, record_fields
 from .stats import STAGES, over_deadline, summarize
 
 COMPONENTS = ("text_encoder", "vae_encoder", "unet", "vae_decoder")
@@ -240,7 +240,7 @@ def bench_ours(
                 )
             model.sessions["unet"].capture = None
             res = _summarize_runs(runs, n_steps, load_s, warm_s, codec, model, provider)
-            res.update(width=width, height=height, guidance=g, **_recipe_fields(cfg))
+            res.update(guidance=g, **record_fields(cfg))
             if cfg.get("extrapolate_to"):
                 res["extrapolated"] = extrapolate(
                     res["latency_s"]["median"],
@@ -261,16 +261,6 @@ def bench_ours(
     finally:
         model.close()
     return out
-
-
-def _recipe_fields(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "recipe": cfg.get("recipe", "default"),
-        "scheduler": cfg.get("scheduler"),
-        "tiny_vae": bool(cfg.get("tiny_vae")),
-        "tiny_vae_encode": bool(cfg.get("tiny_vae_encode")),
-        "mode": "image",
-    }
 
 
 def unet_error_vs_fp32(model, folder: Path, captured, threads) -> dict[str, Any]:

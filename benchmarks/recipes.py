@@ -84,6 +84,21 @@ def default(
     return Recipe("default", width, height, steps, extrapolate_to=extrapolate_to, repeats=repeats)
 
 
+def record_fields(cfg: dict[str, Any], mode: str = "image") -> dict[str, Any]:
+    """What a measurement record carries of its recipe dict ``cfg`` (``recipe_key`` reads it
+    back); ``mode``: "image" (whole images) or "unet_step"."""
+    return {
+        "recipe": cfg.get("recipe", "default"),
+        "scheduler": cfg.get("scheduler"),
+        "tiny_vae": bool(cfg.get("tiny_vae")),
+        "tiny_vae_encode": bool(cfg.get("tiny_vae_encode")),
+        "mode": mode,
+        "width": cfg["width"],
+        "height": cfg["height"],
+        "steps": cfg["steps"],
+    }
+
+
 def recipe_key(rec: dict[str, Any]) -> tuple:
     """What makes two measurements comparable: recipe name, size, steps, guidance, scheduler,
     tiny VAE decode and encode (records of the older presets carry no recipe: they are
