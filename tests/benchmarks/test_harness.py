@@ -263,6 +263,30 @@ def test_bf16_baselines_on_a_cpu_without_bf16_run_in_fp32_or_not_at_all(tmp_path
     assert any("no native bf16" in n for n in runner.notes)
 
 
+def test_bf16_variants_that_compute_what_auto_computes_are_not_run_without_bf16(tmp_path):
+    from benchmarks.__main__ import Runner, parse_args
+
+    p = PRESETS["cpu-512"]
+    runner = Runner(p, parse_args(["--preset", "cpu-512", "--out", str(tmp_path)]))
+    runner.machine = {"cpu_native_bf16": True}
+    assert runner._without_f32_duplicates(list(p.ours)) == list(p.ours)
+    assert runner.skipped == []
+
+    runner.machine = {"cpu_native_bf16": False}
+    kept = runner._without_f32_duplicates(list(p.ours))
+    # only the dynamic-shape bf16 variant has an auto twin (same graphs); static shapes and
+    # TAESD encoding have none, so they still run
+    assert [v for v in p.ours if v not in kept] == [OursVariant("openvino:bf16", check_error=True)]
+    assert [(v.provider, v.static_shapes, v.tiny_vae_encode) for v in kept] == [
+        ("auto", 0, False),
+        ("openvino:bf16", 4, False),
+        ("openvino:bf16", 4, True),
+    ]
+    http = runner._without_f32_duplicates(list(p.http))
+    assert [(v.provider, v.static_shapes) for v in http] == [("auto", 0), ("openvino:bf16", 4)]
+    assert len(runner.skipped) == 1 and "no native bf16" in runner.skipped[0]
+
+
 def test_torch_probes_of_types_the_cpu_lacks_are_skipped(monkeypatch):
     from benchmarks import probe as probe_mod
 
