@@ -19,7 +19,6 @@ and, for presets that declare them, the Targets table (``targets.py``). Results:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import os
@@ -48,7 +47,6 @@ from .lock import BenchmarkLocked, exclusive
 from .oneshot import PRESETS as ONESHOT_PRESETS
 from .presets import PRESETS, BaselineVariant, OursVariant, Preset
 from .recipes import Recipe
-from .stats import summarize
 
 RESULTS = ROOT / "benchmarks" / "results"
 #: torch bf16 autocast vs fp32, per image, on an AVX2-only EPYC (measured): tiny model ~10-15x,
@@ -772,182 +770,32 @@ class Runner:
             )
 
     # ------------------------------------------------------------------ HTTP
-    def _payload(self, model_name: str):
-        from .inputs import edit_mask, mask_png, png_bytes, scene
-        from .loadgen import Payload
-
-        p = self.p
-        w, h = p.http_width, p.http_height
-        fields = {
-            "model": model_name,
-            "prompt": p.prompt,
-            "n": "1",
-            "size": f"{w}x{h}",
-            "seed": str(p.seed),
-            "response_format": "b64_json",
-            "output_format": "png",
-        }
-        if p.http_quality:  # the model's preset for that tier (low: the fast recipe)
-            fields["quality"] = p.http_quality
-        else:
-            fields.update(steps=str(p.http_steps), guidance_scale=str(p.guidance))
-        return Payload(png_bytes(scene(w, h)), mask_png(edit_mask(w, h)), fields)
-
-    def _plan(self, l1: float, available_s: float) -> tuple[list[int], int, int, int]:
-        """(levels, requests per client, repeats, open-loop requests) that fit ``available_s``."""
-        p = self.p
-        levels = list(self.args.concurrency or p.concurrency)
-        rpc, reps, n_open = p.requests_per_client, p.load_repeats, p.open_loop_requests
-
-        def est() -> float:
-            sweep = reps * sum(c * rpc for c in levels) * l1
-            return sweep + n_open * l1 / max(p.open_loop_load, 0.1)
-
-        original = (list(levels), rpc, reps, n_open)
-        while est() > available_s:
-            if reps > 1:
-                reps -= 1
-            elif rpc > 1:
-                rpc -= 1
-            elif n_open > 8:
-                n_open = max(8, n_open // 2)
-            elif n_open > 0:
-                n_open = 0
-            elif len(levels) > 1:
-                levels.pop()  # the last resort: it loses the most loaded point
-            else:
-                break
-        if (levels, rpc, reps, n_open) != original:
-            self.skip(
-                f"HTTP sweep reduced to fit the time budget ({available_s:.0f} s left for "
-                f"it; ~{l1:.2f} s per request): levels {levels}, {rpc} request(s) per "
-                f"client, {reps} run(s), open loop {n_open} requests"
-            )
-        return levels, rpc, reps, n_open
-
     def _http(self, v: OursVariant, folder: Path, mbs: int, modes_left: int, first: bool) -> None:
-        from .loadgen import ModelServer, closed_loop, open_loop, sdk_edit
-        from .memory import GpuSampler
+        """One HTTP mode (``http_phase.measure``); the first one also checks the OpenAI SDK."""
+        from . import http_phase
 
-        p = self.p
-        mode = "on" if mbs > 1 else "off"
         if self.remaining() <= 0:
+            mode = "on" if mbs > 1 else "off"
             self.skip(f"HTTP {v.label} batching {mode}: no time left in the budget")
             return
-        rec: dict[str, Any] = {
-            "label": v.label,
-            "variant": dataclasses.asdict(v),
-            "device_class": v.device_class,
-            "max_batch_size": mbs,
-            "batching": mode,
-            "width": p.http_width,
-            "height": p.http_height,
-            "steps": p.http_steps,
-            "quality": p.http_quality,
-            "recipe": _http_recipe_name(p, v),
-            "closed_loop": [],
-            "open_loop": None,
-        }
-        self.log(f"HTTP {v.label}, --max-batch-size {mbs} (batching {mode}) ...")
-        payload = self._payload(folder.name)
-        timeout = p.request_timeout_s
-        gpu = GpuSampler()
-        srv = ModelServer(
-            folder,
-            folder.name,
-            provider=v.provider,  # "openvino:bf16" carries its precision hint
+        served = http_phase.Served(
             threads=self.threads,
-            max_batch_size=mbs,
-            request_timeout_s=timeout,
             log_dir=self.log_dir,
-            # batching off is sequential: one request at a time, so one instance too
-            instances=None if mbs > 1 else 1,
-            static_shapes=v.static_shapes,
+            warmup=self._common()["warmup"],
+            concurrency=tuple(self.args.concurrency or ()),
         )
-        try:
-            with gpu, srv:
-                gpu.add(srv.proc.pid)
-                rec["startup_s"] = srv.startup_s
-                rec["instances"] = srv.card().get("instances")
-                self.log(
-                    f"  server ready in {srv.startup_s:.1f} s ({srv.base}); instances "
-                    f"{rec['instances']}"
-                )
-                warm = [
-                    asyncio.run(closed_loop(srv.base, payload, 1, 1, timeout))
-                    for _ in range(max(1, self._common()["warmup"]))
-                ]
-                if mbs > 1:  # warm the batched shapes too
-                    warm.append(asyncio.run(closed_loop(srv.base, payload, mbs, mbs, timeout)))
-                if any(w["errors"] for w in warm):
-                    raise RuntimeError(f"warm-up requests failed: {warm[-1].get('last_error')}")
-                l1 = min(w["latency_s"]["min"] for w in warm[: max(1, len(warm) - 1)])
-                rec["warmup"] = {
-                    "requests": sum(w["requests"] for w in warm),
-                    "sequential_latency_s": l1,
-                }
-                if first:
-                    try:
-                        rec["sdk_check"] = sdk_edit(
-                            srv.base, payload, folder.name, p.http_width, p.http_height, timeout
-                        )
-                        self.log(
-                            f"  OpenAI SDK request ok: {rec['sdk_check']['latency_s']:.3f} s,"
-                            f" image {rec['sdk_check']['size']}"
-                        )
-                    except Exception as exc:  # noqa: BLE001
-                        self.failed = True
-                        rec["sdk_check"] = {"error": f"{type(exc).__name__}: {exc}"}
-                        self.skip(f"OpenAI SDK request failed: {exc}")
-                available = self.remaining() / max(1, modes_left)
-                levels, rpc, reps, n_open = self._plan(l1, available)
-                for c in levels:
-                    runs = [
-                        asyncio.run(closed_loop(srv.base, payload, c, c * rpc, timeout))
-                        for _ in range(reps)
-                    ]
-                    lat = [x for r in runs for x in r.pop("latencies_s")]
-                    entry = {
-                        "concurrency": c,
-                        "requests": c * rpc,
-                        "repeats_done": len(runs),
-                        "throughput_img_s": summarize([r["throughput_img_s"] or 0 for r in runs]),
-                        "latency_s": summarize(lat),
-                        "errors": _merge_errors(runs),
-                        "runs": runs,
-                    }
-                    rec["closed_loop"].append(entry)
-                    self.log(
-                        f"  c={c:>2}: {entry['throughput_img_s']['median']:.3f} img/s, p50 "
-                        f"{entry['latency_s']['p50']:.3f} s, p95 "
-                        f"{entry['latency_s']['p95']:.3f} s, errors {entry['errors'] or 0}"
-                    )
-                if n_open and mode == "on" and rec["closed_loop"]:
-                    best = max(c["throughput_img_s"]["median"] for c in rec["closed_loop"])
-                    rate = p.open_loop_load * best
-                    deadline = max(30.0, 3 * n_open / rate + 10 * l1)
-                    o = asyncio.run(
-                        open_loop(
-                            srv.base,
-                            payload,
-                            rate,
-                            n_open,
-                            timeout,
-                            deadline_s=deadline,
-                            seed=p.seed,
-                        )
-                    )
-                    o.pop("latencies_s", None)
-                    rec["open_loop"] = o
-                    self.log(
-                        f"  open loop {rate:.3f} req/s: {o['ok']}/{n_open} ok, p50 "
-                        f"{o['latency_s']['p50']:.3f} s, p95 {o['latency_s']['p95']:.3f} s"
-                    )
-        except Exception as exc:  # noqa: BLE001 - note the failure, keep the rest of the run
-            self.failed = True
-            self.skip(f"HTTP {v.label} batching {mode}: {type(exc).__name__}: {exc}")
-        rec["peak_rss_mb"] = srv.peak_rss_mb
-        rec["gpu_peak_mb"] = gpu.peak_mb
+        rec, failed = http_phase.measure(
+            self.p,
+            v,
+            folder,
+            mbs,
+            served,
+            available_s=lambda: self.remaining() / max(1, modes_left),
+            sdk_check=first,
+            log=self.log,
+            skip=self.skip,
+        )
+        self.failed = self.failed or failed
         if rec["closed_loop"]:
             self.results["http"].append(rec)
 
@@ -1059,24 +907,8 @@ def best_of_probes(first: dict[str, Any], second: dict[str, Any]) -> dict[str, A
     return out
 
 
-def _http_recipe_name(p: Preset, v: OursVariant) -> str:
-    """The recipe an HTTP run of ``v`` makes: ``quality=low`` on the fast model is the fast
-    recipe (with TAESD encoding on a ``--tiny-vae-encode`` view), else the default one."""
-    if p.http_quality != "low" or not p.fast_model:
-        return "default"
-    return "fast-tiny-encode" if v.tiny_vae_encode else "fast"
-
-
 def _flop_key(recipe: str, width: int, height: int) -> str:
     return f"{recipe}@{width}x{height}"
-
-
-def _merge_errors(runs) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in runs:
-        for k, v in r.get("errors", {}).items():
-            out[k] = out.get(k, 0) + v
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

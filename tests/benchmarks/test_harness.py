@@ -204,7 +204,8 @@ def test_cpu_512_preset_is_the_issue_recipe():
 
 
 def test_only_a_tiny_encode_variant_runs_the_tiny_encode_recipe(tmp_path):
-    from benchmarks.__main__ import Runner, _http_recipe_name, parse_args
+    from benchmarks.__main__ import Runner, parse_args
+    from benchmarks.http_phase import recipe_name as _http_recipe_name
 
     p = PRESETS["cpu-512"]
     runner = Runner(p, parse_args(["--preset", "cpu-512", "--out", str(tmp_path)]))
