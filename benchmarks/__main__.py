@@ -52,6 +52,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 #: torch bf16 autocast vs fp32, per image, on an AVX2-only EPYC (measured): tiny model ~10-15x,
 #: full SD 1.5 architecture at 128x128 > 87x (one image did not finish in 578 s vs 6.6 s fp32).
 BF16_EMULATION_SLOWDOWN = 90
+#: budget shares of a torch.compile baseline (``phase_weight``)
+COMPILE_WEIGHT = 2.5
 README = ROOT / "benchmarks" / "README.md"
 MODEL_TEXT = {
     "tiny": "tiny random-weight SD-inpainting pipeline (export.tiny, seed 0; 64 px native)",
@@ -335,25 +337,17 @@ class Runner:
         self._flops(exports, ours + http)
         self._probe(machine)
 
-        n_inproc = len(ours) + len(baselines)
-        inproc_budget = p.budget_s * (0.5 if http else 0.95)
-        done = 0
-        for v in ours:
-            self._ours(
-                v,
-                self._folder(v),
-                source,
-                inproc_budget,
-                n_inproc - done,
-                with_http_shape=any(h == v for h in http),
-            )
-            done += 1
-        for b in baselines:
+        inproc_budget = p.budget_s * ((1 - p.http_share) if http else 0.95)
+        weights = [phase_weight(x) for x in [*ours, *baselines]]
+        for i, v in enumerate(ours):
+            soft = self._soft_deadline(inproc_budget, weights[i], sum(weights[i:]))
+            self._ours(v, self._folder(v), soft, with_http_shape=any(h == v for h in http))
+        for i, b in enumerate(baselines, start=len(ours)):
+            soft = self._soft_deadline(inproc_budget, weights[i], sum(weights[i:]))
             if b.impl == "optimum":
-                self._optimum(b, inproc_budget, n_inproc - done)
+                self._optimum(b, soft)
             else:
-                self._baseline(b, self.baseline_source, inproc_budget, n_inproc - done)
-            done += 1
+                self._baseline(b, soft)
         modes = [(v, mbs) for v in http for mbs in p.batch_sizes]
         for i, (v, mbs) in enumerate(modes):
             self._http(v, self._folder(v), mbs, len(modes) - i, first=i == 0)
@@ -522,9 +516,11 @@ class Runner:
             )
         )
 
-    def _soft_deadline(self, inproc_budget: float, phases_left: int) -> float:
+    def _soft_deadline(self, inproc_budget: float, weight: float, weights_left: float) -> float:
+        """A phase's share of what is left of the in-process budget, in proportion to its
+        weight (``phase_weight``) among the phases still to run."""
         used = time.perf_counter() - self.t_measure
-        share = (inproc_budget - used) / max(1, phases_left)
+        share = (inproc_budget - used) * weight / max(weights_left, 1e-9)
         return max(share, 0.0)
 
     def _configs_for(self, with_http_shape: bool, v: OursVariant) -> list[dict[str, Any]]:
@@ -549,16 +545,7 @@ class Runner:
             "repeats": a.repeats or p.repeats,
         }
 
-    def _ours(
-        self,
-        v: OursVariant,
-        folder: Path,
-        source: Path,
-        inproc_budget: float,
-        phases_left: int,
-        with_http_shape: bool,
-    ) -> None:
-        soft = self._soft_deadline(inproc_budget, phases_left)
+    def _ours(self, v: OursVariant, folder: Path, soft: float, with_http_shape: bool) -> None:
         self.log(f"in-process {v.label} (soft budget {soft:.0f} s) ...")
         args = {
             "folder": str(folder),
@@ -575,10 +562,7 @@ class Runner:
             self.skip(f"{v.label}: only some configurations finished: {res['partial']}")
         self._record_inprocess(res, "ours", v.label, v.device_class, dataclasses.asdict(v))
 
-    def _baseline(
-        self, b: BaselineVariant, source: Path, inproc_budget: float, phases_left: int
-    ) -> None:
-        soft = self._soft_deadline(inproc_budget, phases_left)
+    def _baseline(self, b: BaselineVariant, soft: float) -> None:
         common = self._common()
         if b.dtype == "bf16" and b.device == "cpu" and not self.machine.get("cpu_native_bf16"):
             b = self._fp32_instead(b)
@@ -590,7 +574,7 @@ class Runner:
                 return
         self.log(f"baseline {b.label} (soft budget {soft:.0f} s) ...")
         args = {
-            "pipeline": str(source),
+            "pipeline": str(self.baseline_source),
             "device": b.device,
             "dtype": b.dtype,
             "compile": b.compile,
@@ -629,9 +613,8 @@ class Runner:
         steps = [_cfg(r, "unet_step") for r in self.p.all_recipes if r.name in b.unet_step]
         return images + steps
 
-    def _optimum(self, b: BaselineVariant, inproc_budget: float, phases_left: int) -> None:
+    def _optimum(self, b: BaselineVariant, soft: float) -> None:
         """optimum-intel's pipeline, in its own venv's interpreter (``optimum_pipe.py``)."""
-        soft = self._soft_deadline(inproc_budget, phases_left)
         self.log(f"baseline {b.label} (soft budget {soft:.0f} s) ...")
         args = {
             "model_dir": str(self.optimum_dir),
@@ -876,6 +859,14 @@ class Runner:
         for k, val in summary.items():
             self.log(f"speedup {k}: {val:.2f}x" if val else f"speedup {k}: -")
         return 1 if self.failed else 0
+
+
+def phase_weight(x: OursVariant | BaselineVariant) -> float:
+    """A measuring phase's weight in the split of the in-process budget: a ``torch.compile``
+    baseline compiles every shape in its warm-up (minutes each on 2 cores: 200 s for the fast
+    recipe's and 126 s for the batch-2 step's on a Zen 4) before it times anything, so it gets
+    COMPILE_WEIGHT shares; every other phase one."""
+    return COMPILE_WEIGHT if getattr(x, "compile", False) else 1.0
 
 
 def _cfg(r: Recipe, mode: str = "image") -> dict[str, Any]:

@@ -288,6 +288,27 @@ def test_bf16_variants_that_compute_what_auto_computes_are_not_run_without_bf16(
     assert len(runner.skipped) == 1 and "no native bf16" in runner.skipped[0]
 
 
+def test_the_compiled_baseline_gets_more_of_the_budget_and_http_less(tmp_path):
+    import time
+
+    from benchmarks.__main__ import COMPILE_WEIGHT, Runner, parse_args, phase_weight
+
+    p = PRESETS["cpu-512"]
+    compiled, eager = p.baselines[:2]
+    assert phase_weight(compiled) == COMPILE_WEIGHT > 1 == phase_weight(eager)
+    assert phase_weight(p.ours[0]) == 1
+    # most of the budget is in-process: 3 HTTP servers x 5 requests need minutes, not half
+    assert p.http_share <= 0.25 and p.budget_s >= 3600
+    runner = Runner(p, parse_args(["--preset", "cpu-512", "--out", str(tmp_path)]))
+    runner.t_measure = time.perf_counter()
+    weights = [phase_weight(x) for x in p.baselines]
+    shares = [runner._soft_deadline(1000.0, w, sum(weights)) for w in weights]
+    assert sum(shares) == pytest.approx(1000.0, rel=1e-3)
+    assert shares[0] == pytest.approx(COMPILE_WEIGHT * shares[1], rel=1e-3)
+    runner.t_measure -= 2000  # over budget: no share, never a negative one
+    assert runner._soft_deadline(1000.0, 1, 3) == 0
+
+
 def test_torch_probes_of_types_the_cpu_lacks_are_skipped(monkeypatch):
     from benchmarks import probe as probe_mod
 
