@@ -214,6 +214,60 @@ def test_openvino_matches_ort(ov, unet_path, ort_reference, precision):
         assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()
 
 
+def _splits(model) -> int:
+    return sum(op.get_type_name() == "Split" for op in model.get_ordered_ops())
+
+
+def test_fused_projections_are_split_and_the_output_is_unchanged(ov, unet_path, ort_reference):
+    """GEGLU's Split of the doubled projection becomes two MatMuls (one per transformer block
+    of the tiny UNet), and the f32 graph computes what it computed before, and what ORT does."""
+    from server.models.providers.openvino_graph import split_fused_projections
+
+    path, _ = unet_path
+    feeds, ref = ort_reference
+    core = ov.Core()
+    plain, rewritten = core.read_model(str(path)), core.read_model(str(path))
+    before = _splits(plain)
+    assert before >= 1
+    assert split_fused_projections(rewritten) == before and _splits(rewritten) == 0
+    cfg = {"INFERENCE_PRECISION_HINT": "f32"}
+    outs = [core.compile_model(m, "CPU", cfg)(feeds)[0] for m in (plain, rewritten)]
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs[1], ref, rtol=1e-4, atol=1e-4)
+    # the provider serves the rewritten graph
+    p = OpenVINOProvider(precision="f32", threads=1, cache=False)
+    served, _ = p._read(path)
+    assert _splits(served) == 0
+
+
+@pytest.mark.parametrize("transpose_b", [False, True])
+def test_split_rewrite_keeps_what_it_does_not_own(ov, transpose_b):
+    """Each part of a transposed or plain weight and a [1, 1, N] bias gets its own columns; a
+    projection whose output has another consumer, or a Split on another axis, is left alone."""
+    import openvino.opset13 as ops
+
+    from server.models.providers.openvino_graph import split_fused_projections
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 4) if transpose_b else (4, 6)).astype(np.float32)
+    b = rng.standard_normal((1, 1, 6)).astype(np.float32)
+    x = ops.parameter([2, 3, 4], ov.Type.f32)
+    proj = ops.add(ops.matmul(x, ops.constant(w), False, transpose_b), ops.constant(b))
+    value, gate = ops.split(proj, ops.constant(np.int64(-1)), 2).outputs()
+    model = ov.Model([ops.multiply(value, ops.tanh(gate))], [x])
+    data = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    want = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(data)[0]
+    assert split_fused_projections(model) == 1 and _splits(model) == 0
+    got = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(data)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+    shared = ops.add(ops.matmul(x, ops.constant(w), False, transpose_b), ops.constant(b))
+    halves = ops.split(shared, ops.constant(np.int64(-1)), 2).outputs()
+    middle = ops.split(ops.relu(x), ops.constant(np.int64(1)), 3).outputs()
+    kept = ov.Model([ops.multiply(*halves).output(0), shared.output(0), *middle], [x])
+    assert split_fused_projections(kept) == 0 and _splits(kept) == 2
+
+
 def _kinds(model, names: set[str]) -> set[str]:
     """The op types of ``model``'s nodes named in ``names``."""
     return {op.get_type_name() for op in model.get_ordered_ops() if op.get_friendly_name() in names}

@@ -15,7 +15,13 @@ from server.models.cpu_features import read_cpu_flags, reported_flags
 from server.models.manifest import ComponentSpec
 
 from .base import ExecutionProvider, ProviderUnavailable, Session, _model_folder, component_name
-from .openvino_graph import PIN_VERSION, _is_precise, write_ir_time_embedding_fp32
+from .openvino_graph import (
+    PIN_VERSION,
+    SPLIT_VERSION,
+    _is_precise,
+    split_fused_projections,
+    write_ir_time_embedding_fp32,
+)
 from .ov_cache import BlobCache
 
 #: OpenVINO's element type names -> the names this project uses.
@@ -256,6 +262,7 @@ class OpenVINOProvider(ExecutionProvider):
             # the pin's version: graphs (and auto's verdicts) made with the first one, whose
             # timestep input was still rounded to bf16, are not reused
             "time_embedding_fp32": PIN_VERSION if self._pins() else False,
+            "split_projections": SPLIT_VERSION,
             "openvino": ov.__version__,
             "device": self.device,
             "cpu": [cpu, *reported_flags(read_cpu_flags())],
@@ -265,13 +272,15 @@ class OpenVINOProvider(ExecutionProvider):
         return self.protect_time_embedding and self.precision != "f32"
 
     def _read(self, path: Path):
-        """The model with its time embedding marked fp32 (reduced precision), and the count."""
+        """The model with its time embedding marked fp32 (reduced precision) and its fused
+        projections split (``split_fused_projections``), and the count of precise nodes."""
         with tempfile.TemporaryDirectory(prefix="ov_ir_") as tmp:
             src = Path(path)
             if self._pins():
                 src, _ = write_ir_time_embedding_fp32(self.core, src, Path(tmp))
             # the IR's .bin is memory-mapped: on Linux it stays readable after tmp is removed
             model = self.core.read_model(str(src))
+        split_fused_projections(model)
         return model, sum(1 for op in model.get_ordered_ops() if _is_precise(op))
 
     def _compiled(self, path, spec, shapes: Shapes | None, model_box: list):

@@ -141,3 +141,80 @@ def write_ir_time_embedding_fp32(core, path: Path, folder: Path) -> tuple[Path, 
 
 def _is_precise(op) -> bool:
     return any(k.startswith(("precise", "DisablePrecisionConversion")) for k in op.get_rt_info())
+
+
+#: version of ``split_fused_projections``, part of the OpenVINO provider's cache keys
+SPLIT_VERSION = 1
+
+
+def split_fused_projections(model) -> int:
+    """Rewrite ``Split(MatMul(x, W) + b)`` along the last axis into one ``MatMul + Add`` per
+    part, on that part's columns of ``W`` and ``b``. Returns how many Splits were removed.
+
+    diffusers' GEGLU projects to twice the feed-forward width and chunks the result into the
+    value and the gate: one Split per transformer block (16 in the SD 1.5 UNet). OpenVINO's CPU
+    plugin runs that Split with its reference kernel, a strided copy of the whole projection
+    (~3% of the bf16 UNet call on a Zen 4: 0.11 s of 3.6 s of node time); the two smaller
+    MatMuls write their parts directly, for the same FLOPs. Each output is the same dot
+    products over the same weights, so the result is unchanged in any precision.
+    """
+    import openvino.opset13 as ops
+
+    removed = 0
+    for split in model.get_ordered_ops():
+        if split.get_type_name() != "Split":
+            continue
+        parts = _fused_projection(split)
+        if parts is None:
+            continue
+        x, weight, bias, transpose_b = parts
+        n = split.get_output_size()
+        out_axis = 0 if transpose_b else 1  # the weight's output-feature axis
+        for k, (w, b) in enumerate(
+            zip(np.split(weight, n, axis=out_axis), np.split(bias, n, axis=-1), strict=True)
+        ):
+            mm = ops.matmul(x, ops.constant(np.ascontiguousarray(w)), False, transpose_b)
+            add = ops.add(mm, ops.constant(np.ascontiguousarray(b)))
+            for target in list(split.output(k).get_target_inputs()):
+                target.replace_source_output(add.output(0))
+        removed += 1
+    if removed:
+        model.validate_nodes_and_infer_types()
+    return removed
+
+
+def _fused_projection(split):
+    """(x, W, b, transpose_b) when ``split`` cuts ``MatMul(x, W) + b`` (W, b constants, no
+    other consumer) into equal parts along the last axis; else None."""
+    axis_node = split.input_value(1).get_node()
+    add = split.input_value(0).get_node()
+    if axis_node.get_type_name() != "Constant" or add.get_type_name() != "Add":
+        return None
+    rank = split.input_value(0).get_partial_shape().rank
+    axis = int(np.asarray(axis_node.get_data()).reshape(-1)[0])
+    if not rank.is_static or axis not in (-1, rank.get_length() - 1):
+        return None
+    mm, bias = (add.input_value(i).get_node() for i in (0, 1))
+    if mm.get_type_name() == "Constant":
+        mm, bias = bias, mm
+    if mm.get_type_name() != "MatMul" or bias.get_type_name() != "Constant":
+        return None
+    attrs = mm.get_attributes()
+    w_node = mm.input_value(1).get_node()
+    if attrs.get("transpose_a") or w_node.get_type_name() != "Constant":
+        return None
+    if len(add.output(0).get_target_inputs()) != 1 or len(mm.output(0).get_target_inputs()) != 1:
+        return None
+    weight, b = w_node.get_data(), bias.get_data()
+    n = split.get_output_size()
+    transpose_b = bool(attrs.get("transpose_b"))
+    width = weight.shape[0 if transpose_b else -1]
+    if (
+        weight.ndim != 2
+        or b.shape[-1:] != (width,)
+        or width % n
+        or b.ndim > 1
+        and any(d != 1 for d in b.shape[:-1])
+    ):
+        return None
+    return mm.input_value(0), weight, b.reshape(-1), transpose_b
