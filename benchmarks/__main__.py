@@ -758,8 +758,9 @@ class Runner:
         from . import http_phase
 
         if self.remaining() <= 0:
-            mode = "on" if mbs > 1 else "off"
-            self.skip(f"HTTP {v.label} batching {mode}: no time left in the budget")
+            self.skip(
+                f"HTTP {v.label} batching {http_phase.batching(mbs)}: no time left in the budget"
+            )
             return
         served = http_phase.Served(
             threads=self.threads,

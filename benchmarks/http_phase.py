@@ -28,6 +28,11 @@ class Served:
     concurrency: tuple[int, ...] = ()
 
 
+def batching(mbs: int) -> str:
+    """ "on" when the server may batch requests (``--max-batch-size`` > 1), else "off"."""
+    return "on" if mbs > 1 else "off"
+
+
 def recipe_name(p: Preset, v: OursVariant) -> str:
     """The recipe an HTTP run of ``v`` makes: ``quality=low`` on the fast model is the fast
     recipe (with TAESD encoding on a ``--tiny-vae-encode`` view), else the default one."""
@@ -123,7 +128,7 @@ def measure(
     from .loadgen import ModelServer, closed_loop, open_loop, sdk_edit
     from .memory import GpuSampler
 
-    mode = "on" if mbs > 1 else "off"
+    mode = batching(mbs)
     failed = False
     rec: dict[str, Any] = {
         "label": v.label,

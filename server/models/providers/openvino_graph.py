@@ -156,7 +156,9 @@ def split_fused_projections(model) -> int:
     plugin runs that Split with its reference kernel, a strided copy of the whole projection
     (~3% of the bf16 UNet call on a Zen 4: 0.11 s of 3.6 s of node time); the two smaller
     MatMuls write their parts directly, for the same FLOPs. Each output is the same dot
-    products over the same weights, so the result is unchanged in any precision.
+    products over the same weights: in f32 the result agrees within 1e-5; in bf16 the kernels'
+    rounding moves it as any change of kernel does (SD 1.5 UNet, Zen 4: 1.11-1.40% vs fp32
+    after, 1.21-1.32% before).
     """
     import openvino.opset13 as ops
 
@@ -209,12 +211,7 @@ def _fused_projection(split):
     n = split.get_output_size()
     transpose_b = bool(attrs.get("transpose_b"))
     width = weight.shape[0 if transpose_b else -1]
-    if (
-        weight.ndim != 2
-        or b.shape[-1:] != (width,)
-        or width % n
-        or b.ndim > 1
-        and any(d != 1 for d in b.shape[:-1])
-    ):
+    # a bias of [width], [1, width], [1, 1, width]...: one value per output feature
+    if weight.ndim != 2 or b.shape[-1:] != (width,) or b.size != width or width % n:
         return None
     return mm.input_value(0), weight, b.reshape(-1), transpose_b
