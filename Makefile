@@ -18,6 +18,7 @@ $(VENV)/.stamp-runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
+	$(PY) -c 'from server.models.providers.fused_attention import main; main()'
 	touch $@
 
 # The real CLIP BPE vocabulary ships inside open-clip-torch; --no-deps keeps its torchvision

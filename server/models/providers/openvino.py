@@ -14,6 +14,7 @@ import numpy as np
 from server.models.cpu_features import read_cpu_flags, reported_flags
 from server.models.manifest import ComponentSpec
 
+from . import fused_attention as amx_attention
 from .base import ExecutionProvider, ProviderUnavailable, Session, _model_folder, component_name
 from .openvino_graph import (
     PIN_VERSION,
@@ -172,6 +173,7 @@ class OpenVINOProvider(ExecutionProvider):
         cache_dir: Path | None = None,
         static_shapes: int = 0,
         streams: int = 1,
+        fuse_attention: bool = True,
     ):
         if precision not in self.PRECISIONS:
             raise ValueError(
@@ -186,6 +188,8 @@ class OpenVINOProvider(ExecutionProvider):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.static_shapes = int(static_shapes)
         self.streams = max(1, int(streams))
+        self.fuse_attention = fuse_attention
+        self.fused_attention: dict[str, int] = {}  # component folder -> attentions fused
         self._core = None
         self._caches: dict[Path, BlobCache] = {}
         self.effective_precision: str | None = None
@@ -221,6 +225,16 @@ class OpenVINOProvider(ExecutionProvider):
         if self.threads is not None:
             cfg["INFERENCE_NUM_THREADS"] = str(int(self.threads) * self.streams)
         return cfg
+
+    def _fuses_attention(self) -> bool:
+        """True when graphs get ``FusedAttention`` (bf16 here, on a CPU with AMX-BF16, the
+        kernel built): it computes in bf16, so f32 and f16 graphs keep OpenVINO's."""
+        return (
+            self.fuse_attention
+            and self.precision == "bf16"
+            and self.device == "CPU"
+            and amx_attention.load() is not None
+        )
 
     def resolved_precision(self) -> str | None:
         """The precision this CPU computes in under ``config()`` ("f32" on a CPU without bf16
@@ -263,6 +277,7 @@ class OpenVINOProvider(ExecutionProvider):
             # timestep input was still rounded to bf16, are not reused
             "time_embedding_fp32": PIN_VERSION if self._pins() else False,
             "split_projections": SPLIT_VERSION,
+            "fused_attention": self._fuses_attention() and amx_attention.ATTENTION_VERSION,
             "openvino": ov.__version__,
             "device": self.device,
             "cpu": [cpu, *reported_flags(read_cpu_flags())],
@@ -272,8 +287,9 @@ class OpenVINOProvider(ExecutionProvider):
         return self.protect_time_embedding and self.precision != "f32"
 
     def _read(self, path: Path):
-        """The model with its time embedding marked fp32 (reduced precision) and its fused
-        projections split (``split_fused_projections``), and the count of precise nodes."""
+        """The model with its time embedding marked fp32 (reduced precision), its fused
+        projections split (``split_fused_projections``) and its long attentions on the AMX
+        kernel (``fuse_attention``, bf16 on AMX CPUs), and the count of precise nodes."""
         with tempfile.TemporaryDirectory(prefix="ov_ir_") as tmp:
             src = Path(path)
             if self._pins():
@@ -281,6 +297,12 @@ class OpenVINOProvider(ExecutionProvider):
             # the IR's .bin is memory-mapped: on Linux it stays readable after tmp is removed
             model = self.core.read_model(str(src))
         split_fused_projections(model)
+        if self._fuses_attention():
+            from .openvino_attention import fuse_attention
+
+            fused = fuse_attention(model)  # the kernel runs on the inference's own workers
+            if fused:
+                self.fused_attention[Path(path).parent.name] = fused
         return model, sum(1 for op in model.get_ordered_ops() if _is_precise(op))
 
     def _compiled(self, path, spec, shapes: Shapes | None, model_box: list):
@@ -288,8 +310,10 @@ class OpenVINOProvider(ExecutionProvider):
         skip the disk cache: an imported graph brings its own copy of the fp32 weights, while
         graphs compiled from the one read model share it (SD 1.5 UNet, bf16, on an AMX Xeon:
         +5.8 GB of RSS per imported shape against +2.4 GB per compiled one, and the import
-        took 11-14 s against a 3 s compile)."""
-        cache = self.blob_cache(_model_folder(path, spec)) if shapes is None else None
+        took 11-14 s against a 3 s compile). Graphs with ``FusedAttention`` skip it too: a
+        Python operation cannot be exported (the UNet compiles in ~2 s)."""
+        cacheable = shapes is None and not self._fuses_attention()
+        cache = self.blob_cache(_model_folder(path, spec)) if cacheable else None
         parts = self._key_parts(path, spec) if cache is not None else {}
         name = f"{component_name(path, spec)}-{self.precision}"
         key = BlobCache.key(parts) if cache is not None else ""
@@ -357,5 +381,6 @@ class OpenVINOProvider(ExecutionProvider):
             "threads": self.threads or "default",
             "streams": self.streams,
             "static_shapes": self.static_shapes,
+            "fused_attention": dict(self.fused_attention),
             "cache": [c.describe() for c in self._caches.values()],
         }
