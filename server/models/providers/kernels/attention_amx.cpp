@@ -63,21 +63,37 @@ typedef struct {
     uint16_t *kp, *vp;
 } job;
 
+/* Two rows of 16 floats (masked: n valid, the rest 0) as 16 interleaved bf16 pairs,
+ * a0 b0 a1 b1 ...: one row of a B tile. */
+static inline void pair_row(uint16_t *dst, const float *a, const float *b, int n) {
+    const __mmask16 m = n >= 16 ? 0xFFFF : (n <= 0 ? 0 : (__mmask16)((1u << n) - 1));
+    __m512 va = a ? _mm512_maskz_loadu_ps(m, a) : _mm512_setzero_ps();
+    __m512 vb = b ? _mm512_maskz_loadu_ps(m, b) : _mm512_setzero_ps();
+    const __m512i mix = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    __m512i ab = (__m512i)_mm512_cvtne2ps_pbh(vb, va); /* a0..a15 b0..b15 */
+    _mm512_storeu_si512((void *)dst, _mm512_permutexvar_epi16(mix, ab));
+}
+
 /* K as B tiles of q @ k^T: [batch][lkp/16 key blocks][nks][16 dim pairs][16 keys x 2]. */
 static void pack_k(const job *j, int b) {
     uint16_t *dst = j->kp + (size_t)b * (j->lkp / 16) * j->nks * TILE_ELEMS;
     const float *k = j->k + (size_t)b * j->lk * j->d;
     for (int kb = 0; kb < j->lkp / 16; kb++)
         for (int ks = 0; ks < j->nks; ks++, dst += TILE_ELEMS)
-            for (int r = 0; r < 16; r++)
-                for (int c = 0; c < 16; c++)
+            for (int r = 0; r < 16; r++) {
+                const int d0 = ks * 32 + 2 * r, key = kb * 16;
+                if (j->k_dk) { /* [d, lk]: a tile row pairs two dims' runs of 16 keys */
+                    pair_row(dst + r * 32, d0 < j->d ? k + (size_t)d0 * j->lk + key : nullptr,
+                             d0 + 1 < j->d ? k + (size_t)(d0 + 1) * j->lk + key : nullptr, j->lk - key);
+                    continue;
+                }
+                for (int c = 0; c < 16; c++) /* [lk, d]: a transpose; not what diffusers exports */
                     for (int e = 0; e < 2; e++) {
-                        int key = kb * 16 + c, dim = ks * 32 + 2 * r + e;
-                        float x = 0.f;
-                        if (key < j->lk && dim < j->d)
-                            x = j->k_dk ? k[(size_t)dim * j->lk + key] : k[(size_t)key * j->d + dim];
+                        float x = (key + c < j->lk && d0 + e < j->d) ? k[(size_t)(key + c) * j->d + d0 + e] : 0.f;
                         dst[r * 32 + 2 * c + e] = bf16(x);
                     }
+            }
 }
 
 /* V as B tiles of p @ v: [batch][lkp/32 key chunks][nnt][16 key pairs][16 dims x 2]. */
@@ -86,13 +102,11 @@ static void pack_v(const job *j, int b) {
     const float *v = j->v + (size_t)b * j->lk * j->dv;
     for (int kc = 0; kc < j->lkp / 32; kc++)
         for (int n = 0; n < j->nnt; n++, dst += TILE_ELEMS)
-            for (int r = 0; r < 16; r++)
-                for (int c = 0; c < 16; c++)
-                    for (int e = 0; e < 2; e++) {
-                        int key = kc * 32 + 2 * r + e, dim = n * 16 + c;
-                        float x = (key < j->lk && dim < j->dv) ? v[(size_t)key * j->dv + dim] : 0.f;
-                        dst[r * 32 + 2 * c + e] = bf16(x);
-                    }
+            for (int r = 0; r < 16; r++) {
+                const int key = kc * 32 + 2 * r, dim = n * 16;
+                pair_row(dst + r * 32, key < j->lk ? v + (size_t)key * j->dv + dim : nullptr,
+                         key + 1 < j->lk ? v + (size_t)(key + 1) * j->dv + dim : nullptr, j->dv - dim);
+            }
 }
 
 /* 2^t = p(f) * 2^floor(t) with f = t - floor(t) in [0, 1) (vreduceps) and p a degree-3 fit of
@@ -133,6 +147,9 @@ static void q_block(const job *j, int b, int qb, uint16_t *qt, float *S, uint16_
     _tile_loadd(4, qt, 128);
     if (nks > 1) _tile_loadd(5, qt + 32, 128);
     const uint16_t *kp = j->kp + (size_t)b * (lkp / 16) * nks * TILE_ELEMS;
+    const __m512 vneg = _mm512_set1_ps(-3.0e38f);
+    __m512 rmax[16];
+    for (int r = 0; r < 16; r++) rmax[r] = vneg;
     const size_t kstride = (size_t)nks * TILE_ELEMS;
     for (int kb = 0; kb < lkp / 16; kb += 4) {
         const uint16_t *t = kp + kb * kstride;
@@ -157,15 +174,23 @@ static void q_block(const job *j, int b, int qb, uint16_t *qt, float *S, uint16_
         float *s = S + kb * 16;
         _tile_stored(0, s, ss * 4); _tile_stored(1, s + 16, ss * 4);
         _tile_stored(2, s + 32, ss * 4); _tile_stored(3, s + 48, ss * 4);
+        /* row maxima while the 16 x 64 scores are in L1 (a pass over L2 later otherwise) */
+        const int c0 = kb * 16;
+        for (int r = 0; r < 16; r++) {
+            const float *x = s + (size_t)r * ss;
+            __m512 m = _mm512_max_ps(_mm512_mask_blend_ps(valid(c0, j->lk), vneg, _mm512_loadu_ps(x)),
+                                     _mm512_mask_blend_ps(valid(c0 + 16, j->lk), vneg, _mm512_loadu_ps(x + 16)));
+            m = _mm512_max_ps(m, _mm512_max_ps(_mm512_mask_blend_ps(valid(c0 + 32, j->lk), vneg, _mm512_loadu_ps(x + 32)),
+                                               _mm512_mask_blend_ps(valid(c0 + 48, j->lk), vneg, _mm512_loadu_ps(x + 48))));
+            rmax[r] = _mm512_max_ps(rmax[r], m);
+        }
     }
 
     /* 2. softmax numerators in bf16; padded keys get 0 */
     float inv[16];
     for (int r = 0; r < 16; r++) {
         const float *s = S + (size_t)r * ss;
-        __m512 vm = _mm512_set1_ps(-3.0e38f);
-        for (int c = 0; c < j->lk; c += 16) vm = _mm512_mask_max_ps(vm, valid(c, j->lk), vm, _mm512_loadu_ps(s + c));
-        float m = _mm512_reduce_max_ps(vm);
+        float m = _mm512_reduce_max_ps(rmax[r]);
         __m512 va = _mm512_set1_ps(j->a), vb = _mm512_set1_ps(-m * j->a), sum = _mm512_setzero_ps();
         uint16_t *p = P + (size_t)r * ps;
         int c = 0;
