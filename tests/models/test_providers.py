@@ -25,6 +25,7 @@ from server.models.providers import (
     trt_shape_string,
 )
 from server.models.providers import onnxruntime as ort_eps
+from server.models.providers import fused_attention
 from server.models.providers.base import _model_folder
 from server.models.providers.openvino_graph import _is_precise
 
@@ -212,6 +213,10 @@ def test_openvino_matches_ort(ov, unet_path, ort_reference, precision):
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
     else:  # real reduced precision (AVX512_BF16 / AMX / GPU): looser
         assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()
+    # bf16 on an AMX CPU: the self-attentions run on the AMX kernel (tests/models/
+    # test_fused_attention.py); every other precision and CPU keeps OpenVINO's own
+    amx = precision == "bf16" and fused_attention.load() is not None
+    assert (d["fused_attention"].get("unet", 0) >= 1) == amx
 
 
 def _splits(model) -> int:

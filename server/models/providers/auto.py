@@ -222,7 +222,12 @@ class AutoProvider(ExecutionProvider):
                 why = f"{choice.why}; max rel err {err:.2%} vs fp32 (limit {tol:.1%})"
                 if known.get("speedup") is not None:
                     why += f", {known['speedup']:.2f}x fp32's speed on the sample"
-                return self._chosen(comp, choice, why, session, err, tol)
+                fused = provider.fused_attention.get(Path(path).parent.name, 0)
+                if fused:
+                    why += f"; {fused} attention layers on the AMX kernel"
+                self._chosen(comp, choice, why, session, err, tol)
+                self.choices[comp]["fused_attention"] = fused
+                return session
             rejected.append(f"{choice.label}: {fault}")
             provider.forget(path, spec)
         session = ref.session if ref is not None else self._provider(fp32).load(path, spec)

@@ -38,7 +38,19 @@ MAX_HEAD_DIM = 64
 MIN_KEYS = 256
 
 SOURCE = Path(__file__).with_name("kernels") / "attention_amx.cpp"
-BUILD_DIR = SOURCE.parent / "build"
+
+
+def _build_dir() -> Path:
+    """Beside the source in a checkout; the user's cache where the package is read-only (a
+    wheel installed by root, served by another user)."""
+    here = SOURCE.parent / "build"
+    if os.access(here if here.exists() else SOURCE.parent, os.W_OK):
+        return here
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "inpaint-server" / "kernels"
+
+
+BUILD_DIR = _build_dir()
 CFLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-mamx-tile", "-mamx-bf16", "-mavx512f",
           "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma")  # fmt: skip
 
