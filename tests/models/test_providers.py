@@ -21,11 +21,11 @@ from server.models.providers import (
     OpenVINOProvider,
     ProviderUnavailable,
     TensorRTProvider,
+    fused_attention,
     select_provider,
     trt_shape_string,
 )
 from server.models.providers import onnxruntime as ort_eps
-from server.models.providers import fused_attention
 from server.models.providers.base import _model_folder
 from server.models.providers.openvino_graph import _is_precise
 
