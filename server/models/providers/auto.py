@@ -222,7 +222,7 @@ class AutoProvider(ExecutionProvider):
                 why = f"{choice.why}; max rel err {err:.2%} vs fp32 (limit {tol:.1%})"
                 if known.get("speedup") is not None:
                     why += f", {known['speedup']:.2f}x fp32's speed on the sample"
-                fused = provider.fused_attention.get(Path(path).parent.name, 0)
+                fused = provider.fused_attention.get(comp, 0)
                 if fused:
                     why += f"; {fused} attention layers on the AMX kernel"
                 self._chosen(comp, choice, why, session, err, tol)

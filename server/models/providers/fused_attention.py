@@ -2,7 +2,7 @@
 
 An SD 1.5 UNet at 512x512 has five self-attention layers over 4096 tokens (8 heads, 40 dims);
 each holds 134 M scores. OpenVINO's fused MHA spends ~60 ms on such a layer on a 2-core AMX
-Xeon, almost all of it in the softmax; ``kernels/attention_amx.cpp`` takes ~27 ms (scores kept
+Xeon, almost all of it in the softmax; ``kernels/attention_amx.cpp`` takes ~20 ms (scores kept
 per 16-query block in L2, a 5-instruction exponential, bf16 tiles for both products).
 
 The kernel is C++ (threads from TBB, which the OpenVINO wheel ships), built once with the

@@ -189,7 +189,7 @@ class OpenVINOProvider(ExecutionProvider):
         self.static_shapes = int(static_shapes)
         self.streams = max(1, int(streams))
         self.fuse_attention = fuse_attention
-        self.fused_attention: dict[str, int] = {}  # component folder -> attentions fused
+        self.fused_attention: dict[str, int] = {}  # component_name -> attentions fused
         self._core = None
         self._caches: dict[Path, BlobCache] = {}
         self.effective_precision: str | None = None
@@ -286,7 +286,7 @@ class OpenVINOProvider(ExecutionProvider):
     def _pins(self) -> bool:
         return self.protect_time_embedding and self.precision != "f32"
 
-    def _read(self, path: Path):
+    def _read(self, path: Path, spec: ComponentSpec | None = None):
         """The model with its time embedding marked fp32 (reduced precision), its fused
         projections split (``split_fused_projections``) and its long attentions on the AMX
         kernel (``fuse_attention``, bf16 on AMX CPUs), and the count of precise nodes."""
@@ -302,7 +302,7 @@ class OpenVINOProvider(ExecutionProvider):
 
             fused = fuse_attention(model)  # the kernel runs on the inference's own workers
             if fused:
-                self.fused_attention[Path(path).parent.name] = fused
+                self.fused_attention[component_name(path, spec)] = fused
         return model, sum(1 for op in model.get_ordered_ops() if _is_precise(op))
 
     def _compiled(self, path, spec, shapes: Shapes | None, model_box: list):
@@ -323,7 +323,7 @@ class OpenVINOProvider(ExecutionProvider):
                 self.precise_nodes = int(meta.get("precise_nodes", 0))
                 return compiled
         if not model_box:  # read once per load, reused for every static shape
-            model_box.extend(self._read(path))
+            model_box.extend(self._read(path, spec))
         model = model_box[0]
         if shapes is not None:
             model = model.clone()
@@ -347,7 +347,7 @@ class OpenVINOProvider(ExecutionProvider):
         self.precise_nodes = 0
         model_box: list = []
         if self.static_shapes:
-            model_box.extend(self._read(path))
+            model_box.extend(self._read(path, spec))
             model = model_box[0]
             names = (
                 [i.get_any_name() for i in model.inputs],
