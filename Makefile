@@ -1,4 +1,14 @@
 # The two commands a new user needs: `make serve` and `make test`. Everything else is optional.
+#   make serve      the runtime install (OpenVINO and the AMX attention kernel included where
+#                   they apply), then the server on HOST:PORT
+#   make test       the whole suite, slow tests included; installs the dev extras and, as root,
+#                   the Debian packages the tests drive (chromium, haproxy, PostgreSQL)
+#   make test-fast  the same without the tests marked slow; make test-slow: only those
+#   make lint       ruff check + ruff format --check (CI runs it before make test)
+#   make lock       re-resolve deploy/constraints.txt after editing pyproject.toml or
+#                   deploy/constraints.in (LOCK_ARGS=--upgrade moves every pin to the newest)
+# Every install below takes its versions from deploy/constraints.txt: what a user installs is
+# what the README measured. (Installing the package as a library keeps pyproject's ranges.)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,24 +21,51 @@ PRECISION ?= auto
 TARGET ?= cpu
 SERVE_ARGS ?=
 
-.PHONY: serve test test-slow install install-dev lint export export-tiny benchmark gpu-check soak fuzz deploy-check cluster clean
+.PHONY: serve test test-fast test-slow test-deps lock install install-dev lint export export-tiny benchmark gpu-check soak fuzz deploy-check cluster clean
 
-# Stamps: re-install only when pyproject.toml changes.
-$(VENV)/.stamp-runtime: pyproject.toml
+# The lock: exact versions of everything the project's commands install, for every supported
+# Python and platform (environment markers), made by `make lock`. -c applies it to what pip
+# installs; --build-constraint to the isolated environment where pip builds the project
+# (setuptools): since pip 26.2 (the lock has a later one) nothing else applies there, neither
+# -c nor PIP_CONSTRAINT.
+# A new venv's pip may predate --build-constraint (added in pip 25.3), so it is first brought
+# to the locked pip (a wheel: nothing to build) with -c alone.
+LOCK := deploy/constraints.txt
+PIP_LOCKED := $(PY) -m pip install -q -c $(LOCK)
+PIP_INSTALL := $(PIP_LOCKED) --build-constraint $(LOCK)
+
+# Stamps: re-install only when pyproject.toml or the lock changes.
+$(VENV)/.stamp-runtime: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PIP_LOCKED) pip
+	$(PIP_INSTALL) -e .
 	$(PY) -c 'from server.models.providers.fused_attention import main; main()'
 	touch $@
 
 # The real CLIP BPE vocabulary ships inside open-clip-torch; --no-deps keeps its torchvision
-# requirement (which would fight the pinned CPU torch) out. Nothing imports open_clip itself.
+# requirement (which would fight the pinned CPU torch) out (deploy/uv.toml locks it the same
+# way). Nothing imports open_clip itself.
 # The dev extra brings the `playwright` package only: the browser tests drive Debian's
-# /usr/bin/chromium (.ci/run installs it), so no `playwright install` browser download.
-$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-runtime
-	$(PY) -m pip install -q -e '.[dev,bench]'
-	$(PY) -m pip install -q --no-deps open-clip-torch
+# /usr/bin/chromium (test-deps installs it), so no `playwright install` browser download.
+$(VENV)/.stamp-dev: pyproject.toml $(LOCK) $(VENV)/.stamp-runtime
+	$(PIP_INSTALL) -e '.[dev,bench]'
+	$(PIP_INSTALL) --no-deps open-clip-torch
 	touch $@
+
+# Refresh the lock: pyproject.toml's runtime set and every extra, plus deploy/constraints.in,
+# resolved for Python >= 3.10 on every platform (--universal), from PyPI only (no local
+# find-links: the file must work on any machine). Needs only the venv's python and the
+# locked uv, not an install of the project (whose pins may be what is being changed). Pins
+# stay where pyproject still allows them; LOCK_ARGS=--upgrade (or --upgrade-package NAME)
+# moves them.
+LOCK_ARGS ?=
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_LOCKED) uv
+	$(VENV)/bin/uv pip compile pyproject.toml deploy/constraints.in \
+		--config-file deploy/uv.toml --universal --python-version 3.10 \
+		--extra export --extra dev --extra bench --extra gpu --extra tensorrt --extra openvino \
+		--custom-compile-command 'make lock' --quiet $(LOCK_ARGS) -o $(LOCK)
 
 install: $(VENV)/.stamp-runtime
 
@@ -37,11 +74,39 @@ install-dev: $(VENV)/.stamp-dev
 serve: install
 	INPAINT_HOST=$(HOST) INPAINT_PORT=$(PORT) $(PY) -m server $(SERVE_ARGS)
 
-test: install-dev
+test: install-dev test-deps
 	$(PY) -m pytest -q
 
-test-slow: install-dev
+test-fast: install-dev test-deps
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install-dev test-deps
 	$(PY) -m pytest -q -m slow
+
+# Debian packages the tests drive, as package:file pairs: the browser tests
+# (tests/e2e/test_playground.py: /usr/bin/chromium through playwright, no chromium-driver),
+# the cluster (tests/e2e/test_cluster.py, benchmarks/cluster.py: haproxy) and the database
+# tests (benchmarks/postgres.py: initdb and pg_ctl under /usr/lib/postgresql/*/bin). A package
+# is there when its file is, or the file's name is on PATH. Checked on every run (no stamp:
+# a few file tests); the missing ones are installed with one apt-get update when root, else
+# named with the command to run, and their tests skip.
+TEST_DEBS := chromium:/usr/bin/chromium haproxy:/usr/sbin/haproxy \
+	postgresql:/usr/lib/postgresql/*/bin/pg_ctl
+test-deps:
+	@missing=; \
+	for dep in $(TEST_DEBS); do \
+		file=$${dep#*:}; \
+		ls $$file >/dev/null 2>&1 || command -v $${file##*/} >/dev/null || missing="$$missing $${dep%%:*}"; \
+	done; \
+	[ -z "$$missing" ] && exit 0; \
+	install="apt-get update && apt-get install -y$$missing"; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make test: installing the Debian packages the tests need:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q$$missing && exit 0; \
+		echo "*** make test: COULD NOT INSTALL$$missing; their tests will be SKIPPED ($$install) ***" >&2; \
+	else \
+		echo "*** make test: MISSING Debian packages:$$missing; their tests will be SKIPPED. Install them as root: $$install ***" >&2; \
+	fi
 
 lint: install-dev
 	$(PY) -m ruff check server export benchmarks tests

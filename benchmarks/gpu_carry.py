@@ -4,12 +4,14 @@ and install it there. Three sub-commands (docs/gpu.md has the whole sequence):
 ``prepare`` (here, once): the tiny exports (fp32 for the CPU reference, fp16 ``--target cuda``
 for the CUDA EP), the ``onnxruntime-gpu`` wheel (cp312, CUDA 13) and the pure-Python/cp312
 wheels the full export, the server and the diffusers baseline need beyond what the device has
-(torch, onnx, numpy), packed into one ``kit.tar`` and split into ``parts/NN/part`` of at most
-``--part-mb`` MiB: one carried ignored folder per device call (a call carries at most 64 MiB,
-the repo included).
+(torch, onnx, onnxruntime, numpy), all at the versions deploy/constraints.txt pins for CPython
+3.12 on Linux x86-64 (``carried``), packed into one ``kit.tar`` and split into
+``parts/NN/part`` of at most ``--part-mb`` MiB: one carried ignored folder per device call (a
+call carries at most 64 MiB, the repo included).
 
 ``install`` (device, last call): join the parts, unpack, ``pip install --no-deps --target``
-the ORT wheel and every carried wheel whose module the device's Python cannot import.
+every carried wheel whose distribution the device's Python does not have (onnxruntime-gpu
+always: the device has only the CPU build).
 
 ``run`` (device): ``install`` when ``--parts`` is given, then ``python -m benchmarks.gpu_check``
 with ``PYTHONPATH`` (the installed wheels first, so onnxruntime-gpu shadows the CPU build) and
@@ -29,24 +31,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CARRY = ROOT / ".cache" / "gpu-carry"
-ORT_GPU = "onnxruntime-gpu==1.31.1"  # built for CUDA 13 / cuDNN 9: the device's torch libraries
-#: distributions the full export, the server and the diffusers baseline (gpu_check's
-#: ``baseline`` stage: diffusers' StableDiffusionInpaintPipeline / AutoencoderTiny on torch)
-#: import beyond the device's torch / onnx / numpy: the requirement closure of diffusers,
-#: transformers, onnxscript, pydantic, tokenizers and huggingface-hub in this checkout's venv,
-#: minus what torch brings (filelock, fsspec, jinja2, networkx, sympy, typing-extensions).
-#: Versions: this checkout's. importlib-metadata (a diffusers requirement) imports
-#: lazy-importer at import time below Python 3.15 (the device has 3.12).
-WHEELS = (
+#: what the lent GPU machine's Python (CPython 3.12, Linux x86-64) already has: neither these
+#: nor what they require are carried (``install`` would skip them anyway: it installs only
+#: what is missing)
+DEVICE_HAS = ("torch", "onnx", "onnxruntime", "numpy")
+#: what the full export, the server and the diffusers baseline (gpu_check's ``baseline``
+#: stage: diffusers' StableDiffusionInpaintPipeline / AutoencoderTiny on torch) import beyond
+#: that; they and their requirements are carried (``carried``)
+ROOTS = (
+    "onnxruntime-gpu",  # the CUDA execution provider: the lock's release is built for CUDA 13
     "diffusers", "transformers", "onnxscript", "pydantic", "tokenizers", "huggingface-hub",
-    "importlib-metadata", "lazy-importer", "regex", "requests", "safetensors", "pillow",
-    "packaging", "pyyaml", "typer", "tqdm", "ml-dtypes", "onnx-ir", "annotated-types",
-    "pydantic-core", "typing-inspection", "click", "hf-xet", "httpx2", "zipp",
-    "charset-normalizer", "idna", "urllib3", "certifi", "shellingham", "rich", "annotated-doc",
-    "anyio", "httpcore2", "truststore", "markdown-it-py", "pygments", "h11", "mdurl",
-    "typing-extensions",
     "open-clip-torch",  # its CLIP BPE vocabulary file only (export.tiny)
 )  # fmt: skip
+DEVICE_PYTHON = "3.12"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "any")
 
 
@@ -71,6 +68,19 @@ def join(parts_dir: Path, dst: Path) -> Path:
         for p in parts:
             out.write(p.read_bytes())
     return dst
+
+
+def carried(lock: Path | None = None) -> dict[str, str]:
+    """``name -> version`` of the wheels ``prepare`` packs: the requirement closure of
+    ``ROOTS`` in deploy/constraints.txt minus that of ``DEVICE_HAS``, at the lock's pins for
+    the device (CPython 3.12 on Linux x86-64)."""
+    from . import constraints
+
+    pins = constraints.read(lock or constraints.LOCK)
+    env = constraints.environment(DEVICE_PYTHON, "linux", "x86_64")
+    versions = constraints.pins_for(pins, env)
+    need = constraints.closure(pins, ROOTS, env) - constraints.closure(pins, DEVICE_HAS, env)
+    return {name: versions[name] for name in sorted(need)}
 
 
 def missing_distributions(dists) -> list[str]:
@@ -117,11 +127,11 @@ def prepare(args) -> int:
         out = str(CARRY / "models" / name)
         cmd = [py, "-m", "export", "--tiny", "--precision", precision, "--target", target]
         subprocess.run([*cmd, "--out", out], cwd=ROOT, check=True)
-    pins = [ORT_GPU] + [f"{d}=={metadata.version(d)}" for d in WHEELS if _installed(d)]
+    pins = [f"{name}=={version}" for name, version in carried().items()]
     plat = [a for p in PLATFORMS for a in ("--platform", p)]
     subprocess.run(
         [py, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
-         "3.12", *plat, "--dest", str(kit / "wheels"), *pins],
+         DEVICE_PYTHON, *plat, "--dest", str(kit / "wheels"), *pins],
         check=True,
     )  # fmt: skip
     tar_path = CARRY / "kit.tar"
@@ -134,6 +144,12 @@ def prepare(args) -> int:
     for p in parts:
         print(f"  {p.parent.relative_to(ROOT)}")
     return 0
+
+
+def wheel_distribution(wheel: Path) -> str:
+    """The distribution a wheel file installs (``onnxruntime_gpu-1.31.1-cp312-...whl`` ->
+    ``onnxruntime-gpu``)."""
+    return wheel.name.split("-")[0].replace("_", "-").lower()
 
 
 def _installed(dist: str) -> bool:
@@ -153,9 +169,7 @@ def install(parts: Path, target: Path) -> Path:
         tar.extractall(work, filter="data")
     tar_path.unlink()
     wheels = sorted((work / "wheels").glob("*.whl"))
-    need = {d.replace("-", "_").lower() for d in missing_distributions(WHEELS)}
-    need.add("onnxruntime_gpu")
-    chosen = [w for w in wheels if w.name.split("-")[0].lower() in need]
+    chosen = [w for w in wheels if missing_distributions([wheel_distribution(w)])]
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target",
          str(target), *map(str, chosen)],

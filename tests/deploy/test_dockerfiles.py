@@ -1,15 +1,19 @@
 """The container images (deploy/docker): hadolint passes on every Dockerfile and fails on a bad
-one, the shipped stage has the properties the deployment relies on, and the health check
-script works against the real server. (No image is built here: there is no Docker engine.)"""
+one, the shipped stage has the properties the deployment relies on, every install takes the
+lock's versions, the CPU image builds the AMX attention kernel with a compiler only its build
+stage has, and the health check script works against the real server. (No image is built
+here: there is no Docker engine.)"""
 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 
 import pytest
 
+from benchmarks import constraints
 from benchmarks.server_process import ServerProcess, free_port
 from server.cli import settings
 from server.config import without_server_env
@@ -18,6 +22,11 @@ from .kube import DEPLOY, DOCKERFILES, ROOT, final_stage, hadolint, instructions
 
 HEALTHCHECK = DEPLOY / "docker" / "healthcheck.py"
 SERVED = [p for p in DOCKERFILES if p.name in ("Dockerfile.cpu", "Dockerfile.cuda")]
+LOCK = "deploy/constraints.txt"
+#: the project itself, as the images install it (the CPU runtime set; the CUDA one with [gpu])
+PROJECT = {"Dockerfile.cpu": ".", "Dockerfile.cuda": ".[gpu]"}
+#: what the Makefile's install stamp and the CPU image's build stage both run
+KERNEL_BUILD = "from server.models.providers.fused_attention import main; main()"
 
 
 def test_the_images_are_all_here():
@@ -79,12 +88,95 @@ def test_the_shipped_stage(dockerfile):
     (check,) = [args for op, args in stage if op == "HEALTHCHECK"]
     assert "/usr/local/bin/inpaint-healthcheck" in check
     assert env["INPAINT_MODELS_DIR"] == "/models"
-    installs = [
-        args for op, args in instructions(dockerfile) if op == "RUN" and "pip install" in args
-    ]
-    extras = "gpu" if dockerfile.name.endswith("cuda") else None
-    assert any(("pip install ." in a) if extras is None else ('".[gpu]"' in a) for a in installs)
-    assert not any(x in a for a in installs for x in ("[export", "[dev", "[bench", "torch"))
+    targets = [t for words in _pip_installs(dockerfile) for t in _targets(words)]
+    assert PROJECT[dockerfile.name] in targets
+    assert not any(x in t for t in targets for x in ("[export", "[dev", "[bench", "torch"))
+
+
+def _stages(dockerfile) -> list[list[tuple[str, str]]]:
+    """The instructions of each stage (from its FROM), in order."""
+    stages: list[list[tuple[str, str]]] = []
+    for op, args in instructions(dockerfile):
+        if op == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((op, args))
+    return stages
+
+
+def _pip_installs(dockerfile) -> list[list[str]]:
+    """Every ``pip install`` command of the Dockerfile's RUNs (split on ``&&``), as words after
+    ``install``."""
+    out = []
+    for op, args in instructions(dockerfile):
+        if op == "RUN":
+            for command in args.split("&&"):
+                words = shlex.split(command)
+                if words[:2] == ["pip", "install"]:
+                    out.append(words[2:])
+    return out
+
+
+def _targets(words: list[str]) -> list[str]:
+    """What a pip install installs: its words that are neither options nor option values."""
+    valued = {"-c", "--constraint", "--build-constraint", "-r", "--requirement"}
+    out, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in valued:
+            skip = True
+        elif not word.startswith("-"):
+            out.append(word)
+    return out
+
+
+def _option(words: list[str], *names: str) -> list[str]:
+    return [words[i + 1] for i, w in enumerate(words[:-1]) if w in names]
+
+
+@pytest.mark.parametrize("dockerfile", SERVED, ids=lambda p: p.name)
+def test_every_install_takes_the_locks_versions(dockerfile):
+    """The lock is copied into the build stage before the first install; that install brings
+    pip to the lock's release, every later one takes -c deploy/constraints.txt, the project's
+    also --build-constraint (pip >= 26.2 applies only that to setuptools' isolated build);
+    no version is written in the Dockerfile (the lock is the one place: onnxruntime-gpu's
+    release included, which the lock pins for the image's Python 3.12)."""
+    build = _stages(dockerfile)[0]
+    copies = [i for i, (op, args) in enumerate(build) if op == "COPY" and LOCK in args.split()]
+    first_install = next(i for i, (op, args) in enumerate(build) if "pip install" in args)
+    assert copies and copies[0] < first_install
+    installs = _pip_installs(dockerfile)
+    assert _targets(installs[0]) == ["pip"]
+    for words in installs:
+        assert _option(words, "-c", "--constraint") == [LOCK], words
+        assert not any("==" in t for t in _targets(words)), words
+    (project,) = [w for w in installs if PROJECT[dockerfile.name] in _targets(w)]
+    assert _option(project, "--build-constraint") == [LOCK]
+    assert not any(op == "ARG" and "VERSION" in args for op, args in instructions(dockerfile))
+    py312 = constraints.pins_for(constraints.read(), constraints.environment("3.12"))
+    for words in installs:
+        for target in _targets(words):
+            if not target.startswith("."):
+                assert target in py312, f"{dockerfile.name}: {target} is not in the lock"
+
+
+def test_the_cpu_image_builds_the_attention_kernel_in_its_build_stage():
+    """g++ is installed in the build stage and nowhere in the shipped one; the build stage runs
+    the same kernel build as `make install`, after the install, against the installed package
+    (python -P: not the sources in the working directory), so the library lands in /opt/venv,
+    which the shipped stage copies."""
+    dockerfile = DEPLOY / "docker" / "Dockerfile.cpu"
+    build, *_, final = _stages(dockerfile)
+    runs = [args for op, args in build if op == "RUN"]
+    assert any("apt-get install" in r and "g++" in r.split() for r in runs)
+    assert not any("g++" in args or "gcc" in args for _, args in final)
+    (kernel,) = [i for i, r in enumerate(runs) if KERNEL_BUILD in r]
+    assert shlex.split(runs[kernel])[:3] == ["python", "-P", "-c"]
+    project = next(i for i, r in enumerate(runs) if "pip install" in r and " ." in r)
+    assert project < kernel
+    assert ("COPY", "--from=build /opt/venv /opt/venv") in final
+    assert f"-c '{KERNEL_BUILD}'" in (ROOT / "Makefile").read_text()
 
 
 def test_the_context_holds_what_the_images_copy():
