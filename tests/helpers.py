@@ -374,6 +374,32 @@ def registry(*models, default: str | None = None) -> ModelRegistry:
     return ModelRegistry(models=reg, default=default or BUILTIN)
 
 
+# ---------------------------------------------------------------- skip reasons
+# The run's summary (tests/conftest.py) groups skips by these prefixes, so that what this machine
+# lacks reads apart from other skips: hardware (another machine runs those tests) and Debian
+# packages (one command installs them).
+
+MISSING_HARDWARE = "missing hardware"
+MISSING_PACKAGE = "missing system package"
+
+
+def missing_hardware(what: str) -> str:
+    """Skip reason of a test that needs hardware this machine lacks (``what``: which)."""
+    return f"{MISSING_HARDWARE}: {what}"
+
+
+#: the attention kernel (server/models/providers/fused_attention.py) runs on AMX tiles only
+NO_AMX_BF16 = missing_hardware("AMX-BF16 (Intel Xeon 4th gen or newer)")
+#: without bf16 units OpenVINO computes a bf16 hint in f32
+NO_NATIVE_BF16 = missing_hardware("native bf16 (AVX512_BF16 or AMX)")
+
+
+def missing_package(package: str, what: str) -> str:
+    """Skip reason of a test that needs the Debian package ``package`` (``what``: the file or
+    service it provides that is missing)."""
+    return f"{MISSING_PACKAGE} {package}: {what} (apt-get install -y {package})"
+
+
 # ---------------------------------------------------------------- the HTTP tests' standard picture
 
 W, H = 64, 48

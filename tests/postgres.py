@@ -6,7 +6,8 @@ started and stopped lives in ``benchmarks/postgres.py`` (the local cluster uses 
 ``schema_url()`` makes a fresh, uniquely named schema and returns a ``postgresql://`` URL whose
 connections use it (``options=-csearch_path=<schema>``), so parallel test runs and tests never
 share tables. The schemas are dropped, and a throwaway server stopped, at the end of the run.
-Never skipped: without PostgreSQL binaries the fixture fails with what to install.
+Without a PostgreSQL (none answers and Debian's binaries are missing) the tests that use it are
+skipped with what to install (``missing()``), named in the run's summary (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -16,20 +17,25 @@ from collections.abc import Iterator
 
 import pytest
 
-from benchmarks.postgres import INSTALL_HINT, LOCAL, Postgres, answers, initdb_binary, throwaway
+from benchmarks.postgres import LOCAL, Postgres, answers, initdb_binary, throwaway
+from tests.helpers import missing_package
 
-__all__ = ["Postgres", "postgres"]
+__all__ = ["Postgres", "missing", "postgres"]
+
+
+def missing() -> str | None:
+    """The skip reason when there is no PostgreSQL to use, else None."""
+    if answers(LOCAL) or initdb_binary() is not None:
+        return None
+    return missing_package("postgresql", f"nothing answers at {LOCAL} and no initdb")
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
+    if reason := missing():
+        pytest.skip(reason)
     with contextlib.ExitStack() as stack:
-        if answers(LOCAL):
-            url = LOCAL
-        else:
-            if initdb_binary() is None:
-                pytest.fail(INSTALL_HINT)
-            url = stack.enter_context(throwaway())
+        url = LOCAL if answers(LOCAL) else stack.enter_context(throwaway())
         pg = Postgres(url)
         yield pg
         pg.drop_schemas()

@@ -233,6 +233,7 @@ def test_webhook_is_signed_and_retried_after_two_500s(served):
     assert metric(srv.base, 'inpaint_webhook_deliveries_total{result="retry"}') >= 2
 
 
+@pytest.mark.slow
 def test_a_restart_keeps_queued_jobs_and_completes_them(start_server, models, tmp_path_factory):
     """SQLite in --files-dir: the process is SIGKILLed with one job running and one queued;
     after a restart both complete, the queued one with the same image as the sync route."""
@@ -265,6 +266,7 @@ def s3_env(s3_server):
         yield s3_server
 
 
+@pytest.mark.slow
 def test_two_replicas_on_postgresql_one_killed_mid_job(start_server, models, s3_env, request):
     """Two servers share PostgreSQL (jobs) and S3 (uploads, results). The one running a job is
     SIGKILLed mid-way; the other claims it once the lease (3 s) has expired and makes the

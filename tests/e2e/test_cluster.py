@@ -42,7 +42,8 @@ import pytest
 from benchmarks.cluster import balancer_view, haproxy_binary, render_haproxy
 from benchmarks.server_process import ROOT
 from server.config import without_server_env
-from tests.helpers import alpha_mask, b64_image, decode_image, png, scene
+from tests.helpers import alpha_mask, b64_image, decode_image, missing_package, png, scene
+from tests.postgres import missing as no_postgres
 
 KEY = "sk-e2e-cluster"
 REPLICAS = 3
@@ -70,6 +71,17 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 
 # ---------------------------------------------------------------- the launcher
+def skip_without_tools(*, postgres: bool = True) -> None:
+    """Skip the test on a machine without Debian's haproxy (the balancer) or, with
+    ``postgres``, without a PostgreSQL (the jobs): packages, not something the test got wrong."""
+    try:
+        haproxy_binary()
+    except RuntimeError:
+        pytest.skip(missing_package("haproxy", "no haproxy binary"))
+    if postgres and (reason := no_postgres()):
+        pytest.skip(reason)
+
+
 @dataclass
 class Launched:
     """``python -m benchmarks.cluster`` in a process group of its own, and its state file."""
@@ -90,6 +102,7 @@ class Launched:
 
 
 def launch(run_dir: Path, models: Path, *server_args: str, replicas: int = REPLICAS) -> Launched:
+    skip_without_tools()
     state_file = run_dir / "state.json"
     log = run_dir / "launcher.log"
     args = [sys.executable, "-m", "benchmarks.cluster", "--port", "0"]
@@ -261,6 +274,7 @@ class Watcher(threading.Thread):
 # ---------------------------------------------------------------- tests
 def test_the_balancer_config_retries_connections_only(tmp_path):
     """The rendered HAProxy config is valid (``haproxy -c``) and says what the cluster needs."""
+    skip_without_tools(postgres=False)
     cfg = render_haproxy(18080, 18081, [("replica-1", 18001), ("replica-2", 18002)])
     (tmp_path / "haproxy.cfg").write_text(cfg)
     check = subprocess.run(
@@ -338,6 +352,7 @@ def wait_settled(watcher: Watcher, count: int, timeout: float = 180.0) -> dict[s
     return watcher.last
 
 
+@pytest.mark.slow
 def test_a_killed_replica_loses_no_job_and_no_request(cluster):
     state = cluster.state
     s3, replicas = state["s3"]["endpoint"], state["replicas"]
@@ -485,11 +500,13 @@ def stops_cleanly(launched: Launched, stop) -> None:
     assert "Cluster stopped." in launched.log.read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_everything_and_leaves_nothing(cluster):
     """Ctrl-C in the terminal: SIGINT to the launcher and the replicas (its process group)."""
     stops_cleanly(cluster, cluster.ctrl_c)
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_everything_too(tmp_path):
     """SIGTERM to the launcher alone (a service manager's stop): it stops the rest itself. One
     replica of the built-in model: the launcher's signal path is what is tested here."""

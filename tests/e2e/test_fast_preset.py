@@ -41,7 +41,7 @@ def steps_counted(base: str) -> float:
 @pytest.fixture(scope="module")
 def served(start_server, tiny_pipeline_dir, tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
-    shutil.copytree(fused_export(tmp_path_factory, tiny_pipeline_dir), models / MODEL)
+    shutil.copytree(fused_export(tiny_pipeline_dir), models / MODEL)
     args = ["--api-key", KEY, "--models-dir", str(models), "--provider", "cpu"]
     return start_server(args, key=KEY, ready_s=90, stop_s=30, timeout=120)
 
@@ -50,17 +50,15 @@ def edit(client, **kw):
     return client.images.edit(model=MODEL, prompt="a red cat", **files(), **kw)
 
 
-def test_models_card_shows_the_fast_preset_and_the_loras(
-    client, tmp_path_factory, tiny_pipeline_dir
-):
+def test_models_card_shows_the_fast_preset_and_the_loras(client, tiny_pipeline_dir):
     card = next(m for m in client.models.list().data if m.id == MODEL).model_dump()
     caps = card["capabilities"]
     low = caps["quality_presets"]["low"]
     assert low == {"steps": 4, "scheduler": "lcm", "guidance_scale": 1.0, "tiny_vae": False}
     assert caps["quality_presets"]["medium"] == {"steps": 25, "tiny_vae": False}
     assert {"lcm", "tcd"} <= set(caps["schedulers"])
-    lcm = str(lcm_lora(tmp_path_factory, tiny_pipeline_dir))
-    style = str(style_lora(tmp_path_factory, tiny_pipeline_dir))
+    lcm = str(lcm_lora(tiny_pipeline_dir))
+    style = str(style_lora(tiny_pipeline_dir))
     assert card["loras"] == [
         {"source": lcm, "scale": LCM_SCALE},
         {"source": style, "scale": STYLE_SCALE},

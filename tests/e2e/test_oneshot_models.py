@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 import urllib.request
 
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 
 from server import imaging
+from tests import artifacts
 from tests.helpers import alpha_mask, bw_mask, decode_b64, outside, png
 
 torch = pytest.importorskip("torch")
@@ -57,40 +59,42 @@ def batch_rows(base: str, model: str) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """Export the three models into one models folder; keep the PyTorch references."""
+    """The three models (exported once per source version: the test-model cache) copied into
+    one models folder; the PyTorch references built here."""
     from export import lama_like, migan_like
-    from export.__main__ import main
 
     torch.set_num_threads(2)
-    src = tmp_path_factory.mktemp("oneshot-src")
-    models = tmp_path_factory.mktemp("oneshot-models")
-    lama = lama_like.build("tiny", seed=3)
-    lama_pt = lama_like.save_torchscript(lama, src / "big-lama-tiny.pt")
-    migan = migan_like.build("tiny", seed=4)
-    torch.save(migan.generator.state_dict(), src / "migan-tiny.pt")
-    common = ["--kind", "one-shot", "--out"]
-    assert main(["--torch", str(lama_pt), "--signature", "lama", "--alias", "removal",
-                 *common, str(models / "lama")]) == 0  # fmt: skip
-    assert main(["--torch", str(src / "migan-tiny.pt"), "--signature", "migan",
-                 *common, str(models / "migan")]) == 0  # fmt: skip
-    fixed = src / "big-lama-512.onnx"
-    _pin(models / "lama" / "inpainter" / "model.onnx", fixed, 512)
-    assert (
-        main(["--onnx", str(fixed), "--signature", "lama", *common, str(models / "lama512")]) == 0
+    src = artifacts.oneshot_sources(lama_seed=3, migan_seed=4)
+    lama_pt, migan_pt = src / "big-lama-tiny.pt", src / "migan-tiny.pt"
+    one_shot = ["--kind", "one-shot"]
+    lama = artifacts.export(
+        "--torch", lama_pt, "--signature", "lama", "--alias", "removal", *one_shot, folder="lama"
     )
-    return {"models": models, "lama": lama, "migan": migan}
+    migan = artifacts.export("--torch", migan_pt, "--signature", "migan", *one_shot, folder="migan")
+    fixed = artifacts.artifact(_pinned, graph=str(lama / "inpainter" / "model.onnx"), side=512)
+    lama512 = artifacts.export("--onnx", fixed, "--signature", "lama", *one_shot, folder="lama512")
+    models = tmp_path_factory.mktemp("oneshot-models")
+    for folder in (lama, migan, lama512):
+        shutil.copytree(folder, models / folder.name)
+    return {
+        "models": models,
+        "lama": lama_like.build("tiny", seed=3),
+        "migan": migan_like.build("tiny", seed=4),
+    }
 
 
-def _pin(src, dst, side):
+def _pinned(out, graph: str, side: int):
+    """``graph`` pinned to 1x3x``side``x``side`` like IOPaint's big-lama ONNX (an artifact)."""
     import onnx
 
-    model = onnx.load(str(src))
+    model = onnx.load(graph)
     for value in list(model.graph.input) + list(model.graph.output):
         for dim, size in zip(value.type.tensor_type.shape.dim, [1, None, side, side], strict=True):
             if size is not None:
                 dim.Clear()
                 dim.dim_value = size
-    onnx.save_model(model, str(dst))
+    onnx.save_model(model, str(out / f"big-lama-{side}.onnx"))
+    return out / f"big-lama-{side}.onnx"
 
 
 @pytest.fixture(scope="module")

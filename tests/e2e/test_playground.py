@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from tests.helpers import png
+from tests.helpers import missing_package, png
 
 CHROMIUM = "/usr/bin/chromium"
 # the background-networking flags keep Chromium from calling out (the test machines have no
@@ -49,7 +49,7 @@ PHONE = {"width": 390, "height": 844}
 SEAM_PX = 6
 
 pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium"
+    not Path(CHROMIUM).exists(), reason=missing_package("chromium", f"no {CHROMIUM}")
 )
 
 

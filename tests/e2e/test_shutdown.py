@@ -10,6 +10,7 @@ import time
 import urllib.request
 
 import numpy as np
+import pytest
 
 from tests.helpers import form, png
 
@@ -35,6 +36,7 @@ def _post(port: int, body: bytes, ctype: str, timeout: float = 60) -> tuple[int,
         return err.code, err.read()
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_in_flight_edit_and_exits_zero(start_server, tmp_path):
     srv, _ = start_server(
         ["--no-auth", "--models-dir", str(tmp_path), "--shutdown-grace", "20"], ready_s=30
@@ -66,6 +68,7 @@ def test_sigterm_finishes_in_flight_edit_and_exits_zero(start_server, tmp_path):
             proc.wait()
 
 
+@pytest.mark.slow
 def test_requests_outlasting_the_grace_get_503_and_the_process_exits_in_time(
     start_server, tiny_model_fp32, tmp_path
 ):

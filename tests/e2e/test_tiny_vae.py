@@ -17,7 +17,7 @@ import shutil
 import numpy as np
 import pytest
 
-from server.models.manifest import Manifest
+from tests import artifacts
 from tests.helpers import alpha_mask, decode_b64, png
 
 KEY = "sk-test-taesd"
@@ -46,24 +46,21 @@ def without_tiny_vae(src, dst) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_vae_dir(tmp_path_factory):
-    from export.taesd import build_random_tiny_vae
-
-    return build_random_tiny_vae(tmp_path_factory.mktemp("taesd") / "taesd", seed=2)
+def tiny_vae_dir():
+    return artifacts.tiny_vae(seed=2)
 
 
 @pytest.fixture(scope="module")
 def served(start_server, tiny_model_fp32, tiny_vae_dir, tmp_path_factory):
-    from export.__main__ import main
-
     models = tmp_path_factory.mktemp("models")
-    # tiny_model_fp32 fills the exporter's in-process memo: only the tiny VAE is traced here
+    # from the test-model cache; when it is built, tiny_model_fp32 has filled the exporter's
+    # in-process memo: only the tiny VAE is traced
     out = models / "tiny-taesd"
-    assert main(["--tiny", "--tiny-vae", str(tiny_vae_dir), "--out", str(out)]) == 0
+    cached = artifacts.export("--tiny", "--tiny-vae", tiny_vae_dir, folder="tiny-taesd")
+    shutil.copytree(cached, out)  # the manifest is changed below
     manifest = json.loads((out / "manifest.json").read_text())
-    if "fast_preset" in Manifest.model_fields:  # the schema of the fast-preset change
-        manifest["fast_preset"] = FAST_PRESET
-        (out / "manifest.json").write_text(json.dumps(manifest))
+    manifest["fast_preset"] = FAST_PRESET
+    (out / "manifest.json").write_text(json.dumps(manifest))
     without_tiny_vae(models / "tiny-taesd", models / "tiny-full")
     args = ["--api-key", KEY, "--models-dir", str(models), "--provider", "cpu"]
     return start_server(args, key=KEY, ready_s=90, stop_s=30, timeout=120)
@@ -104,21 +101,31 @@ def test_previews_come_from_the_tiny_decoder(client):
         assert np.abs(t[region].astype(int) - f[region]).mean() > 5  # previews: other decoder
 
 
-def test_quality_low_decodes_with_the_tiny_vae_when_the_preset_says_so(client):
-    """quality=low runs the manifest's fast preset, with the tiny decoder where the folder has
-    one: same denoising on both models, other final decoder. Skips on a server whose presets do
-    not select the tiny VAE (the fast-preset change not in)."""
+def test_quality_low_decodes_with_the_tiny_vae_where_the_folder_has_one(client):
+    """quality=low runs the manifest's fast preset, decoded with the tiny decoder where the folder
+    has one: the same denoising on both models, another final decoder."""
     cards = {m.id: m.model_dump() for m in client.models.list().data}
-    low = cards["tiny-taesd"]["capabilities"]["quality_presets"]["low"]
-    if not low.get("tiny_vae"):
-        pytest.skip("quality=low does not select the tiny VAE on this server yet")
-    assert not cards["tiny-full"]["capabilities"]["quality_presets"]["low"].get("tiny_vae")
-    fast = decode_b64(
-        edit(client, "tiny-taesd", quality="low", extra_body={"seed": 5}).data[0].b64_json
-    )
-    full = decode_b64(
-        edit(client, "tiny-full", quality="low", extra_body={"seed": 5}).data[0].b64_json
-    )
+    low = {"steps": 4, "scheduler": "ddim", "guidance_scale": 1.0}
+    assert cards["tiny-taesd"]["capabilities"]["quality_presets"]["low"] == {
+        **low,
+        "tiny_vae": True,
+    }
+    assert cards["tiny-full"]["capabilities"]["quality_presets"]["low"] == {
+        **low,
+        "tiny_vae": False,
+    }
+
+    def image(model: str, **kw) -> np.ndarray:
+        resp = edit(client, model, **kw)
+        assert resp.quality == kw.get("quality", resp.quality)  # the preset it ran, as asked
+        return decode_b64(resp.data[0].b64_json)
+
+    fast = image("tiny-taesd", quality="low", extra_body={"seed": 5})
+    full = image("tiny-full", quality="low", extra_body={"seed": 5})
+    # the preset's recipe spelled out, without quality=low: the full VAE decodes it
+    recipe = {"seed": 5, "scheduler": "ddim", "steps": 4, "guidance_scale": 1.0}
+    spelled = image("tiny-taesd", extra_body=recipe)
+    assert fast.shape == full.shape == spelled.shape == (H, W, 3)
+    assert np.array_equal(spelled, full)  # the same denoising and decoder
     region = np.s_[BOX[1] : BOX[3], BOX[0] : BOX[2]]
-    assert fast.shape == full.shape == (H, W, 3)
-    assert np.abs(fast[region].astype(int) - full[region]).mean() > 5
+    assert np.abs(fast[region].astype(int) - full[region]).mean() > 5  # the tiny decoder's

@@ -1,7 +1,8 @@
 """The exporter on the tiny pipeline: manifest, ORT-vs-PyTorch agreement on fresh inputs,
 fp16 layout, idempotent re-export and loud verification failures.
 
-Shares the session fixtures in conftest.py (one fp32 and one fp16 export per test run).
+Shares the session fixtures in conftest.py (one fp32 and one fp16 export, from the test-model
+cache: built once per source version).
 """
 
 from __future__ import annotations

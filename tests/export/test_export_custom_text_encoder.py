@@ -24,6 +24,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from export.tiny import build_small_vocab_tokenizer, build_tiny_pipeline  # noqa: E402
 from server.models.sd_inpaint import SDInpaintModel  # noqa: E402
+from tests import artifacts  # noqa: E402
 from tests.numerics import (  # noqa: E402
     FP32_TOL,
     SEED,
@@ -48,23 +49,25 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def source_dir(tmp_path_factory):
-    tokenizer = build_small_vocab_tokenizer(max_length=TEXT_LEN)
-    folder = tmp_path_factory.mktemp("custom-text-pipeline")
+def _custom_text_pipeline(out, text_len: int, hidden: int, vae_levels: int):
+    """The pipeline of this module (an artifact: built once per source version)."""
+    tokenizer = build_small_vocab_tokenizer(max_length=text_len)
     return build_tiny_pipeline(
-        folder, seed=0, tokenizer=tokenizer, hidden=HIDDEN, vae_levels=VAE_LEVELS
+        out / "pipeline", seed=0, tokenizer=tokenizer, hidden=hidden, vae_levels=vae_levels
     )
 
 
 @pytest.fixture(scope="module")
-def exported(source_dir, tmp_path_factory):
-    from export.__main__ import main
+def source_dir():
+    return artifacts.artifact(
+        _custom_text_pipeline, text_len=TEXT_LEN, hidden=HIDDEN, vae_levels=VAE_LEVELS
+    )
 
-    out = tmp_path_factory.mktemp("custom-text-export") / "custom-text"
-    argv = ["--model", str(source_dir), "--precision", "fp32", "--target", "cpu", "--out", str(out)]
-    assert main(argv) == 0, "export failed; see the captured output"
-    return out
+
+@pytest.fixture(scope="module")
+def exported(source_dir):
+    argv = ["--model", source_dir, "--precision", "fp32", "--target", "cpu"]
+    return artifacts.export(*argv, folder="custom-text")
 
 
 @pytest.fixture(scope="module")

@@ -55,8 +55,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, tiny_pipeline_dir):
-    return fused_export(tmp_path_factory, tiny_pipeline_dir)
+def folder(tiny_pipeline_dir):
+    return fused_export(tiny_pipeline_dir)
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +65,12 @@ def model(folder):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_pipeline_dir):
+def reference(tiny_pipeline_dir):
     """diffusers' pipeline with the same LoRAs fused (see the module docstring)."""
     pipe = load_pipeline(tiny_pipeline_dir, safety_checker=None, requires_safety_checker=False)
     loras = [
-        (lcm_lora(tmp_path_factory, tiny_pipeline_dir), LCM_SCALE),
-        (style_lora(tmp_path_factory, tiny_pipeline_dir), STYLE_SCALE),
+        (lcm_lora(tiny_pipeline_dir), LCM_SCALE),
+        (style_lora(tiny_pipeline_dir), STYLE_SCALE),
     ]
     for i, (folder, scale) in enumerate(loras):
         sd = load_file(folder / WEIGHT_NAME)
@@ -90,12 +90,10 @@ def reference(tmp_path_factory, tiny_pipeline_dir):
     return pipe
 
 
-def test_manifest_records_loras_and_the_automatic_preset(
-    folder, tmp_path_factory, tiny_pipeline_dir
-):
+def test_manifest_records_loras_and_the_automatic_preset(folder, tiny_pipeline_dir):
     m = Manifest.read(folder)
-    lcm = lcm_lora(tmp_path_factory, tiny_pipeline_dir)
-    style = style_lora(tmp_path_factory, tiny_pipeline_dir)
+    lcm = lcm_lora(tiny_pipeline_dir)
+    style = style_lora(tiny_pipeline_dir)
     assert [(x.source, x.scale, x.file) for x in m.loras] == [
         (str(lcm), LCM_SCALE, WEIGHT_NAME),
         (str(style), STYLE_SCALE, WEIGHT_NAME),
@@ -195,7 +193,7 @@ def test_reexport_is_idempotent_and_the_preset_rewrites_only_the_manifest(
 ):
     copy = tmp_path_factory.mktemp("copy") / "m"
     shutil.copytree(folder, copy)
-    args = ["--tiny", *lora_args(tmp_path_factory, tiny_pipeline_dir), "--out", str(copy)]
+    args = ["--tiny", *lora_args(tiny_pipeline_dir), "--out", str(copy)]
     unet = copy / "unet" / "model.onnx"
     mtime = unet.stat().st_mtime_ns
     assert main(args) == 0
@@ -214,7 +212,7 @@ def test_reexport_is_idempotent_and_the_preset_rewrites_only_the_manifest(
     other = [
         "--tiny",
         "--lora",
-        f"{lcm_lora(tmp_path_factory, tiny_pipeline_dir)}:0.3",
+        f"{lcm_lora(tiny_pipeline_dir)}:0.3",
         "--out",
         str(copy),
     ]

@@ -10,6 +10,7 @@ migan_512_places2.pt, ONNX files like IOPaint's 512x512 big-lama.onnx), then bro
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export import lama_like, migan_like
 from server.models.manifest import OneShotManifest, read_manifest
+from tests import artifacts
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -51,40 +53,30 @@ def lama_inputs(batch=2, h=96, w=72, seed=0):
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    """The networks as users download them (random weights): TorchScript LaMa, MI-GAN state
-    dict, and the PyTorch modules to compare with."""
+def sources():
+    """The networks as users download them (random weights: TorchScript LaMa, MI-GAN state
+    dict; from the test-model cache), and the PyTorch modules to compare with, built here."""
     torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("oneshot-sources")
-    lama = lama_like.build("tiny", seed=0)
-    migan = migan_like.build("tiny", seed=0)
-    torch.save(migan.generator.state_dict(), root / "migan-tiny.pt")
+    folder = artifacts.oneshot_sources(lama_seed=0, migan_seed=0)
     return {
-        "lama": lama,
-        "lama_pt": lama_like.save_torchscript(lama, root / "big-lama-tiny.pt"),
-        "migan": migan,
-        "migan_pt": root / "migan-tiny.pt",
+        "lama_pt": folder / "big-lama-tiny.pt",
+        "migan": migan_like.build("tiny", seed=0),
+        "migan_pt": folder / "migan-tiny.pt",
     }
 
 
 @pytest.fixture(scope="module")
-def exported(sources, tmp_path_factory):
-    """Models exported from PyTorch once for the module: LaMa with native DFT ops, LaMa with
-    the default matmul Fourier transforms, MI-GAN's pipeline."""
-    root = tmp_path_factory.mktemp("oneshot-models")
-    from export.__main__ import main
-
-    out = {}
-    for key, src, extra in [
-        ("lama_dft", sources["lama_pt"], ["--signature", "lama", "--fft", "native"]),
-        ("lama", sources["lama_pt"], ["--signature", "lama"]),
-        ("migan", sources["migan_pt"], ["--signature", "migan"]),
-    ]:
-        folder = root / key
-        argv = ["--torch", str(src), "--kind", "one-shot", *extra, "--out", str(folder)]
-        assert main(argv) == 0, f"{key}: export failed"
-        out[key] = folder
-    return out
+def exported(sources):
+    """Models exported from PyTorch (the test-model cache; read-only): LaMa with native DFT ops,
+    LaMa with the default matmul Fourier transforms, MI-GAN's pipeline."""
+    return {
+        key: artifacts.export("--torch", src, "--kind", "one-shot", *extra, folder=key)
+        for key, src, extra in [
+            ("lama_dft", sources["lama_pt"], ["--signature", "lama", "--fft", "native"]),
+            ("lama", sources["lama_pt"], ["--signature", "lama"]),
+            ("migan", sources["migan_pt"], ["--signature", "migan"]),
+        ]
+    }
 
 
 # ---------------------------------------------------------------------------- from PyTorch
@@ -151,7 +143,8 @@ def test_migan_state_dict_exports_uint8_pipeline(exported, sources):
 
 
 def test_rerun_is_up_to_date_and_other_args_need_force(exported, sources, capsys, tmp_path):
-    folder = exported["migan"]
+    folder = tmp_path / "migan"
+    shutil.copytree(exported["migan"], folder)  # corrupted below
     args = ["--torch", sources["migan_pt"], "--kind", "one-shot", "--signature", "migan"]
     rc, out, _, seconds = cli([*args, "--out", folder], capsys)
     assert rc == 0 and "up to date" in out and seconds < 10
@@ -372,7 +365,7 @@ def test_openvino_runs_the_lama_graph(exported, precision):
     from server.models.providers import OpenVINOProvider
 
     path = exported["lama"] / "inpainter/model.onnx"
-    provider = OpenVINOProvider(precision, threads=2)
+    provider = OpenVINOProvider(precision, threads=2, cache=False)  # a shared, read-only folder
     sess = provider.load(path, read_manifest(exported["lama"]).components["inpainter"])
     image, mask = lama_inputs(1, 64, 96, seed=11)
     feeds = {"image": image.numpy(), "mask": mask.numpy()}

@@ -3,8 +3,9 @@ locally with ``export.taesd.build_random_tiny_vae``) exported beside the tiny pi
 ``taesd_decoder`` / ``taesd_encoder``: manifest, I/O contract, ORT vs diffusers' own
 ``AutoencoderTiny.decode`` / ``encode`` on fresh inputs (fp32 and fp16), clear failures.
 
-Depends on ``tiny_model_fp32`` only so that the in-process memo of the tiny preset's graphs is
-filled: the exports here then trace just the two tiny-VAE graphs.
+The TAESD and the exports come from the test-model cache (tests/artifacts.py). They depend on
+``tiny_model_fp32`` only so that, when they are built, the in-process memo of the tiny preset's
+graphs is filled: the exports then trace just the two tiny-VAE graphs.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from server.models.manifest import Manifest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from export.taesd import TINY_COMPONENTS, TINY_CONFIG, build_random_tiny_vae  # noqa: E402
+from export.taesd import TINY_COMPONENTS, TINY_CONFIG  # noqa: E402
 from export.verify import RTOL, session  # noqa: E402
+from tests import artifacts  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
@@ -41,18 +43,18 @@ def _export(out, tiny_vae, precision="fp32", *extra):
 
 
 @pytest.fixture(scope="module")
-def tiny_vae_dir(tmp_path_factory):
-    return build_random_tiny_vae(tmp_path_factory.mktemp("taesd") / "taesd", seed=0)
+def tiny_vae_dir():
+    return artifacts.tiny_vae(seed=0)
 
 
 @pytest.fixture(scope="module")
-def exports(tiny_model_fp32, tiny_vae_dir, tmp_path_factory):
-    out = {}
-    for precision in ("fp32", "fp16"):
-        folder = tmp_path_factory.mktemp(f"taesd-{precision}") / "tiny-taesd"
-        assert _export(folder, tiny_vae_dir, precision) == 0
-        out[precision] = folder
-    return out
+def exports(tiny_model_fp32, tiny_vae_dir):
+    return {
+        precision: artifacts.export(
+            "--tiny", "--tiny-vae", tiny_vae_dir, "--precision", precision, folder="tiny-taesd"
+        )
+        for precision in ("fp32", "fp16")
+    }
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,9 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 from diffusers import AutoencoderTiny  # noqa: E402
 
-from export.taesd import build_random_tiny_vae  # noqa: E402
 from server.models.manifest import MANIFEST_FILE  # noqa: E402
 from server.models.sd_inpaint import SDInpaintModel, to_uint8  # noqa: E402
+from tests import artifacts  # noqa: E402
 from tests.numerics import (  # noqa: E402
     FP32_TOL,
     SEED,
@@ -63,18 +63,15 @@ class Recorder:
 
 
 @pytest.fixture(scope="module")
-def tiny_vae_dir(tmp_path_factory):
-    return build_random_tiny_vae(tmp_path_factory.mktemp("taesd") / "taesd", seed=1)
+def tiny_vae_dir():
+    return artifacts.tiny_vae(seed=1)
 
 
 @pytest.fixture(scope="module")
-def folder(tiny_model_fp32, tiny_vae_dir, tmp_path_factory):
-    """tiny_model_fp32 fills the exporter's in-process memo: only the tiny VAE is traced here."""
-    from export.__main__ import main
-
-    out = tmp_path_factory.mktemp("tiny-taesd") / "tiny-taesd"
-    assert main(["--tiny", "--tiny-vae", str(tiny_vae_dir), "--out", str(out)]) == 0
-    return out
+def folder(tiny_model_fp32, tiny_vae_dir):
+    """From the test-model cache; when it is built, tiny_model_fp32 has filled the exporter's
+    in-process memo: only the tiny VAE is traced."""
+    return artifacts.export("--tiny", "--tiny-vae", tiny_vae_dir, folder="tiny-taesd")
 
 
 @pytest.fixture(scope="module")

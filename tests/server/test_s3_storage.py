@@ -196,12 +196,14 @@ def test_sweep_deletes_only_expired_objects_of_ours(make, s3_server, prefix):
     client.put_object(Bucket=s3_server.bucket, Key=foreign, Body=b"keep")
     outside = f"x{prefix}objects/jobs/old"  # another prefix
     client.put_object(Bucket=s3_server.bucket, Key=outside, Body=b"keep")
-    time.sleep(4)
+    # S3's LastModified has whole seconds: a new object can look up to 1 s older than it is,
+    # so the TTL leaves the new ones 3 s of slack on a busy machine and the old ones 2 s
+    time.sleep(6)
     new_image = writer.put(PNG, "png")
     writer.put_object("jobs/new", b"x", "text/plain")
 
-    assert make(ttl_s=2, s3_no_sweep=True).cleanup() == 0  # lifecycle rules' job then
-    assert make(ttl_s=2).cleanup() == 2
+    assert make(ttl_s=4, s3_no_sweep=True).cleanup() == 0  # lifecycle rules' job then
+    assert make(ttl_s=4).cleanup() == 2
     assert keys(s3_server, prefix) == {new_image, "objects/jobs/new", "someone-elses.txt"}
     assert old_image not in keys(s3_server, prefix)
     assert client.get_object(Bucket=s3_server.bucket, Key=outside)["Body"].read() == b"keep"
