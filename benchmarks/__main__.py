@@ -637,10 +637,12 @@ class Runner:
         starved the compiled baseline and optimum-intel."""
         if self.machine.get("cpu_native_bf16", True):
             return variants
-        autos = {(v.static_shapes, v.tiny_vae_encode) for v in variants if v.provider == "auto"}
+        autos = {
+            (v.static_shapes or 0, v.tiny_vae_encode) for v in variants if v.provider == "auto"
+        }
         out = []
         for v in variants:
-            if v.provider == "openvino:bf16" and (v.static_shapes, v.tiny_vae_encode) in autos:
+            if v.provider == "openvino:bf16" and (v.static_shapes or 0, v.tiny_vae_encode) in autos:
                 self.skip(
                     f"{v.label}: not run: this CPU has no native bf16 (AVX512-BF16/AMX), so "
                     "OpenVINO computes it in f32, as ours auto (measured) does here"

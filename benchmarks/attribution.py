@@ -91,8 +91,8 @@ def component_precisions(
         raise ValueError(f"no precision rule for {impl!r}: its runner reports them")
     provider = provider or {}
     name = provider.get("name", str(variant.get("provider", "cpu")).split(":")[0])
-    if name == "auto":
-        chosen = provider.get("components") or {}
+    chosen = provider.get("components") or {}
+    if chosen:  # every provider reports what each component computes in
         return {c: normalize_precision(v["precision"]) for c, v in chosen.items()}
     if name == "openvino":
         p = provider.get("effective_precision") or provider.get("precision_hint") or "f32"

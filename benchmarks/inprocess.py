@@ -189,7 +189,7 @@ def bench_ours(
     repeats: int,
     deadline_s: float | None = None,
     check_error: bool = False,
-    static_shapes: int = 0,
+    static_shapes: int | None = None,
     log=print,
     on_result=None,
 ) -> list[dict[str, Any]]:

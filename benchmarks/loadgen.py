@@ -68,7 +68,7 @@ class ModelServer(ServerProcess):
         log_dir: Path | None = None,
         ready_timeout_s: float = 1200,
         instances: int | None = None,
-        static_shapes: int = 0,
+        static_shapes: int | None = None,
     ):
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-server-")
         models_dir = Path(self._tmp.name) / "models"
@@ -97,7 +97,7 @@ class ModelServer(ServerProcess):
             args += ["--threads", str(threads)]
         if instances is not None:
             args += ["--instances", str(instances)]
-        if static_shapes:
+        if static_shapes is not None:  # None: the server's default (auto measures)
             args += ["--static-shapes", str(static_shapes)]
         self.model_name = model_name
         log = Path(log_dir or self._tmp.name) / (

@@ -40,8 +40,9 @@ class OursVariant:
     #: also run the UNet calls of the last timed image through ONNX Runtime fp32 and report the
     #: max relative error of this variant's UNet against it (reduced precision's cost)
     check_error: bool = False
-    #: OpenVINO graphs per input-shape set (``--static-shapes``), 0 = one dynamic graph
-    static_shapes: int = 0
+    #: OpenVINO graphs per input-shape set (``--static-shapes``), 0 = one dynamic graph, None =
+    #: the server's default (auto: measured per component; the others: 0)
+    static_shapes: int | None = None
     #: serve the export as ``--tiny-vae-encode`` writes it (``assets.tiny_encode_view``): runs
     #: only the recipes that encode with TAESD, and the others run only without it
     tiny_vae_encode: bool = False

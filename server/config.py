@@ -107,11 +107,19 @@ class ModelsConfig:
         None,
         "CPU threads per model (its budget, split between its instances); default: all cores",
     )
-    static_shapes: int = option(
-        0,
+    static_shapes: int | None = option(
+        None,
         "OpenVINO only: compile one graph per input-shape set and keep the N most recent per "
         "component (each new size or batch pays a compile, and memory for a copy of the "
-        "weights); 0 = one dynamic graph per component. For deployments that serve few sizes",
+        "weights); 0 = one dynamic graph per component. Default: 0, except under auto, which "
+        "gives the UNet up to 4 static graphs for the shapes that come back, beside its "
+        "dynamic graph, where they measured faster on this CPU and memory allows",
+    )
+    amx_attention: str = option(
+        "auto",
+        "the AMX attention kernel in OpenVINO bf16 graphs (the UNet's long self-attentions): "
+        "auto = where the CPU has AMX-BF16 and the kernel builds; on = the same, but refuse to "
+        "start where it cannot run; off = OpenVINO's own attention (no rebuild needed)",
     )
     instances: int | None = option(
         None,

@@ -84,6 +84,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
                     default_model=models.default_model,
                     instances=models.instances,
                     static_shapes=models.static_shapes,
+                    amx_attention=models.amx_attention,
                 ),
             )
         # a local folder, or an S3 bucket (probed over the network: off the loop)

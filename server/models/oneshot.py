@@ -80,13 +80,18 @@ class OneShotModel:
         provider: str = "auto",
         threads: int | None = None,
         instances: int = 1,
-        static_shapes: int = 0,
+        static_shapes: int | None = None,
+        amx_attention: str = "auto",
     ) -> OneShotModel:
         manifest = read_manifest(Path(folder))
         if not isinstance(manifest, OneShotManifest):
             raise ValueError("not a one-shot model folder (manifest pipeline)")
         engine = select_provider(
-            provider, threads=threads, streams=instances, static_shapes=static_shapes
+            provider,
+            threads=threads,
+            streams=instances,
+            static_shapes=static_shapes,
+            amx_attention=amx_attention,
         )
         return cls(folder, manifest, engine, name=name)
 

@@ -28,7 +28,7 @@ from .base import InpaintModel
 from .builtin import BuiltinInpaintModel
 from .instances import Instances, check_count, choose, fixed
 from .manifest import MANIFEST_FILE, UnknownModelKind, read_manifest
-from .providers import ProviderUnavailable, check_static_shapes
+from .providers import ProviderUnavailable, check_amx_attention, check_static_shapes
 
 log = logging.getLogger("server.models")
 
@@ -96,7 +96,7 @@ def _load_oneshot(folder: Path, **kw) -> InpaintModel:
 
 
 #: pipeline kind (the manifest's ``pipeline``) -> loader(folder, name=, provider=, threads=,
-#: instances=, static_shapes=)
+#: instances=, static_shapes=, amx_attention=)
 LOADERS: dict[str, Callable[..., InpaintModel]] = {
     "sd-inpaint": _load_sd,
     "one-shot": _load_oneshot,
@@ -134,19 +134,20 @@ def load_model(
     provider: str,
     threads: int | None,
     instances: int | None = None,
-    static_shapes: int = 0,
+    static_shapes: int | None = None,
+    amx_attention: str = "auto",
 ) -> tuple[InpaintModel, Instances]:
     """Load one model folder by its manifest's kind, with its instances: ``instances`` of
     them, or (None) as many as ``instances.choose`` finds worth it (it loads the model a second
     time, for that many instances, to compare). Each instance gets its share of the thread
     budget (``threads``, else the cores). ``static_shapes``: OpenVINO's per-shape graphs kept
-    per component (0 = dynamic), as ``select_provider``.
+    per component (0 = dynamic), and ``amx_attention``, as ``select_provider``.
     Raises what the loader raises."""
     manifest = read_manifest(folder)
     loader = LOADERS.get(manifest.pipeline)
     if loader is None:
         raise UnknownModelKind(manifest.pipeline)
-    loader = functools.partial(loader, static_shapes=static_shapes)
+    loader = functools.partial(loader, static_shapes=static_shapes, amx_attention=amx_attention)
     if instances is not None:
         plan = fixed(instances, threads)
         model = loader(
@@ -169,7 +170,8 @@ def load_registry(
     threads: int | None = None,
     default_model: str | None = None,
     instances: int | None = None,
-    static_shapes: int = 0,
+    static_shapes: int | None = None,
+    amx_attention: str = "auto",
 ) -> ModelRegistry:
     """Load the built-in model and every exported model; never raises for a broken folder.
 
@@ -178,6 +180,7 @@ def load_registry(
     """
     check_count(instances)
     check_static_shapes(static_shapes)  # at start, whichever provider the models get
+    check_amx_attention(amx_attention)
     registry = ModelRegistry()
     builtin = BuiltinInpaintModel()
     registry.models[builtin.name] = builtin
@@ -192,6 +195,7 @@ def load_registry(
                 threads=threads,
                 instances=instances,
                 static_shapes=static_shapes,
+                amx_attention=amx_attention,
             )
         except Exception as exc:  # noqa: BLE001 - one broken folder must not stop the others
             reason = failure_reason(exc)

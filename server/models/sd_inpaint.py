@@ -247,14 +247,19 @@ class SDInpaintModel:
         provider: str = "auto",
         threads: int | None = None,
         instances: int = 1,
-        static_shapes: int = 0,
+        static_shapes: int | None = None,
+        amx_attention: str = "auto",
     ) -> SDInpaintModel:
         manifest = Manifest.read(Path(folder))
         inpainting = manifest.unet_in_channels == 2 * manifest.latent_channels + 1
         if manifest.pipeline != "sd-inpaint" or not inpainting:
             raise ValueError(f"{folder}: not an SD inpainting export (UNet in-channels)")
         engine = select_provider(
-            provider, threads=threads, streams=instances, static_shapes=static_shapes
+            provider,
+            threads=threads,
+            streams=instances,
+            static_shapes=static_shapes,
+            amx_attention=amx_attention,
         )
         return cls(folder, manifest, engine, name=name)
 

@@ -22,6 +22,7 @@ from server.models.manifest import Manifest
 from server.models.providers import AutoProvider, CPUProvider, OpenVINOProvider, fused_attention
 from server.models.providers.accuracy import sample_feeds
 from server.models.providers.plan import FP32_RUNTIME
+from tests.helpers import NO_AMX_BF16, NO_NATIVE_BF16
 
 pytest.importorskip("openvino")
 
@@ -46,6 +47,15 @@ def load_all(provider, folder, manifest):
 
 def cache_files(folder) -> list[str]:
     return sorted(p.name for p in (folder / "ov_cache").glob("*.blob"))
+
+
+def verdicts(folder) -> dict:
+    return json.loads((folder / "ov_cache" / "accuracy-checks.json").read_text())
+
+
+def accuracy_verdicts(folder) -> dict:
+    """The kept accuracy verdicts (the file also holds the static-graph measures)."""
+    return {k: v for k, v in verdicts(folder).items() if "max_rel_err" in v}
 
 
 def test_avx2_machine_runs_fp32_with_no_check(tiny):
@@ -107,7 +117,7 @@ def test_beyond_tolerance_falls_back_to_fp32_and_the_verdict_is_kept(tiny, caplo
     assert cache_files(folder) == sorted(f for f in cache_files(folder) if f.split("-")[1] == "f32")
     if not NATIVE_BF16:
         return
-    checks = json.loads((folder / "ov_cache" / "accuracy-checks.json").read_text())
+    checks = accuracy_verdicts(folder)
     assert len(checks) == 4 and all(v["max_rel_err"] > 1e-9 for v in checks.values())
 
     again = AutoProvider(threads=1, flags=ZEN4, runtimes=BOTH, tolerances=strict)
@@ -121,9 +131,8 @@ def test_beyond_tolerance_falls_back_to_fp32_and_the_verdict_is_kept(tiny, caplo
     assert (cache["hits"], cache["misses"], cache["stores"]) == (n_ov, 0, 0)
 
 
-@pytest.mark.skipif(
-    not NATIVE_BF16, reason="needs native bf16: the speed check follows the error's"
-)
+# the speed check follows the error's, which a bf16 hint computed in f32 does not have
+@pytest.mark.skipif(not NATIVE_BF16, reason=NO_NATIVE_BF16)
 def test_accurate_but_not_faster_falls_back_to_fp32_and_the_verdict_is_kept(tiny):
     folder, m = tiny
     loose = {c: 0.2 for c in COMPONENTS}
@@ -135,7 +144,7 @@ def test_accurate_but_not_faster_falls_back_to_fp32_and_the_verdict_is_kept(tiny
     for v in comps.values():
         assert "fell back from openvino bf16: not faster: " in v["why"]
         assert "x fp32's speed on the sample (needs 1000000.00x)" in v["why"]
-    checks = json.loads((folder / "ov_cache" / "accuracy-checks.json").read_text())
+    checks = accuracy_verdicts(folder)
     assert len(checks) == 4
     for v in checks.values():
         assert 0 < v["max_rel_err"] <= 0.2 and 0 < v["speedup"] < 1e6
@@ -152,7 +161,7 @@ def test_openvino_second_load_imports_the_compiled_graph(tiny):
     spec = m.components["unet"]
     path = folder / spec.file
     # the AMX attention kernel (on AMX CPUs) makes graphs that cannot be exported: off here
-    first = OpenVINOProvider("bf16", threads=1, fuse_attention=False)
+    first = OpenVINOProvider("bf16", threads=1, amx_attention="off")
     out1 = first.load(path, spec).run(sample_feeds(spec))["out_sample"]
     cache = first._caches[folder / "ov_cache"]
     assert (cache.hits, cache.misses, cache.stores) == (0, 1, 1)
@@ -160,7 +169,7 @@ def test_openvino_second_load_imports_the_compiled_graph(tiny):
     assert blob.startswith("unet-bf16-")
     meta = json.loads((folder / "ov_cache" / blob).with_suffix(".json").read_text())
     assert meta["files"] == spec.sha256 and meta["precision"] == "bf16"
-    second = OpenVINOProvider("bf16", threads=1, fuse_attention=False)
+    second = OpenVINOProvider("bf16", threads=1, amx_attention="off")
     session = second.load(path, spec)
     cache2 = second._caches[folder / "ov_cache"]
     assert (cache2.hits, cache2.misses, cache2.stores) == (1, 0, 0)
@@ -174,8 +183,8 @@ def test_openvino_second_load_imports_the_compiled_graph(tiny):
 def test_graphs_with_the_amx_kernel_skip_the_blob_cache(tiny):
     """A Python operation cannot be exported: such graphs compile at every load, nothing is
     stored, and the output is OpenVINO's own attention's within bf16 rounding."""
-    if fused_attention.load() is None:
-        pytest.skip("the CPU lacks AMX-BF16: graphs keep OpenVINO's attention")
+    if fused_attention.load() is None:  # graphs keep OpenVINO's attention
+        pytest.skip(NO_AMX_BF16)
     folder, m = tiny
     spec = m.components["unet"]
     path = folder / spec.file
@@ -186,9 +195,108 @@ def test_graphs_with_the_amx_kernel_skip_the_blob_cache(tiny):
         and fused.fused_attention["unet"] >= 1
     )
     assert not fused._caches and not cache_files(folder)
-    plain = OpenVINOProvider("bf16", threads=1, fuse_attention=False, cache=False)
+    plain = OpenVINOProvider("bf16", threads=1, amx_attention="off", cache=False)
     ref = plain.load(path, spec).run(sample_feeds(spec))["out_sample"]
     assert np.abs(out - ref).max() <= 0.03 * np.abs(ref).max()
+
+
+def test_amx_attention_off_keeps_openvinos_attention_and_on_refuses_where_it_cannot_run(tiny):
+    """``--amx-attention off`` fuses nothing (on any CPU); ``on`` starts only where the kernel
+    runs, and says why not elsewhere, under auto as under an explicit bf16 provider (auto
+    must not quietly fall back to fp32 for it)."""
+    from server.models.providers import ProviderUnavailable, select_provider
+
+    folder, m = tiny
+    spec = m.components["unet"]
+    off = select_provider("openvino:bf16", threads=1, amx_attention="off")
+    off.cache = False
+    off.load(folder / spec.file, spec)
+    assert off.describe()["fused_attention"] == {}
+    for name in ("auto", "openvino:bf16"):
+        if fused_attention.load() is None:
+            with pytest.raises(ProviderUnavailable, match="--amx-attention on.*use auto or off"):
+                select_provider(name, threads=1, amx_attention="on")
+        else:
+            select_provider(name, threads=1, amx_attention="on")
+    with pytest.raises(ValueError, match="--amx-attention"):
+        select_provider("auto", threads=1, amx_attention="yes")
+
+
+def test_auto_measures_static_graphs_for_the_unet_once_and_serves_them_beside_the_dynamic(
+    tiny, monkeypatch
+):
+    """--static-shapes unset: auto times a static UNet graph against the dynamic one on the
+    sample, keeps the measure, and (where it pays: forced here, the tiny model's gain is
+    noise) serves the UNet with static graphs for returning shapes beside its dynamic graph;
+    the other components stay dynamic."""
+    from server.models.providers import static_plan
+
+    folder, m = tiny
+    monkeypatch.setattr(static_plan, "MIN_STATIC_SPEEDUP", 0.0)
+    auto = AutoProvider(threads=1, flags=ZEN4, runtimes=BOTH, min_speedup=0)
+    sessions = load_all(auto, folder, m)
+    assert auto.static_checks_run == 1
+    (measure,) = [v for v in verdicts(folder).values() if "bytes_per_shape" in v]
+    assert measure["speedup"] > 0 and measure["bytes_per_shape"] > 0
+    assert measure["bytes_model"] >= 0
+    unet = auto.choices["unet"]
+    assert unet["static_shapes"] == static_plan.MAX_STATIC_SHAPES
+    assert "static graph(s) for returning shapes" in unet["why"]
+    assert all(auto.choices[c]["static_shapes"] == 0 for c in COMPONENTS if c != "unet")
+    served = sessions["unet"]
+    assert served.compiled is not None and served.static_shapes == []  # never ran the sample
+    spec = m.components["unet"]
+    feeds = sample_feeds(spec, seed=5)
+    first = served.run(feeds)["out_sample"]
+    assert served.static_shapes == []  # a shape seen once runs on the dynamic graph
+    again = served.run(feeds)["out_sample"]
+    assert len(served.static_shapes) == 1  # ... and gets its own graph when it comes back
+    assert np.abs(again - first).max() <= 0.05 * np.abs(first).max()
+    # a restart reads the measure; the rule decides again from the memory free now
+    later = AutoProvider(threads=1, flags=ZEN4, runtimes=BOTH, min_speedup=0)
+    load_all(later, folder, m)
+    assert later.static_checks_run == 0
+    assert later.choices["unet"]["static_shapes"] == static_plan.MAX_STATIC_SHAPES
+    # an explicit --static-shapes (0 included) is obeyed, nothing measured
+    fixed = AutoProvider(threads=1, flags=ZEN4, runtimes=BOTH, min_speedup=0, static_shapes=0)
+    load_all(fixed, folder, m)
+    assert fixed.static_checks_run == 0 and fixed.choices["unet"]["static_shapes"] == 0
+
+
+def test_static_graph_rule():
+    from server.models.providers.static_plan import MAX_STATIC_SHAPES, static_shapes_for
+
+    gib = 2**30
+    total = 24 * gib  # reserve: a quarter, 6 GiB
+    assert static_shapes_for(1.10, 2.4 * gib, 20 * gib, total) == MAX_STATIC_SHAPES
+    assert static_shapes_for(1.10, 2.4 * gib, 12 * gib, total) == 2  # 6 GiB of room
+    assert static_shapes_for(1.10, 2.4 * gib, 7 * gib, total) == 0  # 1 GiB: not one
+    assert static_shapes_for(1.01, 2.4 * gib, 20 * gib, total) == 0  # does not pay
+    assert static_shapes_for(1.10, 0.1 * gib, 3 * gib, 4 * gib) == 4  # reserve at least 2 GiB
+    assert static_shapes_for(1.10, 2.4 * gib, 0, 0) == 0  # memory unreadable
+    assert static_shapes_for(1.10, 2.4 * gib, 12 * gib, total, 3.5 * gib) == 1  # + the model
+
+
+def test_shared_session_promotes_returning_shapes_and_never_evicts(tiny):
+    folder, m = tiny
+    spec = m.components["vae_decoder"]
+    path = folder / spec.file
+    rng = np.random.default_rng(2)
+    shapes = [(1, 4, 8, 8), (2, 4, 8, 8), (1, 4, 16, 8)]
+    feeds = [{"latent_sample": rng.standard_normal(s, dtype=np.float32)} for s in shapes]
+    dynamic = OpenVINOProvider("f32", threads=1, cache=False).load(path, spec)
+    shared = OpenVINOProvider(
+        "f32", threads=1, cache=False, static_shapes=2, keep_dynamic=True
+    ).load(path, spec)
+    for f in feeds:  # each once: all on the dynamic graph
+        np.testing.assert_allclose(shared.run(f)["sample"], dynamic.run(f)["sample"], atol=1e-4)
+    assert shared.compiles == 0
+    for f in feeds:  # back again: promoted while there is room (2), the third stays dynamic
+        np.testing.assert_allclose(shared.run(f)["sample"], dynamic.run(f)["sample"], atol=1e-4)
+    assert shared.compiles == 2 and len(shared.static_shapes) == 2
+    for f in feeds * 2:  # a full table evicts nothing: no compile ever again
+        shared.run(f)
+    assert shared.compiles == 2
 
 
 def test_static_shapes_compile_once_per_shape_in_memory(tiny):
@@ -260,7 +368,7 @@ def test_auto_in_the_pipeline_describes_each_component(tiny):
     assert d["name"] == "auto" and set(d["components"]) == set(COMPONENTS)
     for choice in d["components"].values():
         assert choice["runtime"] in ("onnxruntime", "openvino")
-        assert choice["precision"] in ("fp32", "bf16", "f16") and choice["why"]
+        assert choice["precision"] in ("fp32", "bf16", "fp16") and choice["why"]
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     mask = np.zeros((64, 64), np.float32)
@@ -328,3 +436,5 @@ def test_static_shapes_reach_the_sessions_through_select_provider_and_load_model
     assert dyn.sessions["unet"].compiled is not None  # 0 = one dynamic graph
     with pytest.raises(ValueError, match="--static-shapes must be >= 0"):
         load_registry(folder.parent, static_shapes=-1)
+    with pytest.raises(ValueError, match="--amx-attention must be one of auto, on, off"):
+        load_registry(folder.parent, amx_attention="yes")  # at start, before any model

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from server.models.providers import fused_attention as fa
+from tests.helpers import NO_AMX_BF16
 
 ov = pytest.importorskip("openvino")
 ops = pytest.importorskip("openvino.opset13")
 
-amx = pytest.mark.skipif(fa.load() is None, reason="the CPU lacks AMX-BF16")
+amx = pytest.mark.skipif(fa.load() is None, reason=NO_AMX_BF16)
 
 
 def reference(q, k, v, scale=1.0, k_dk=False):
@@ -87,9 +88,45 @@ def test_cpu_flags_decide():
 
 def test_build_is_named_by_source_and_flags():
     path = fa.library_path()
-    assert path.parent == fa.BUILD_DIR and path.name.startswith("libattention_amx-")
+    assert path.parent in fa.build_dirs() and path.name.startswith("libattention_amx-")
     if fa.load() is not None:
         assert fa.build() == path and path.exists()
+
+
+def test_an_existing_build_is_found_in_any_build_folder(tmp_path, monkeypatch):
+    """The CPU image builds beside the source as root and serves as another user, whose own
+    build folder is the cache: the image's build must be found there, not rebuilt."""
+    package, cache = tmp_path / "package" / "build", tmp_path / "cache"
+    monkeypatch.setattr(fa, "build_dirs", lambda: [package, cache])
+    name = fa.library_path().name
+    assert fa.library_path() == package / name  # nothing built: the first writable folder
+    cache.mkdir(parents=True)
+    (cache / name).write_bytes(b"")
+    assert fa.library_path() == cache / name
+    package.mkdir(parents=True)
+    (package / name).write_bytes(b"")
+    assert fa.library_path() == package / name
+
+
+def test_a_missing_compiler_is_a_clear_error_and_never_fails_the_install(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(fa, "build_dirs", lambda: [tmp_path / "build"])
+    with pytest.raises(RuntimeError, match="does not exist"):
+        fa.build(compiler="/nonexistent/g++")
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    with caplog.at_level("INFO", logger="server.models.providers"):
+        assert fa.main() == 0
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "not built" in line and "/nonexistent/g++" in line
+    assert not list((tmp_path / "build").glob("*.so"))
+
+
+def test_amx_attention_modes_are_checked():
+    for mode in fa.MODES:
+        fa.check_mode(mode)
+    with pytest.raises(ValueError, match="auto, on, off"):
+        fa.check_mode("yes")
 
 
 def attention_model(lk_static: int | None, d: int, dv: int, heads: int = 2):

@@ -28,6 +28,7 @@ from server.models.providers import (
 from server.models.providers import onnxruntime as ort_eps
 from server.models.providers.base import _model_folder
 from server.models.providers.openvino_graph import _is_precise
+from tests.helpers import NO_NATIVE_BF16
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -126,7 +127,11 @@ def test_cpu_session_matches_plain_ort(unet_path, ort_reference):
     handle = sess.to_device(feeds["encoder_hidden_states"])
     out = sess.run({**feeds, "encoder_hidden_states": handle})
     np.testing.assert_allclose(out["out_sample"], ref, rtol=1e-5, atol=1e-5)
-    assert provider.describe() == {"name": "cpu", "threads": 1}
+    assert provider.describe() == {
+        "name": "cpu",
+        "threads": 1,
+        "components": {"unet": {"runtime": "onnxruntime", "precision": "fp32"}},
+    }
 
 
 # ---------------------------------------------------------------- CUDA / TensorRT (logic only)
@@ -209,6 +214,9 @@ def test_openvino_matches_ort(ov, unet_path, ort_reference, precision):
     if precision != "f32":
         assert p.precise_nodes >= 4  # Multiply, Sin, Cos, Concat at least
     assert sess.effective_precision == d["effective_precision"] in ("f32", "bf16", "f16")
+    # /v1/models' per-component view names the precision in the project's words
+    shown = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}[d["effective_precision"]]
+    assert d["components"] == {"unet": {"runtime": "openvino", "precision": shown}}
     if d["effective_precision"] == "f32":
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
     else:  # real reduced precision (AVX512_BF16 / AMX / GPU): looser
@@ -343,8 +351,8 @@ def test_time_embedding_stays_fp32_under_a_real_bf16_hint(ov, unet_path):
     path, m = unet_path
     p = OpenVINOProvider("bf16", threads=1, cache=False)
     sess = p.load(path, m.components["unet"])
-    if sess.effective_precision != "bf16":
-        pytest.skip("this CPU has no native bf16 (AVX512_BF16/AMX): the hint runs in f32")
+    if sess.effective_precision != "bf16":  # the hint runs in f32
+        pytest.skip(NO_NATIVE_BF16)
     feeds = unet_feeds(batch=1, hidden=m.text_hidden_size)
     outs = {}
     for t in (999.0, 1000.0):

@@ -226,6 +226,10 @@ def test_metadata(model, tiny_model_fp32):
     d = model.describe()
     assert d["kind"] == "diffusion"
     assert d["precision"] == "fp32" and d["provider"]["name"] == "cpu"
+    # what each component runs on, as /v1/models shows it for every provider
+    assert d["provider"]["components"] == {
+        c: {"runtime": "onnxruntime", "precision": "fp32"} for c in model.sessions
+    }
     caps = model.capabilities
     assert caps.reads_prompt is True and caps.streams_previews is True
     assert set(caps.sampling.schedulers) == set(scheduler_names())

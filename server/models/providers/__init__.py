@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from .auto import AutoProvider, available_runtimes
 from .base import ExecutionProvider, ProviderUnavailable, Session
+from .fused_attention import check_mode as check_amx_attention
 from .onnxruntime import (
     CPUProvider,
     CUDAProvider,
@@ -71,6 +72,7 @@ __all__ = [
     "Session",
     "TensorRTProvider",
     "available_runtimes",
+    "check_amx_attention",
     "effective_precision",
     "check_static_shapes",
     "mark_precise_in_ir",
@@ -90,7 +92,8 @@ def select_provider(
     device_id: int = 0,
     openvino_precision: str | None = None,
     streams: int = 1,
-    static_shapes: int = 0,
+    static_shapes: int | None = None,
+    amx_attention: str = "auto",
 ) -> ExecutionProvider:
     """The provider for ``name`` ("auto" | "cpu" | "cuda" | "tensorrt" | "openvino").
 
@@ -104,7 +107,9 @@ def select_provider(
     sessions take (one per model instance, ``threads`` each); ONNX Runtime's sessions take
     them as they are, OpenVINO compiles a stream per call. ``static_shapes``: OpenVINO (also
     under auto) compiles a graph per input-shape set and keeps that many per component; 0 =
-    one dynamic graph (ONNX Runtime and CUDA ignore it).
+    one dynamic graph; None = auto measures per component, the others take 0 (ONNX Runtime
+    and CUDA ignore it). ``amx_attention``: the AMX attention
+    kernel in OpenVINO's bf16 graphs (also under auto), ``fused_attention.MODES``.
     """
     name = (name or "auto").lower()
     if name.startswith("openvino:"):  # "openvino:bf16" selects the precision hint
@@ -115,7 +120,7 @@ def select_provider(
         name = "cuda"
     if name == "auto":
         provider: ExecutionProvider = AutoProvider(
-            threads, streams=streams, static_shapes=static_shapes
+            threads, streams=streams, static_shapes=static_shapes, amx_attention=amx_attention
         )
     elif name == "cpu":
         provider = CPUProvider(threads)
@@ -126,7 +131,11 @@ def select_provider(
     else:
         precision = openvino_precision or "f32"
         provider = OpenVINOProvider(
-            precision, threads, streams=streams, static_shapes=static_shapes
+            precision,
+            threads,
+            streams=streams,
+            static_shapes=static_shapes or 0,
+            amx_attention=amx_attention,
         )
     provider.check()
     return provider

@@ -13,6 +13,12 @@ shown in ``describe()`` (``/v1/models`` and the benchmark JSON).
 The check runs once per (component files, candidate, tolerance, OpenVINO version, CPU): its
 verdict (error and speed-up) is kept in ``<cache folder>/accuracy-checks.json``, so a restart
 does not load the fp32 reference again.
+
+Static graphs (``--static-shapes`` unset): for the UNet on OpenVINO, auto also times a static
+graph against the dynamic one on the sample and notes the memory it took (kept in the same
+file); where it pays and memory allows (``static_plan``), the UNet is served with static
+graphs for the shapes that come back, beside the dynamic one. The served graphs never ran the
+sample: a graph that did is compiled again (first start only; later starts read the verdicts).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 from server.models.cpu_features import read_cpu_flags, reported_flags
 from server.models.manifest import ComponentSpec
 
+from . import fused_attention
 from .accuracy import (
     SAMPLE_LATENT,
     SAMPLE_TIMESTEPS,
@@ -36,15 +43,25 @@ from .accuracy import (
     max_relative_error,
     sample_feeds,
 )
-from .base import ExecutionProvider, ProviderUnavailable, Session, _model_folder, component_name
+from .base import (
+    ExecutionProvider,
+    ProviderUnavailable,
+    Session,
+    _model_folder,
+    component_name,
+    precision_name,
+)
 from .onnxruntime import CPUProvider
 from .openvino import OpenVINOProvider
 from .ov_cache import BlobCache
-from .plan import MIN_SPEEDUP, Choice, cpu_plan, tolerance
+from .plan import MIN_SPEEDUP, Choice, component_kind, cpu_plan, tolerance
+from .static_plan import STATIC_KINDS, memory_bytes, rss_bytes, static_shapes_for
 
 log = logging.getLogger("server.models.providers")
 
 CHECKS_FILE = "accuracy-checks.json"
+#: version of the static-graph measure, part of its verdict's key
+STATIC_CHECK = 2
 
 
 def available_runtimes() -> frozenset[str]:
@@ -80,7 +97,9 @@ class AutoProvider(ExecutionProvider):
     min_speedup: override of ``plan.MIN_SPEEDUP`` (tests: 0 keeps a candidate whatever its
     speed, as on the tiny model, where reduced precision is slower).
     cache / cache_dir: OpenVINO's compiled-graph cache and the verdicts, as ``OpenVINOProvider``.
-    static_shapes: OpenVINO's per-shape graphs per component, as ``OpenVINOProvider``.
+    static_shapes: OpenVINO's per-shape graphs per component, as ``OpenVINOProvider``; None =
+    measured per component (the module docstring).
+    amx_attention: the AMX attention kernel in bf16 graphs, as ``OpenVINOProvider``.
     """
 
     name = "auto"
@@ -97,9 +116,12 @@ class AutoProvider(ExecutionProvider):
         min_speedup: float = MIN_SPEEDUP,
         cache: bool = True,
         cache_dir: Path | None = None,
-        static_shapes: int = 0,
+        static_shapes: int | None = None,
+        amx_attention: str = "auto",
     ):
+        fused_attention.check_mode(amx_attention)
         self.threads = threads
+        self.amx_attention = amx_attention
         self.static_shapes = static_shapes
         self.streams = streams
         self.flags = frozenset(read_cpu_flags() if flags is None else flags)
@@ -110,9 +132,12 @@ class AutoProvider(ExecutionProvider):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.choices: dict[str, dict[str, Any]] = {}
         self.checks_run = 0  # reference comparisons made (0 when every verdict was cached)
+        self.static_checks_run = 0  # static-graph measures made (likewise)
         self._ov: dict[str, OpenVINOProvider] = {}
         self._blob_caches: dict[Path, BlobCache] = {}  # shared by the OpenVINO providers
         self._cpu = CPUProvider(threads)
+        # per component being loaded: (static graphs chosen, why) until _note_static records it
+        self._static: dict[str, tuple[int, str]] = {}
 
     @classmethod
     def available(cls) -> bool:
@@ -121,22 +146,34 @@ class AutoProvider(ExecutionProvider):
     def check(self) -> None:
         if not self.runtimes & {"onnxruntime", "openvino"}:
             raise ProviderUnavailable(f"no CPU runtime is installed; {self.install_hint}")
+        if self.amx_attention == "on" and fused_attention.load() is None:
+            # here, not per candidate: a bf16 candidate that cannot load falls back to fp32
+            raise ProviderUnavailable(
+                "--amx-attention on, but the AMX attention kernel cannot run here: "
+                f"{fused_attention.why_not() or 'the openvino runtime is not installed'}"
+                " (use auto or off)"
+            )
 
     def _provider(self, choice: Choice) -> ExecutionProvider:
         if choice.runtime == "onnxruntime":
             return self._cpu
         precision = "f32" if choice.precision == "fp32" else choice.precision
         if precision not in self._ov:
-            self._ov[precision] = OpenVINOProvider(
-                precision,
-                self.threads,
-                cache=self.cache,
-                cache_dir=self.cache_dir,
-                streams=self.streams,
-                static_shapes=self.static_shapes,
-            )
-            self._ov[precision]._caches = self._blob_caches
+            self._ov[precision] = self._openvino(precision, self.static_shapes or 0)
         return self._ov[precision]
+
+    def _openvino(self, precision: str, static_shapes: int) -> OpenVINOProvider:
+        provider = OpenVINOProvider(
+            precision,
+            self.threads,
+            cache=self.cache,
+            cache_dir=self.cache_dir,
+            streams=self.streams,
+            static_shapes=static_shapes,
+            amx_attention=self.amx_attention,
+        )
+        provider._caches = self._blob_caches
+        return provider
 
     def tolerance(self, component: str) -> float:
         return self.tolerances.get(component, tolerance(component))
@@ -148,14 +185,16 @@ class AutoProvider(ExecutionProvider):
             return None
         return (self.cache_dir or Path(folder) / "ov_cache") / CHECKS_FILE
 
-    def _verdict_key(self, provider: OpenVINOProvider, path, spec, tol: float) -> str:
+    def _verdict_key_parts(self, provider: OpenVINOProvider, path, spec) -> dict[str, Any]:
         parts = provider._key_parts(path, spec)
         parts.update(
-            tolerance=tol,
             sample=[SAMPLE_LATENT, list(SAMPLE_TIMESTEPS)],
             speed_runs=SPEED_RUNS,  # verdicts from before the speed check are taken again
         )
-        return BlobCache.key(parts)
+        return parts
+
+    def _verdict_key(self, provider: OpenVINOProvider, path, spec, tol: float) -> str:
+        return BlobCache.key({**self._verdict_key_parts(provider, path, spec), "tolerance": tol})
 
     def _read_checks(self, where: Path | None) -> dict[str, Any]:
         try:
@@ -210,6 +249,7 @@ class AutoProvider(ExecutionProvider):
                 rejected.append(f"{choice.label}: runs as {effective} here (not native)")
                 provider.forget(path, spec)
                 continue
+            ran_sample = known is None
             if known is None:
                 if ref is None:
                     ref = _Reference(self._provider(fp32).load(path, spec), sample_feeds(spec))
@@ -225,16 +265,95 @@ class AutoProvider(ExecutionProvider):
                 fused = provider.fused_attention.get(comp, 0)
                 if fused:
                     why += f"; {fused} attention layers on the AMX kernel"
-                self._chosen(comp, choice, why, session, err, tol)
+                ref = None  # the fp32 reference's memory goes before any static graph is made
+                served = self._serve(comp, provider, path, spec, session, ran_sample, where)
+                self._chosen(comp, choice, why, served, err, tol)
                 self.choices[comp]["fused_attention"] = fused
-                return session
+                self._note_static(comp)
+                return served
             rejected.append(f"{choice.label}: {fault}")
             provider.forget(path, spec)
-        session = ref.session if ref is not None else self._provider(fp32).load(path, spec)
+        if ref is not None:
+            session, ran_sample = ref.session, True
+        else:
+            session, ran_sample = self._provider(fp32).load(path, spec), False
+        ref = None
+        fp32_provider = self._provider(fp32)
+        if isinstance(fp32_provider, OpenVINOProvider):
+            session = self._serve(comp, fp32_provider, path, spec, session, ran_sample, where)
         why = fp32.why + ("; fell back from " + "; ".join(rejected) if rejected else "")
         if rejected:
             log.warning("%s: fp32 (%s)", comp, why)
-        return self._chosen(comp, fp32, why, session, None, tol)
+        self._chosen(comp, fp32, why, session, None, tol)
+        self._note_static(comp)
+        return session
+
+    def _note_static(self, comp: str) -> None:
+        """Record the static graphs ``_serve`` chose for ``comp`` in its choice."""
+        n, why = self._static.pop(comp, (0, ""))
+        self.choices[comp]["static_shapes"] = n
+        if n:
+            self.choices[comp]["why"] += "; " + why
+
+    # ------------------------------------------------------------ static graphs
+
+    def _serve(self, comp, provider: OpenVINOProvider, path, spec, session, ran_sample, where):
+        """The session to serve ``comp`` with: static graphs beside the dynamic one where
+        ``static_plan`` says so, else the dynamic graph; compiled afresh when the one at hand
+        ran the sample (its first shapes must be the requests')."""
+        if self.static_shapes is None and spec is not None and component_kind(comp) in STATIC_KINDS:
+            n, why, measured = self._static_choice(comp, provider, path, spec, session, where)
+            self._static[comp] = (n, why)
+            ran_sample = ran_sample or measured
+            if n:
+                dynamic = provider.load(path, spec) if ran_sample else session
+                return provider.with_static_graphs(dynamic, path, spec, n)
+        return provider.load(path, spec) if ran_sample else session
+
+    def _static_choice(self, comp, provider, path, spec, session, where):
+        """(static graphs to keep, why, whether ``session`` ran the sample for it) for ``comp``
+        from its verdict, measured once: the static graph's speed-up over ``session``'s on the
+        sample and the memory it took."""
+        key = BlobCache.key(
+            {**self._verdict_key_parts(provider, path, spec), "static_check": STATIC_CHECK}
+        )
+        checks = self._read_checks(where)
+        known = checks.get(key)
+        measured = known is None
+        if known is None:
+            known = self._measure_static(provider, path, spec, session)
+            self.static_checks_run += 1
+            self._write_check(where, key, known)
+        free, total = memory_bytes()
+        n = static_shapes_for(
+            known["speedup"], known["bytes_per_shape"], free, total, known.get("bytes_model", 0)
+        )
+        gib = known["bytes_per_shape"] / 2**30
+        why = (
+            f"{n} static graph(s) for returning shapes: {known['speedup']:.2f}x the dynamic "
+            f"graph's speed on the sample, {gib:.1f} GiB each, {free / 2**30:.1f} GiB free"
+        )
+        if not n:
+            log.info("%s: dynamic graph only (static %s)", comp, why.split(": ", 1)[1])
+        return n, why, measured
+
+    def _measure_static(self, provider, path, spec, session) -> dict[str, float]:
+        feeds = sample_feeds(spec)
+        session.run(feeds)  # its kernels for the sample's shapes (a cached verdict skipped it)
+        dynamic = best_seconds(session, feeds)
+        probe = self._openvino(provider.precision, 2).load(path, spec)
+        before = rss_bytes()
+        probe.run(feeds)  # compiles the sample's graph (and reads the model's weights)
+        first = rss_bytes()
+        static = best_seconds(probe, feeds)
+        probe.run(sample_feeds(spec, batch=1))  # a second shape: what one more graph costs
+        grown = max(rss_bytes() - first, 1)
+        return {
+            "speedup": dynamic / static,
+            "bytes_per_shape": float(grown),
+            # what the first graph took beyond that: the model, read once for all of them
+            "bytes_model": float(max(first - before - grown, 0)),
+        }
 
     def _check(self, comp: str, choice: Choice, session: Session, ref: _Reference, tol: float):
         """The verdict on one candidate: its error on the sample and, when that holds, its
@@ -262,7 +381,7 @@ class AutoProvider(ExecutionProvider):
     def _chosen(self, comp, choice: Choice, why, session, err, tol) -> Session:
         self.choices[comp] = {
             "runtime": choice.runtime,
-            "precision": choice.precision,
+            "precision": precision_name(choice.precision),
             "why": why,
             "max_rel_err": err,
             "tolerance": tol,

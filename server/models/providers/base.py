@@ -55,8 +55,21 @@ def component_name(path: Path, spec: ComponentSpec | None) -> str:
     return Path(path).parent.name
 
 
+#: precision names as /v1/models shows them (OpenVINO says "f32" / "f16")
+PRECISION_NAMES = {"f32": "fp32", "f16": "fp16"}
+
+
+def precision_name(precision: str | None) -> str | None:
+    """``precision`` as /v1/models names it: fp32, bf16, fp16 (None stays None)."""
+    return PRECISION_NAMES.get(precision, precision) if precision else precision
+
+
 class ExecutionProvider(ABC):
-    """Loads ONNX components into sessions. Subclasses: one per provider."""
+    """Loads ONNX components into sessions. Subclasses: one per provider.
+
+    ``describe()["components"]``: per loaded component, the runtime and the precision it
+    computes in (``record``), what ``/v1/models`` shows whatever the provider.
+    """
 
     name: str = ""
     #: what to install when unavailable
@@ -72,7 +85,20 @@ class ExecutionProvider(ABC):
     def load(self, path: Path, spec: ComponentSpec | None = None) -> Session: ...
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name}
+        return {"name": self.name, "components": self.loaded}
+
+    @property
+    def loaded(self) -> dict[str, dict[str, Any]]:
+        """component -> {"runtime", "precision"} of each ``load`` so far (``record``)."""
+        return self.__dict__.setdefault("_loaded", {})
+
+    def record(self, path: Path, spec: ComponentSpec | None, runtime: str, precision) -> None:
+        """Note what ``load`` gave the component of ``path``: its runtime ("onnxruntime",
+        "onnxruntime-cuda", "onnxruntime-tensorrt", "openvino") and precision."""
+        self.loaded[component_name(path, spec)] = {
+            "runtime": runtime,
+            "precision": precision_name(precision),
+        }
 
     def check(self) -> None:
         if not self.available():

@@ -6,17 +6,20 @@ Xeon, almost all of it in the softmax; ``kernels/attention_amx.cpp`` takes ~20 m
 per 16-query block in L2, a 5-instruction exponential, bf16 tiles for both products).
 
 The kernel is C++ (threads from TBB, which the OpenVINO wheel ships), built once with the
-machine's g++ (``make install`` does it; the first use does it where that was skipped) and
-called through ctypes from ``openvino_attention.FusedAttention``, the OpenVINO operation that
-``fuse_attention`` puts in place of ``MatMul -> Softmax -> MatMul``. Where the CPU lacks
-AMX-BF16, or no compiler is there, nothing is rewritten.
+machine's g++ (``make install`` and the CPU image's build do it, on any x86-64 CPU: compiling
+needs no AMX; the first use does it where that was skipped) and called through ctypes from
+``openvino_attention.FusedAttention``, the OpenVINO operation that ``fuse_attention`` puts in
+place of ``MatMul -> Softmax -> MatMul``. Where the CPU lacks AMX-BF16, no compiler is there,
+or ``--amx-attention off`` says so, nothing is rewritten.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -39,23 +42,38 @@ MIN_KEYS = 256
 
 SOURCE = Path(__file__).with_name("kernels") / "attention_amx.cpp"
 
+#: ``--amx-attention``: auto = on where the CPU has AMX-BF16 and the kernel builds; on = the
+#: same, but a machine where it cannot run refuses to start; off = OpenVINO's own attention
+MODES = ("auto", "on", "off")
 
-def _build_dir() -> Path:
-    """Beside the source in a checkout; the user's cache where the package is read-only (a
-    wheel installed by root, served by another user)."""
-    here = SOURCE.parent / "build"
-    if os.access(here if here.exists() else SOURCE.parent, os.W_OK):
-        return here
+log = logging.getLogger("server.models.providers")
+
+
+def check_mode(mode: str) -> None:
+    """``--amx-attention``'s value: one of ``MODES``."""
+    if mode not in MODES:
+        raise ValueError(f"--amx-attention must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def build_dirs() -> list[Path]:
+    """Where builds live, searched in this order: beside the source (a checkout, or an image
+    whose build step ran as root) and the user's cache (a read-only package served by another
+    user: ``make install`` cannot write there)."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "inpaint-server" / "kernels"
+    return [SOURCE.parent / "build", cache / "inpaint-server" / "kernels"]
 
 
-BUILD_DIR = _build_dir()
+def _writable(folder: Path) -> bool:
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    return os.access(existing, os.W_OK)
+
+
 CFLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-mamx-tile", "-mamx-bf16", "-mavx512f",
           "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma")  # fmt: skip
 
 _lock = threading.Lock()
 _library: list = []  # [CDLL or None] once loaded (or found unusable)
+_why_not: list[str] = []  # why load() found none, once it did
 
 
 def _openvino_dir() -> Path:
@@ -66,10 +84,14 @@ def _openvino_dir() -> Path:
 
 
 def library_path() -> Path:
-    """Where the build of this source, with these flags, against this OpenVINO's TBB lives
-    (the digest names all three)."""
+    """The build of this source, with these flags, against this OpenVINO's TBB (the digest in
+    the name covers all three): an existing one from ``build_dirs()``, else where ``build``
+    puts it (the first of them it may write)."""
     key = SOURCE.read_bytes() + " ".join(CFLAGS).encode() + str(_openvino_dir()).encode()
-    return BUILD_DIR / f"libattention_amx-{hashlib.sha256(key).hexdigest()[:16]}.so"
+    name = f"libattention_amx-{hashlib.sha256(key).hexdigest()[:16]}.so"
+    dirs = build_dirs()
+    found = next((d / name for d in dirs if (d / name).exists()), None)
+    return found or next((d for d in dirs if _writable(d)), dirs[-1]) / name
 
 
 def build(compiler: str | None = None) -> Path:
@@ -81,24 +103,30 @@ def build(compiler: str | None = None) -> Path:
     cxx = compiler or os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not cxx:
         raise RuntimeError("no C++ compiler (g++) found to build the AMX attention kernel")
+    if not (os.path.isfile(cxx) or shutil.which(cxx)):
+        raise RuntimeError(f"the C++ compiler {cxx!r} does not exist (CXX or the g++ on PATH)")
     ov_dir = _openvino_dir()
     libs = ov_dir / "libs"
     tbb = next(iter(sorted(libs.glob("libtbb.so*"))), None)
     if tbb is None:
         raise RuntimeError(f"no libtbb in {libs} to build the AMX attention kernel against")
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=BUILD_DIR, suffix=".so", delete=False) as tmp:
+    folder = target.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".so", delete=False) as tmp:
         partial = Path(tmp.name)
     try:
         cmd = [cxx, *CFLAGS, f"-I{ov_dir / 'include'}", "-o", str(partial), str(SOURCE),
                str(tbb), f"-Wl,-rpath,{libs}"]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        except OSError as e:  # not executable, vanished between the check and the call...
+            raise RuntimeError(f"could not run the C++ compiler {cxx!r}: {e}") from e
         if done.returncode:
             raise RuntimeError(f"building {SOURCE.name} failed: {done.stderr.strip()[-2000:]}")
         partial.replace(target)  # atomic: concurrent builders leave one whole file
     finally:
         partial.unlink(missing_ok=True)
-    for stale in BUILD_DIR.glob("libattention_amx-*.so"):  # earlier sources' builds
+    for stale in folder.glob("libattention_amx-*.so"):  # earlier sources' builds
         if stale != target:
             stale.unlink(missing_ok=True)  # a process that mapped it keeps its copy
     return target
@@ -112,27 +140,36 @@ def cpu_has_amx(flags=None) -> bool:
 
 def load():
     """The kernel library, ready to call (AMX granted to this process), or None where this CPU
-    lacks AMX-BF16 or the kernel cannot be built. Loaded once per process."""
+    lacks AMX-BF16 or the kernel cannot be built (``why_not()`` says which). Loaded once per
+    process."""
     with _lock:
         if not _library:
-            _library.append(_load())
+            lib, why = _load()
+            _library.append(lib)
+            _why_not.append(why)
+            if lib is None and why and cpu_has_amx():  # worth a line only where AMX exists
+                log.warning("AMX attention kernel off (OpenVINO's attention instead): %s", why)
         return _library[0]
+
+
+def why_not() -> str:
+    """Why ``load()`` returned None ("" when it found the kernel, or before it ran)."""
+    return _why_not[0] if _why_not else ""
 
 
 def _load():
     if not cpu_has_amx():
-        return None
+        return None, "this CPU has no AMX-BF16"
     try:
         lib = ctypes.CDLL(str(build()))
     except (OSError, RuntimeError, ImportError) as e:
-        print(f"fused attention off: {e}", file=sys.stderr)
-        return None
+        return None, f"{type(e).__name__}: {e}"
     if lib.attn_amx_init() != 0:  # the kernel refuses to run without the AMX state
-        return None
+        return None, "the kernel was refused the AMX state (arch_prctl)"
     ptr = ctypes.c_void_p
     lib.attn_amx.argtypes = [ptr] * 4 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int]
     lib.attn_amx.restype = ctypes.c_int
-    return lib
+    return lib, ""
 
 
 def attention(q, k, v, *, k_dk: bool = False, scale: float = 1.0, threads: int = 0, out=None):
@@ -167,12 +204,37 @@ def attention(q, k, v, *, k_dk: bool = False, scale: float = 1.0, threads: int =
     return out
 
 
-def main() -> None:
-    """``make install``: build ahead of the first request; never fails the install."""
-    if not cpu_has_amx():
-        print("AMX attention kernel: this CPU has no AMX-BF16, nothing to build")
-        return
+def buildable() -> str:
+    """Why this machine cannot build the kernel ("" when it can try): an x86-64 CPU and the
+    OpenVINO wheel (its TBB) are needed; AMX is not (an image is built on another machine than
+    the one that serves it)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"not an x86-64 machine ({platform.machine()})"
     try:
-        print(f"AMX attention kernel: {build()}")
-    except (RuntimeError, ImportError) as e:
-        print(f"AMX attention kernel not built (served graphs keep OpenVINO's attention): {e}")
+        _openvino_dir()
+    except ImportError:
+        return "the openvino package is not installed"
+    return ""
+
+
+def main() -> int:
+    """``make install`` and the CPU image's build: compile ahead of the first request, on any
+    x86-64 CPU. Prints one line and exits 0 whatever happens: a missing compiler must never
+    fail an install (the served graphs then keep OpenVINO's attention)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    skip = buildable()
+    if skip:
+        log.info("AMX attention kernel not built: %s (nothing to build)", skip)
+        return 0
+    try:
+        where = build()
+    except (RuntimeError, OSError, ImportError) as e:
+        log.warning("AMX attention kernel not built (graphs keep OpenVINO's attention): %s", e)
+        return 0
+    used = "used on this CPU" if cpu_has_amx() else "unused here: this CPU has no AMX-BF16"
+    log.info("AMX attention kernel: %s (%s)", where, used)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

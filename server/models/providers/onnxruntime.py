@@ -114,13 +114,21 @@ class CPUProvider(ExecutionProvider):
         ort = _ort()
         providers = self.provider_list(_model_folder(path, spec), spec)
         sess = ort.InferenceSession(str(path), self.session_options(), providers=providers)
+        self.record(path, spec, self.runtime, self.computes_in(spec))
         return self._wrap(sess)
+
+    #: the runtime /v1/models names for this provider's components
+    runtime = "onnxruntime"
+
+    def computes_in(self, spec: ComponentSpec | None) -> str:
+        """The precision a component runs in: its weights' (the export's) precision."""
+        return spec.precision if spec is not None else "fp32"
 
     def _wrap(self, sess) -> Session:
         return OrtSession(sess)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "threads": self.threads or "default"}
+        return {"name": self.name, "threads": self.threads or "default", "components": self.loaded}
 
 
 class CUDAProvider(CPUProvider):
@@ -132,6 +140,7 @@ class CUDAProvider(CPUProvider):
         "pip install '.[gpu]' (onnxruntime-gpu, in place of onnxruntime) and a CUDA 12 runtime"
     )
     ort_provider = "CUDAExecutionProvider"
+    runtime = "onnxruntime-cuda"
 
     def __init__(self, device_id: int = 0, threads: int | None = None):
         super().__init__(threads)
@@ -152,7 +161,12 @@ class CUDAProvider(CPUProvider):
         return OrtDeviceSession(sess, self.device_id)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "device_id": self.device_id, "io_binding": True}
+        return {
+            "name": self.name,
+            "device_id": self.device_id,
+            "io_binding": True,
+            "components": self.loaded,
+        }
 
 
 def trt_shape_string(profiles: dict[str, dict[str, list[int]]], which: str) -> str:
@@ -171,6 +185,7 @@ class TensorRTProvider(CUDAProvider):
     name = "tensorrt"
     install_hint = "pip install '.[tensorrt]' (onnxruntime-gpu + tensorrt) and a CUDA 12 runtime"
     ort_provider = "TensorrtExecutionProvider"
+    runtime = "onnxruntime-tensorrt"
 
     def __init__(self, device_id: int = 0, fp16: bool = True, threads: int | None = None):
         super().__init__(device_id, threads)
@@ -202,5 +217,13 @@ class TensorRTProvider(CUDAProvider):
             "CPUExecutionProvider",
         ]
 
+    def computes_in(self, spec: ComponentSpec | None) -> str:
+        return "fp16" if self.fp16 else super().computes_in(spec)
+
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "device_id": self.device_id, "fp16": self.fp16}
+        return {
+            "name": self.name,
+            "device_id": self.device_id,
+            "fp16": self.fp16,
+            "components": self.loaded,
+        }

@@ -14,7 +14,7 @@ import numpy as np
 from server.models.cpu_features import read_cpu_flags, reported_flags
 from server.models.manifest import ComponentSpec
 
-from . import fused_attention as amx_attention
+from . import fused_attention
 from .base import ExecutionProvider, ProviderUnavailable, Session, _model_folder, component_name
 from .openvino_graph import (
     PIN_VERSION,
@@ -31,9 +31,10 @@ _PRECISION_NAMES = {"bf16": "bf16", "f16": "f16", "f32": "f32"}
 Shapes = tuple[tuple[str, tuple[int, ...]], ...]
 
 
-def check_static_shapes(n: int) -> None:
-    """``--static-shapes``: graphs kept per component, 0 = one dynamic graph."""
-    if n < 0:
+def check_static_shapes(n: int | None) -> None:
+    """``--static-shapes``: graphs kept per component, 0 = one dynamic graph, None = auto's
+    choice (the other providers: 0)."""
+    if n is not None and n < 0:
         raise ValueError(f"--static-shapes must be >= 0 (0 = one dynamic graph), got {n}")
 
 
@@ -54,7 +55,17 @@ class OVSession:
     Static (``compile_for`` given): one graph per input-shape set, compiled (or imported from
     the disk cache) at the first call with those shapes and kept, at most ``capacity``
     (least recently used dropped). ``compiles`` counts graphs made for this session.
+    Both (``compiled`` and ``compile_for``: what auto serves): the dynamic graph runs every
+    shape until that shape's ``PROMOTE_AFTER``-th call, which compiles a static graph for it
+    while the table has room; nothing is evicted, so a server that sees many sizes never
+    recompiles, and a shape that comes back runs on its static graph.
     """
+
+    #: calls at one shape before the shared (dynamic + static) session compiles a graph for it:
+    #: a size asked for once (or the instances probe) does not take a slot
+    PROMOTE_AFTER = 2
+    #: shapes whose calls are counted (the oldest forgotten past it)
+    SEEN_LIMIT = 256
 
     def __init__(
         self,
@@ -65,9 +76,10 @@ class OVSession:
         names: tuple[list[str], list[str]] | None = None,
         streams: int = 1,
     ):
-        if (compiled is None) == (compile_for is None):
-            raise ValueError("give a compiled model or compile_for, not both")
+        if compiled is None and compile_for is None:
+            raise ValueError("give a compiled model, compile_for, or both")
         self._compile_for = compile_for
+        self._seen: OrderedDict[Shapes, int] = OrderedDict()
         self.capacity = max(1, int(capacity))
         self._static: OrderedDict[Shapes, tuple[Any, Any]] = OrderedDict()
         self._lock = threading.Lock()
@@ -77,12 +89,14 @@ class OVSession:
         if compiled is not None:
             self.compiled = compiled
             self._request = compiled.create_infer_request()
+            self._dynamic = (compiled, self._request)
             self.input_names = [i.get_any_name() for i in compiled.inputs]
             self.output_names = [o.get_any_name() for o in compiled.outputs]
             self.effective_precision = effective_precision(compiled)
         else:
             self.compiled = None
             self._request = None
+            self._dynamic = None
             self.input_names, self.output_names = names or ([], [])
             self.effective_precision = None
 
@@ -93,6 +107,16 @@ class OVSession:
         key: Shapes = tuple(sorted((k, tuple(v.shape)) for k, v in feeds.items()))
         if key in self._static:
             self._static.move_to_end(key)
+        elif self._dynamic is not None:  # shared: promote a returning shape while there is room
+            seen = self._seen.pop(key, 0) + 1
+            self._seen[key] = seen
+            while len(self._seen) > self.SEEN_LIMIT:
+                self._seen.popitem(last=False)
+            if seen < self.PROMOTE_AFTER or len(self._static) >= self.capacity:
+                return self._dynamic
+            compiled = self._compile_for(key)
+            self.compiles += 1
+            self._static[key] = (compiled, compiled.create_infer_request())
         else:
             compiled = self._compile_for(key)
             self.compiles += 1
@@ -116,7 +140,7 @@ class OVSession:
             else:
                 with self._lock:  # guards the static-graph table
                     compiled = self._for_shapes(feeds)[0]
-                    live = {id(c) for c, _ in self._static.values()}
+                    live = {id(c) for c, _ in self._static.values()} | {id(self.compiled)}
             mine = self._mine.__dict__.setdefault("requests", {})
             for gone in [k for k in mine if k not in live]:  # graphs dropped from the table
                 del mine[gone]
@@ -156,6 +180,12 @@ class OpenVINOProvider(ExecutionProvider):
     input-shape set, compiled at the first call with that shape (not kept on disk), at most N
     per component in memory, each with its own repacked weights (SD 1.5 UNet over the first
     shape: +2.4 GB of RSS per shape in bf16, +3.6 GB in f32).
+    keep_dynamic: with ``static_shapes``, also keep the dynamic graph and compile a static one
+    only for a shape that comes back while there is room (``OVSession``, "Both"): what auto
+    serves, so that many sizes never thrash the table.
+    amx_attention: ``--amx-attention`` (``fused_attention.MODES``): bf16 graphs get the AMX
+    attention kernel where it runs ("auto"), must get it ("on": ``check`` raises where it
+    cannot run), or never ("off").
     """
 
     name = "openvino"
@@ -173,13 +203,15 @@ class OpenVINOProvider(ExecutionProvider):
         cache_dir: Path | None = None,
         static_shapes: int = 0,
         streams: int = 1,
-        fuse_attention: bool = True,
+        keep_dynamic: bool = False,
+        amx_attention: str = "auto",
     ):
         if precision not in self.PRECISIONS:
             raise ValueError(
                 f"OpenVINO precision must be one of {self.PRECISIONS}, got {precision!r}"
             )
         check_static_shapes(static_shapes)
+        fused_attention.check_mode(amx_attention)
         self.precision = precision
         self.threads = threads
         self.device = device
@@ -188,7 +220,8 @@ class OpenVINOProvider(ExecutionProvider):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.static_shapes = int(static_shapes)
         self.streams = max(1, int(streams))
-        self.fuse_attention = fuse_attention
+        self.keep_dynamic = keep_dynamic
+        self.amx_attention = amx_attention
         self.fused_attention: dict[str, int] = {}  # component_name -> attentions fused
         self._core = None
         self._caches: dict[Path, BlobCache] = {}
@@ -208,6 +241,11 @@ class OpenVINOProvider(ExecutionProvider):
         if not self.available():
             raise ProviderUnavailable(
                 f"execution provider 'openvino' needs the OpenVINO runtime; {self.install_hint}"
+            )
+        if self.amx_attention == "on" and fused_attention.load() is None:
+            raise ProviderUnavailable(
+                "--amx-attention on, but the AMX attention kernel cannot run here: "
+                f"{fused_attention.why_not()} (use auto or off)"
             )
 
     @property
@@ -230,10 +268,10 @@ class OpenVINOProvider(ExecutionProvider):
         """True when graphs get ``FusedAttention`` (bf16 here, on a CPU with AMX-BF16, the
         kernel built): it computes in bf16, so f32 and f16 graphs keep OpenVINO's."""
         return (
-            self.fuse_attention
+            self.amx_attention != "off"
             and self.precision == "bf16"
             and self.device == "CPU"
-            and amx_attention.load() is not None
+            and fused_attention.load() is not None
         )
 
     def resolved_precision(self) -> str | None:
@@ -277,7 +315,7 @@ class OpenVINOProvider(ExecutionProvider):
             # timestep input was still rounded to bf16, are not reused
             "time_embedding_fp32": PIN_VERSION if self._pins() else False,
             "split_projections": SPLIT_VERSION,
-            "fused_attention": self._fuses_attention() and amx_attention.ATTENTION_VERSION,
+            "fused_attention": self._fuses_attention() and fused_attention.ATTENTION_VERSION,
             "openvino": ov.__version__,
             "device": self.device,
             "cpu": [cpu, *reported_flags(read_cpu_flags())],
@@ -346,7 +384,10 @@ class OpenVINOProvider(ExecutionProvider):
         self.check()
         self.precise_nodes = 0
         model_box: list = []
-        if self.static_shapes:
+        if self.static_shapes and self.keep_dynamic:
+            dynamic = OVSession(self._compiled(path, spec, None, model_box), streams=self.streams)
+            session = self.with_static_graphs(dynamic, path, spec, self.static_shapes, model_box)
+        elif self.static_shapes:
             model_box.extend(self._read(path, spec))
             model = model_box[0]
             names = (
@@ -365,6 +406,22 @@ class OpenVINOProvider(ExecutionProvider):
             session = OVSession(self._compiled(path, spec, None, model_box), streams=self.streams)
             del model_box[:]  # the compiled graph holds what it needs
         self.effective_precision = session.effective_precision
+        self.record(path, spec, "openvino", session.effective_precision)
+        return session
+
+    def with_static_graphs(
+        self, dynamic: OVSession, path: Path, spec, n: int, model_box: list | None = None
+    ) -> OVSession:
+        """``dynamic``'s graph with up to ``n`` static graphs beside it, compiled here for the
+        shapes that come back (``OVSession``, "Both")."""
+        box = [] if model_box is None else model_box  # the read model, once, for every shape
+        session = OVSession(
+            dynamic.compiled,
+            compile_for=lambda shapes: self._compiled(path, spec, shapes, box),
+            capacity=n,
+            streams=self.streams,
+        )
+        session.effective_precision = dynamic.effective_precision
         return session
 
     def describe(self) -> dict[str, Any]:
@@ -381,6 +438,8 @@ class OpenVINOProvider(ExecutionProvider):
             "threads": self.threads or "default",
             "streams": self.streams,
             "static_shapes": self.static_shapes,
+            "keep_dynamic": self.keep_dynamic,
             "fused_attention": dict(self.fused_attention),
             "cache": [c.describe() for c in self._caches.values()],
+            "components": self.loaded,
         }

@@ -30,11 +30,18 @@ from ..cpu_features import native_unit
 #: max relative error (max|reduced - fp32| / max|fp32|, the worst output) a reduced-precision
 #: component may show on the fixed sample before auto falls back to fp32. The UNet bound is the
 #: issue's (1.5% per step); the VAE decoder writes pixels in [-1, 1], where 2% of the maximum
-#: is 0.01 of the [0, 1] range = at most 2.5 uint8 levels at the worst pixel.
+#: is 0.01 of the [0, 1] range = at most 2.5 uint8 levels at the worst pixel. The VAE encoder
+#: runs once per image and its latents only condition the UNet: its bound is what keeps the
+#: final image where fp32 puts it (docs/fast-paths.md, "The VAE encoder's limit"). Measured on
+#: the full SD 1.5 architecture, random weights, Zen 4: its bf16 errs 2.2% on the sample
+#: (PyTorch's own bf16 encoder 2.45%, the same sample), a gradual drift over its 28
+#: convolutions (no few layers to keep in fp32); with everything else fp32 it moved a 512x512
+#: fast-recipe image by at most 1 uint8 level in the edited region (mean 0.01), where the
+#: UNet's bf16 moves it by up to 19 (mean 0.65).
 TOLERANCES: dict[str, float] = {
     "text_encoder": 0.015,
     "unet": 0.015,
-    "vae_encoder": 0.015,
+    "vae_encoder": 0.03,
     "vae_decoder": 0.02,
 }
 DEFAULT_TOLERANCE = 0.015
