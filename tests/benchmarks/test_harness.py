@@ -499,6 +499,25 @@ def test_targets_pass_and_fail_on_the_matching_machine():
     assert slow["fast_vs_diffusers_bf16_compiled"]["verdict"] == "FAIL"  # 5.2 / 7.0 < 1.2
 
 
+def test_targets_are_autos_and_auto_must_be_within_5_percent_of_the_best_of_ours():
+    """The Targets count what a user gets (--provider auto), and one row checks that auto is
+    the fast path: within 5% of the run's fastest configuration of ours, end to end."""
+    res = _results()
+    rows = {t["key"]: t for t in evaluate(PRESETS["cpu-512"], res, MACHINE)}
+    assert rows["fast_auto_vs_best"]["measured"] == pytest.approx(1.0)  # auto is the only one
+    faster = {**res["http"][0], "label": "ours ort-openvino:bf16 fp32 static-shapes 4"}
+    faster["closed_loop"] = [{**faster["closed_loop"][0], "latency_s": summarize([3.7])}]
+    res["http"].append(faster)
+    res["inprocess"].append(_run("ours", "ours ort-openvino:bf16 fp32", "fast", 1.0))
+    rows = {t["key"]: t for t in evaluate(PRESETS["cpu-512"], res, MACHINE)}
+    row = rows["fast_auto_vs_best"]
+    assert row["measured"] == pytest.approx(4.1 / 3.7) and row["verdict"] == "FAIL"
+    assert "ours auto 4.1 s / ours ort-openvino:bf16 fp32 static-shapes 4 3.7 s" in row["how"]
+    # the other rows stay auto's, not the faster explicit configuration's
+    assert rows["fast_latency"]["measured"] == pytest.approx(4.1)
+    assert rows["fast_vs_diffusers_bf16_eager"]["measured"] == pytest.approx(2.0)
+
+
 def test_tiny_encode_pair_is_compared_like_for_like():
     rows = {t["key"]: t for t in evaluate(PRESETS["cpu-512"], _results(tiny_encode=False), MACHINE)}
     for kind in ("eager", "compiled"):  # not run: said so, never taken from the other recipe
