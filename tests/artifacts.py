@@ -50,6 +50,8 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
+from export.hashing import sha256 as file_sha256
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("TEST_MODELS_CACHE") or ROOT / ".cache" / "test-models").absolute()
 RECORD = ".artifact.json"
@@ -134,7 +136,7 @@ def sources(root: Path) -> dict[str, str]:
     while todo:
         path = todo.pop()
         if path not in seen:
-            seen[path] = _file_sha(path)
+            seen[path] = file_sha256(path)
             if path.suffix == ".py" and path.is_relative_to(root):
                 todo += _server_imports(root, path)
     return {_name(root, p): d for p, d in sorted(seen.items())}
@@ -221,7 +223,7 @@ def _files(folder: Path) -> dict[str, str]:
         if p.is_symlink():
             out[rel] = f"-> {os.readlink(p)}"
         else:
-            out[rel] = "dir" if p.is_dir() else _file_sha(p)
+            out[rel] = "dir" if p.is_dir() else file_sha256(p)
     return out
 
 
@@ -236,14 +238,6 @@ def _diff(entry: Path, record: dict) -> list[str]:
 
 def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _sha(data) -> str:

@@ -22,21 +22,21 @@ def read(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_taesd(tmp_path_factory) -> Path:
-    from export.taesd import build_random_tiny_vae
+def tiny_taesd() -> Path:
+    from tests import artifacts
 
-    return build_random_tiny_vae(tmp_path_factory.mktemp("taesd") / "taesd", seed=0)
+    return artifacts.tiny_vae(seed=0)
 
 
 @pytest.fixture(scope="module")
-def tiny_taesd_export(tiny_model_fp32, tiny_taesd, tmp_path_factory) -> Path:
-    """The tiny preset (= tiny_pipeline_dir's weights) exported with the tiny TAESD beside it;
-    tiny_model_fp32 fills the exporter's in-process memo: only the tiny VAE is traced here."""
-    from export.__main__ import main
+def tiny_taesd_export(tiny_taesd) -> Path:
+    """The tiny preset exported with a tiny TAESD beside it: the test-model cache's entry, the
+    one tests/export/test_taesd_export.py uses (built once per source version)."""
+    from tests import artifacts
 
-    out = tmp_path_factory.mktemp("tiny-taesd") / "tiny-taesd"
-    assert main(["--tiny", "--tiny-vae", str(tiny_taesd), "--out", str(out)]) == 0
-    return out
+    return artifacts.export(
+        "--tiny", "--tiny-vae", tiny_taesd, "--precision", "fp32", folder="tiny-taesd"
+    )
 
 
 def test_arguments(tmp_path, monkeypatch):

@@ -277,14 +277,21 @@ def test_static_graph_rule():
     assert static_shapes_for(1.10, 2.4 * gib, 12 * gib, total, 3.5 * gib) == 1  # + the model
 
 
-def test_shared_session_promotes_returning_shapes_and_never_evicts(tiny):
+def decoder_at_shapes(tiny, seed: int, shapes):
+    """The tiny VAE decoder's path and spec, random latents at ``shapes``, and its dynamic
+    OpenVINO f32 session (the reference the per-shape graphs must match)."""
     folder, m = tiny
     spec = m.components["vae_decoder"]
     path = folder / spec.file
-    rng = np.random.default_rng(2)
-    shapes = [(1, 4, 8, 8), (2, 4, 8, 8), (1, 4, 16, 8)]
+    rng = np.random.default_rng(seed)
     feeds = [{"latent_sample": rng.standard_normal(s, dtype=np.float32)} for s in shapes]
-    dynamic = OpenVINOProvider("f32", threads=1, cache=False).load(path, spec)
+    return path, spec, feeds, OpenVINOProvider("f32", threads=1, cache=False).load(path, spec)
+
+
+def test_shared_session_promotes_returning_shapes_and_never_evicts(tiny):
+    path, spec, feeds, dynamic = decoder_at_shapes(
+        tiny, 2, [(1, 4, 8, 8), (2, 4, 8, 8), (1, 4, 16, 8)]
+    )
     shared = OpenVINOProvider(
         "f32", threads=1, cache=False, static_shapes=2, keep_dynamic=True
     ).load(path, spec)
@@ -383,13 +390,9 @@ def test_static_shapes_with_streams_run_concurrently_and_drop_evicted_requests(t
     table is not kept alive by a thread's request."""
     import threading
 
-    folder, m = tiny
-    spec = m.components["vae_decoder"]
-    path = folder / spec.file
-    rng = np.random.default_rng(1)
-    shapes = [(1, 4, 8, 8), (2, 4, 8, 16), (1, 4, 16, 8)]
-    feeds = [{"latent_sample": rng.standard_normal(s, dtype=np.float32)} for s in shapes]
-    dynamic = OpenVINOProvider("f32", threads=1, cache=False).load(path, spec)
+    path, spec, feeds, dynamic = decoder_at_shapes(
+        tiny, 1, [(1, 4, 8, 8), (2, 4, 8, 16), (1, 4, 16, 8)]
+    )
     want = [dynamic.run(f)["sample"] for f in feeds]
     s = OpenVINOProvider("f32", threads=1, cache=False, static_shapes=2, streams=2).load(path, spec)
     errors: list[BaseException] = []
