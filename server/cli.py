@@ -4,8 +4,8 @@
 - ``build_parser(environ)``: argparse flags whose defaults come from the environment.
 - ``config_from_args(args)``: the ``ServerConfig`` (API keys resolved: flags + variable + file,
   or one generated key).
-- ``config_table()``: the README's configuration table (``python -m server.cli`` prints it,
-  ``python -m server.cli README.md`` rewrites the README's block).
+- ``config_table()``: the configuration table of docs/configuration.md (``python -m
+  server.cli`` prints it, ``python -m server.cli docs/configuration.md`` rewrites its block).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def _shown(value: Any) -> str:
 
 
 def config_table() -> str:
-    """The README's configuration table (Markdown), one row per setting."""
+    """The configuration table of docs/configuration.md (Markdown), one row per setting."""
     lines = [
         "| flag | environment variable | default | meaning |",
         "|---|---|---|---|",
@@ -171,13 +171,13 @@ def config_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-README_BLOCK = ("<!-- config-table -->\n", "<!-- /config-table -->")
+TABLE_BLOCK = ("<!-- config-table -->\n", "<!-- /config-table -->")
 
 
-def write_readme_table(path: Path) -> None:
-    """Replace the README's generated block with ``config_table()``."""
+def write_config_table(path: Path) -> None:
+    """Replace the generated block of ``path`` (docs/configuration.md) with ``config_table()``."""
     text = Path(path).read_text()
-    begin, end = README_BLOCK
+    begin, end = TABLE_BLOCK
     head, _, rest = text.partition(begin)
     _, _, tail = rest.partition(end)
     Path(path).write_text(head + begin + config_table() + end + tail)
@@ -185,8 +185,8 @@ def write_readme_table(path: Path) -> None:
 
 if __name__ == "__main__":
     # python -m server.cli            prints the table
-    # python -m server.cli README.md  rewrites the README's generated block
+    # python -m server.cli docs/configuration.md  rewrites its generated block
     if len(sys.argv) > 1:
-        write_readme_table(Path(sys.argv[1]))
+        write_config_table(Path(sys.argv[1]))
     else:
         sys.stdout.write(config_table())

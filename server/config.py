@@ -2,8 +2,8 @@
 
 Each field is the single declaration of one setting: its name gives the flag (``--max-queue``)
 and the environment variable (``INPAINT_MAX_QUEUE``); its default and ``help`` are the ones
-``--help`` and the README's table show (``server/cli.py`` generates both). A flag wins over its
-variable. Nothing else in the server reads the environment.
+``--help`` and docs/configuration.md's table show (``server/cli.py`` generates both). A flag
+wins over its variable. Nothing else in the server reads the environment.
 
 Units are the ones an operator types (MB, KB, seconds); properties give bytes where code needs
 them, so that no default is written twice.
