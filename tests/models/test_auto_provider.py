@@ -292,9 +292,8 @@ def test_shared_session_promotes_returning_shapes_and_never_evicts(tiny):
     path, spec, feeds, dynamic = decoder_at_shapes(
         tiny, 2, [(1, 4, 8, 8), (2, 4, 8, 8), (1, 4, 16, 8)]
     )
-    shared = OpenVINOProvider(
-        "f32", threads=1, cache=False, static_shapes=2, keep_dynamic=True
-    ).load(path, spec)
+    provider = OpenVINOProvider("f32", threads=1, cache=False)
+    shared = provider.with_static_graphs(provider.load(path, spec), path, spec, 2)
     for f in feeds:  # each once: all on the dynamic graph
         np.testing.assert_allclose(shared.run(f)["sample"], dynamic.run(f)["sample"], atol=1e-4)
     assert shared.compiles == 0

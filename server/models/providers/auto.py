@@ -138,8 +138,6 @@ class AutoProvider(ExecutionProvider):
         self._ov: dict[str, OpenVINOProvider] = {}
         self._blob_caches: dict[Path, BlobCache] = {}  # shared by the OpenVINO providers
         self._cpu = CPUProvider(threads)
-        # per component being loaded: (static graphs chosen, why) until _note_static records it
-        self._static: dict[str, tuple[int, str]] = {}
 
     @classmethod
     def available(cls) -> bool:
@@ -148,13 +146,8 @@ class AutoProvider(ExecutionProvider):
     def check(self) -> None:
         if not self.runtimes & {"onnxruntime", "openvino"}:
             raise ProviderUnavailable(f"no CPU runtime is installed; {self.install_hint}")
-        if self.amx_attention == "on" and fused_attention.load() is None:
-            # here, not per candidate: a bf16 candidate that cannot load falls back to fp32
-            raise ProviderUnavailable(
-                "--amx-attention on, but the AMX attention kernel cannot run here: "
-                f"{fused_attention.why_not() or 'the openvino runtime is not installed'}"
-                " (use auto or off)"
-            )
+        # here, not per candidate: a bf16 candidate that cannot load falls back to fp32
+        fused_attention.require(self.amx_attention)
 
     def _provider(self, choice: Choice) -> ExecutionProvider:
         if choice.runtime == "onnxruntime":
@@ -268,49 +261,42 @@ class AutoProvider(ExecutionProvider):
                 if fused:
                     why += f"; {fused} attention layers on the AMX kernel"
                 ref = None  # the fp32 reference's memory goes before any static graph is made
-                served = self._serve(comp, provider, path, spec, session, ran_sample, where)
-                self._chosen(comp, choice, why, served, err, tol)
+                served, static = self._serve(comp, provider, path, spec, session, ran_sample, where)
+                self._chosen(comp, choice, why, served, err, tol, static)
                 self.choices[comp]["fused_attention"] = fused
-                self._note_static(comp)
                 return served
             rejected.append(f"{choice.label}: {fault}")
             provider.forget(path, spec)
+        fp32_provider = self._provider(fp32)
         if ref is not None:
             session, ran_sample = ref.session, True
         else:
-            session, ran_sample = self._provider(fp32).load(path, spec), False
+            session, ran_sample = fp32_provider.load(path, spec), False
         ref = None
-        fp32_provider = self._provider(fp32)
+        static = (0, "")
         if isinstance(fp32_provider, OpenVINOProvider):
-            session = self._serve(comp, fp32_provider, path, spec, session, ran_sample, where)
+            session, static = self._serve(
+                comp, fp32_provider, path, spec, session, ran_sample, where
+            )
         why = fp32.why + ("; fell back from " + "; ".join(rejected) if rejected else "")
         if rejected:
             log.warning("%s: fp32 (%s)", comp, why)
-        self._chosen(comp, fp32, why, session, None, tol)
-        self._note_static(comp)
-        return session
-
-    def _note_static(self, comp: str) -> None:
-        """Record the static graphs ``_serve`` chose for ``comp`` in its choice."""
-        n, why = self._static.pop(comp, (0, ""))
-        self.choices[comp]["static_shapes"] = n
-        if n:
-            self.choices[comp]["why"] += "; " + why
+        return self._chosen(comp, fp32, why, session, None, tol, static)
 
     # ------------------------------------------------------------ static graphs
 
     def _serve(self, comp, provider: OpenVINOProvider, path, spec, session, ran_sample, where):
-        """The session to serve ``comp`` with: static graphs beside the dynamic one where
-        ``static_plan`` says so, else the dynamic graph; compiled afresh when the one at hand
-        ran the sample (its first shapes must be the requests')."""
+        """(the session to serve ``comp`` with, (static graphs, why)): static graphs beside the
+        dynamic one where ``static_plan`` says so, else the dynamic graph; compiled afresh when
+        the one at hand ran the sample (its first shapes must be the requests')."""
+        static = (0, "")
         if self.static_shapes is None and spec is not None and component_kind(comp) in STATIC_KINDS:
             n, why, measured = self._static_choice(comp, provider, path, spec, session, where)
-            self._static[comp] = (n, why)
-            ran_sample = ran_sample or measured
-            if n:
-                dynamic = provider.load(path, spec) if ran_sample else session
-                return provider.with_static_graphs(dynamic, path, spec, n)
-        return provider.load(path, spec) if ran_sample else session
+            static, ran_sample = (n, why), ran_sample or measured
+        dynamic = provider.load(path, spec) if ran_sample else session
+        if static[0]:
+            return provider.with_static_graphs(dynamic, path, spec, static[0]), static
+        return dynamic, static
 
     def _static_choice(self, comp, provider, path, spec, session, where):
         """(static graphs to keep, why, whether ``session`` ran the sample for it) for ``comp``
@@ -385,13 +371,17 @@ class AutoProvider(ExecutionProvider):
             return f"not faster: {speedup:.2f}x fp32's speed on the sample (needs {self.min_speedup:.2f}x)"
         return ""
 
-    def _chosen(self, comp, choice: Choice, why, session, err, tol) -> Session:
+    def _chosen(self, comp, choice: Choice, why, session, err, tol, static=(0, "")) -> Session:
+        """Record (and log) ``comp``'s choice; ``static``: (static graphs, why) of ``_serve``."""
+        if static[0]:
+            why = f"{why}; {static[1]}"
         self.choices[comp] = {
             "runtime": choice.runtime,
             "precision": precision_name(choice.precision),
             "why": why,
             "max_rel_err": err,
             "tolerance": tol,
+            "static_shapes": static[0],
         }
         log.info("%s: %s %s (%s)", comp, choice.runtime, choice.precision, why)
         return session

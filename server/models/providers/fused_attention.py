@@ -55,6 +55,18 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"--amx-attention must be one of {', '.join(MODES)}, got {mode!r}")
 
 
+def require(mode: str) -> None:
+    """Raise ``ProviderUnavailable`` when ``mode`` is "on" and the kernel cannot run here."""
+    from .base import ProviderUnavailable
+
+    if mode == "on" and load() is None:
+        why = why_not() or "the openvino runtime is not installed"
+        raise ProviderUnavailable(
+            f"--amx-attention on, but the AMX attention kernel cannot run here: {why} "
+            "(use auto or off)"
+        )
+
+
 def build_dirs() -> list[Path]:
     """Where builds live, searched in this order: beside the source (a checkout, or an image
     whose build step ran as root) and the user's cache (a read-only package served by another

@@ -180,9 +180,8 @@ class OpenVINOProvider(ExecutionProvider):
     input-shape set, compiled at the first call with that shape (not kept on disk), at most N
     per component in memory, each with its own repacked weights (SD 1.5 UNet over the first
     shape: +2.4 GB of RSS per shape in bf16, +3.6 GB in f32).
-    keep_dynamic: with ``static_shapes``, also keep the dynamic graph and compile a static one
-    only for a shape that comes back while there is room (``OVSession``, "Both"): what auto
-    serves, so that many sizes never thrash the table.
+    ``with_static_graphs``: a dynamic session with static graphs beside it, for the shapes
+    that come back (``OVSession``, "Both"): what auto serves, so many sizes never thrash.
     amx_attention: ``--amx-attention`` (``fused_attention.MODES``): bf16 graphs get the AMX
     attention kernel where it runs ("auto"), must get it ("on": ``check`` raises where it
     cannot run), or never ("off").
@@ -203,7 +202,6 @@ class OpenVINOProvider(ExecutionProvider):
         cache_dir: Path | None = None,
         static_shapes: int = 0,
         streams: int = 1,
-        keep_dynamic: bool = False,
         amx_attention: str = "auto",
     ):
         if precision not in self.PRECISIONS:
@@ -220,7 +218,6 @@ class OpenVINOProvider(ExecutionProvider):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.static_shapes = int(static_shapes)
         self.streams = max(1, int(streams))
-        self.keep_dynamic = keep_dynamic
         self.amx_attention = amx_attention
         self.fused_attention: dict[str, int] = {}  # component_name -> attentions fused
         self._core = None
@@ -242,11 +239,7 @@ class OpenVINOProvider(ExecutionProvider):
             raise ProviderUnavailable(
                 f"execution provider 'openvino' needs the OpenVINO runtime; {self.install_hint}"
             )
-        if self.amx_attention == "on" and fused_attention.load() is None:
-            raise ProviderUnavailable(
-                "--amx-attention on, but the AMX attention kernel cannot run here: "
-                f"{fused_attention.why_not()} (use auto or off)"
-            )
+        fused_attention.require(self.amx_attention)
 
     @property
     def core(self):
@@ -384,10 +377,7 @@ class OpenVINOProvider(ExecutionProvider):
         self.check()
         self.precise_nodes = 0
         model_box: list = []
-        if self.static_shapes and self.keep_dynamic:
-            dynamic = OVSession(self._compiled(path, spec, None, model_box), streams=self.streams)
-            session = self.with_static_graphs(dynamic, path, spec, self.static_shapes, model_box)
-        elif self.static_shapes:
+        if self.static_shapes:
             model_box.extend(self._read(path, spec))
             model = model_box[0]
             names = (
@@ -409,12 +399,10 @@ class OpenVINOProvider(ExecutionProvider):
         self.record(path, spec, "openvino", session.effective_precision)
         return session
 
-    def with_static_graphs(
-        self, dynamic: OVSession, path: Path, spec, n: int, model_box: list | None = None
-    ) -> OVSession:
+    def with_static_graphs(self, dynamic: OVSession, path: Path, spec, n: int) -> OVSession:
         """``dynamic``'s graph with up to ``n`` static graphs beside it, compiled here for the
         shapes that come back (``OVSession``, "Both")."""
-        box = [] if model_box is None else model_box  # the read model, once, for every shape
+        box: list = []  # the model, read at the first static graph, once for all of them
         session = OVSession(
             dynamic.compiled,
             compile_for=lambda shapes: self._compiled(path, spec, shapes, box),
@@ -438,7 +426,6 @@ class OpenVINOProvider(ExecutionProvider):
             "threads": self.threads or "default",
             "streams": self.streams,
             "static_shapes": self.static_shapes,
-            "keep_dynamic": self.keep_dynamic,
             "fused_attention": dict(self.fused_attention),
             "cache": [c.describe() for c in self._caches.values()],
             "components": self.loaded,
