@@ -113,7 +113,7 @@ class ModelsConfig:
         "component (each new size or batch pays a compile, and memory for a copy of the "
         "weights); 0 = one dynamic graph per component. Default: 0, except under auto, which "
         "gives the UNet up to 4 static graphs for the shapes that come back, beside its "
-        "dynamic graph, where they measured faster on this CPU and memory allows",
+        "dynamic graph, where they measured no slower on this CPU and memory allows",
     )
     amx_attention: str = option(
         "auto",

@@ -84,8 +84,7 @@ CFLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-mamx-tile", "-mamx-bf16", "
           "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma")  # fmt: skip
 
 _lock = threading.Lock()
-_library: list = []  # [CDLL or None] once loaded (or found unusable)
-_why_not: list[str] = []  # why load() found none, once it did
+_library: list = []  # [(CDLL or None, why not)] once loaded (or found unusable)
 
 
 def _openvino_dir() -> Path:
@@ -157,16 +156,15 @@ def load():
     with _lock:
         if not _library:
             lib, why = _load()
-            _library.append(lib)
-            _why_not.append(why)
+            _library.append((lib, why))
             if lib is None and why and cpu_has_amx():  # worth a line only where AMX exists
                 log.warning("AMX attention kernel off (OpenVINO's attention instead): %s", why)
-        return _library[0]
+        return _library[0][0]
 
 
 def why_not() -> str:
     """Why ``load()`` returned None ("" when it found the kernel, or before it ran)."""
-    return _why_not[0] if _why_not else ""
+    return _library[0][1] if _library else ""
 
 
 def _load():
