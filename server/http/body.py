@@ -53,7 +53,7 @@ async def no_continue(request: web.Request) -> None:
     return None
 
 
-async def _send_continue(request: web.Request) -> None:
+async def send_continue(request: web.Request) -> None:
     """``100 Continue`` for a client that waits for it (as aiohttp's default handler sends)."""
     if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -76,9 +76,9 @@ async def read_edit_body(
         if not boundary:
             raise malformed("the Content-Type has no boundary")
         parse = parse_multipart
-        args: tuple = (boundary, limits)
+        args: tuple = (boundary, limits, reservation)  # reserves the files it copies
     elif ctype == "application/json":
-        parse, args = parse_json, (limits,)
+        parse, args = parse_json, (limits, reservation)  # reserves what it decodes
     else:
         raise invalid(
             "Send the request as multipart/form-data (or application/json with data "
@@ -87,16 +87,19 @@ async def read_edit_body(
         )
     declared = request.content_length or 0
     reservation.add(declared)
-    await _send_continue(request)
-    raw = await read_raw(request, limits)
-    reservation.add(len(raw) - declared)
+    await send_continue(request)
+    raw = await read_raw(request, limits, reservation, declared)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(executor, parse, raw, *args)
 
 
-async def read_raw(request: web.Request, limits: Limits) -> bytearray:
+async def read_raw(
+    request: web.Request, limits: Limits, reservation: Reservation | None = None, reserved: int = 0
+) -> bytearray:
     """The whole body, under the size, stall, deadline and rate limits. Collected in one
-    buffer as it arrives (no large copy on the loop at the end)."""
+    buffer as it arrives (no large copy on the loop at the end); each byte past the
+    ``reserved`` ones is added to ``reservation`` as it arrives, so that a full memory budget
+    refuses a chunked (or paused) upload with 429 mid-way instead of holding it."""
     data = bytearray()
     size = 0
     started = time.monotonic()
@@ -126,6 +129,9 @@ async def read_raw(request: web.Request, limits: Limits) -> bytearray:
         if size > limits.max_body_bytes:
             raise body_too_large(limits)
         data += chunk
+        if reservation is not None and size > reserved:
+            reservation.add(size - reserved)
+            reserved = size
         elapsed = time.monotonic() - started
         if elapsed > BODY_RATE_GRACE_S and size < min_rate * elapsed:
             raise too_slow(f"{size / elapsed / 1024:.1f} KB/s, under {limits.min_body_rate_kb:g}")

@@ -3,10 +3,12 @@ JSON variant with data URLs, into text fields and uploads.
 
 Pure and blocking: it runs in a worker thread on bytes already read (``body.py`` reads them on
 the event loop, counting). A worker thread still holds the GIL while C code runs, so no single
-call here works on a whole large body: data URLs are cut out of a JSON body (``bytes.find``)
-before ``json.loads`` sees it, and base64 is decoded in ``B64_CHUNK`` slices; the event loop
-gets the GIL back between them. Every limit is checked while parsing, before anything large is
-built: parts, header sizes, field and file sizes, JSON keys and items, each image's decoded size.
+call here works on a whole large body: a JSON body's structure is bounded and its data URLs
+cut out (``jsonscan.py``) before ``json.loads`` sees it, and base64 is decoded in ``B64_CHUNK``
+slices; the event loop gets the GIL back between them. Every limit is checked while parsing,
+before anything large is built: parts, header sizes, field and file sizes, JSON keys, items and
+depth, each image's decoded size (and, for JSON, reserved in the memory budget before it is
+decoded). References to files and URLs are left as ``Reference`` objects (``references.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from ..config import Limits
 from ..errors import APIError, invalid
 from ..service import Upload
+from .jsonscan import SCAN_CHUNK, JSONText, find, scan_json  # noqa: F401 - SCAN_CHUNK re-exported
 
 #: form fields that carry files; other file parts are ignored like unknown text fields
 IMAGE_FIELDS = ("image", "image[]")
@@ -26,28 +29,21 @@ FILE_FIELDS = (*IMAGE_FIELDS, "mask", "markup")
 #: a part's header block: real clients send two or three short lines
 MAX_PART_HEADER_BYTES = 8 * 1024
 MAX_PART_HEADER_LINES = 16
-#: commas + brackets + braces of a JSON body: real bodies have a few dozen; this caps what a
-#: hostile body of small items can make ``json.loads`` allocate
-MAX_JSON_ITEMS = 4096
 #: base64 characters decoded per call (a multiple of 4): ~5 ms of C code holding the GIL
 B64_CHUNK = 1 << 20
-#: bytes searched per call for a delimiter
-SCAN_CHUNK = 1 << 20
-#: a data URL's header ("data:image/png;base64,") is at most this long
-MAX_DATA_URL_HEAD = 256
-#: what a cut-out data URL becomes inside the JSON text handed to json.loads
-_CUT = "data:;cut,{}"
 _PARAM = re.compile(r';\s*([A-Za-z0-9_*-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 
 
 @dataclass
 class EditBody:
-    """Text fields (last value wins) and uploads: images in order, the mask, the markup."""
+    """Text fields (last value wins) and uploads: images in order, the mask, the markup. A
+    JSON body may name an image (``Reference``) instead: ``references.resolve_references``
+    replaces each by its ``Upload`` before the edit uses them."""
 
     fields: dict[str, str] = field(default_factory=dict)
-    images: list[Upload] = field(default_factory=list)
-    mask: Upload | None = None
-    markup: Upload | None = None
+    images: list[Upload | Reference] = field(default_factory=list)
+    mask: Upload | Reference | None = None
+    markup: Upload | Reference | None = None
 
     def add_file(self, name: str, data: bytes) -> None:
         if name in IMAGE_FIELDS:
@@ -99,24 +95,11 @@ def _part_headers(block: bytes) -> dict[str, str]:
     return headers
 
 
-def find(body: bytes, needle: bytes, start: int = 0, stop: int | None = None) -> int:
-    """``body.find(needle, start, stop)`` one ``SCAN_CHUNK`` window at a time, so that no single
-    C call holds the GIL over a whole large body."""
-    stop = len(body) if stop is None else stop
-    n = len(needle)
-    while start < stop:
-        end = min(start + SCAN_CHUNK, stop)
-        hit = body.find(needle, start, min(end + n - 1, stop))
-        if hit >= 0:
-            return hit
-        start = end
-    return -1
-
-
-def parse_multipart(body: bytes, boundary: str, limits: Limits) -> EditBody:
+def parse_multipart(body: bytes, boundary: str, limits: Limits, reservation=None) -> EditBody:
     """Split ``body`` at ``--boundary`` delimiters (a preamble before the first one and an
     epilogue after the last are skipped). Parts need ``Content-Disposition: form-data``; a part
-    with a ``filename`` or a file field name is a file, the others text (UTF-8)."""
+    with a ``filename`` or a file field name is a file, the others text (UTF-8). Each file's
+    copy is reserved in ``reservation`` (when given) before it is made."""
     if not 1 <= len(boundary) <= 70:
         raise malformed("the boundary must be 1 to 70 characters")
     delim = b"--" + boundary.encode("latin-1", "replace")
@@ -142,11 +125,13 @@ def parse_multipart(body: bytes, boundary: str, limits: Limits) -> EditBody:
         end = find(body, b"\r\n" + delim, start)
         if end < 0:
             raise malformed("the body ends inside a part (no closing boundary)")
-        _add_part(out, headers, body, start, end, limits)
+        _add_part(out, headers, body, start, end, limits, reservation)
         pos = end + 2 + len(delim)
 
 
-def _add_part(out: EditBody, headers: dict, body: bytes, start: int, end: int, limits) -> None:
+def _add_part(
+    out: EditBody, headers: dict, body: bytes, start: int, end: int, limits, reservation
+) -> None:
     kind, params = _params(headers.get("content-disposition", ""))
     if kind != "form-data":
         raise malformed("every part needs 'Content-Disposition: form-data'")
@@ -158,6 +143,8 @@ def _add_part(out: EditBody, headers: dict, body: bytes, start: int, end: int, l
         param = name if name in ("mask", "markup") else "image"
         if size > limits.max_image_bytes:
             raise too_large_file(param, limits)
+        if reservation is not None:
+            reservation.add(size)
         out.add_file(name, bytes(memoryview(body)[start:end]))  # one copy, as bytes
         return
     if size > limits.max_field_bytes:
@@ -171,7 +158,18 @@ def _add_part(out: EditBody, headers: dict, body: bytes, start: int, end: int, l
 # ---------------------------------------------------------------- JSON
 
 
-def b64decode_chunked(encoded: memoryview, param: str) -> bytes:
+@dataclass(frozen=True)
+class Reference:
+    """An image the JSON body names instead of carrying it: ``kind`` "file_id" (a file of
+    ``/v1/files``) or "url" (an http(s) URL); ``param`` is the field it fills ("image",
+    "mask", "markup"). ``references.resolve_references`` replaces it by an ``Upload``."""
+
+    param: str
+    kind: str
+    value: str
+
+
+def b64decode_chunked(encoded, param: str) -> bytes:
     """Strict base64 (no whitespace) decoded ``B64_CHUNK`` characters at a time."""
     out = bytearray()
     try:
@@ -182,59 +180,99 @@ def b64decode_chunked(encoded: memoryview, param: str) -> bytes:
     return bytes(out)
 
 
-def cut_data_urls(body: bytes) -> tuple[bytes, list[memoryview]]:
-    """The JSON text with each data URL's payload replaced by a short reference (``_CUT``), and
-    the payloads (views into ``body``, not copies). Only ``bytes.find`` scans the whole body."""
-    parts, payloads, pos = [], [], 0
-    view = memoryview(body)
-    while (start := find(body, b'"data:', pos)) >= 0:
-        slashes = len(body[max(0, start - 64) : start]) - len(
-            body[max(0, start - 64) : start].rstrip(b"\\")
+def _unescape_slashes(payload: memoryview) -> bytes:
+    """A payload with JSON's ``\\/`` escapes (PHP writes them) turned back into ``/``,
+    ``B64_CHUNK`` bytes at a time (a chunk never ends between ``\\`` and ``/``)."""
+    out, i, n = bytearray(), 0, len(payload)
+    while i < n:
+        j = min(i + B64_CHUNK, n)
+        if payload[j - 1] == 0x5C and j < n:
+            j += 1
+        out += bytes(payload[i:j]).replace(b"\\/", b"/")
+        i = j
+    return bytes(out)
+
+
+def _reference_shape(param: str) -> APIError:
+    return invalid(
+        f'\'{param}\' must be {{"image_url": "data:image/png;base64,..."}}, '
+        '{"image_url": "https://..."} or {"file_id": "file-..."}.',
+        param,
+        "invalid_value",
+    )
+
+
+def _decode(url: str, param: str, limits: Limits, text: JSONText, reservation) -> bytes:
+    """The bytes of a data URL (a placeholder of ``text``, or one written inline), its size
+    checked against the image limit and reserved before it is decoded. ``param`` names the
+    JSON field in errors ("images", "mask", "markup")."""
+    cut = text.take(url)
+    if cut is not None:
+        head = cut.head.replace(b"\\/", b"/").decode("latin-1")
+        payload = _unescape_slashes(cut.payload) if cut.escaped else cut.payload
+    else:  # inline: escapes in its header kept it in the JSON text (bounded as a field)
+        head, _, rest = url.partition(",")
+        payload = rest.encode("ascii", "replace")
+    if not head.lower().endswith(";base64"):
+        raise invalid(
+            f"'{param}' must be a base64 data URL (data:image/png;base64,...).",
+            param,
+            "invalid_image_file",
         )
-        if slashes % 2:  # an escaped quote inside some string: not a value's start
-            parts.append(view[pos : start + 1])
-            pos = start + 1
-            continue
-        comma = body.find(b",", start, start + MAX_DATA_URL_HEAD)
-        end = find(body, b'"', comma + 1) if comma >= 0 else -1
-        if end < 0 or find(body, b"\\", comma, end) >= 0:
-            break  # not a plain data URL: json.loads will judge the rest as it is
-        parts.append(view[pos : start + 1])
-        parts.append(_CUT.format(len(payloads)).encode())
-        payloads.append(view[comma + 1 : end])
-        pos = end
-    parts.append(view[pos:])
-    return b"".join(parts), payloads
-
-
-def _data_url(value, param: str, limits: Limits, payloads: list[memoryview]) -> bytes:
-    url = value.get("image_url") if isinstance(value, dict) else value
-    if not isinstance(url, str) or not url.startswith("data:") or "," not in url:
-        raise invalid(f'\'{param}\' must be {{"image_url": "data:image/png;base64,..."}}.', param)
-    head, _, tail = url.partition(",")
-    encoded = memoryview(tail.encode("ascii", "replace"))
-    if head == "data:;cut" and tail.isdecimal() and int(tail) < len(payloads):
-        encoded = payloads[int(tail)]
-    if len(encoded) * 3 // 4 > limits.max_image_bytes:  # checked before decoding
+    size = len(payload) * 3 // 4
+    if size > limits.max_image_bytes:  # checked before decoding
         raise too_large_file("image" if param == "images" else param, limits)
-    return b64decode_chunked(encoded, param)
+    if reservation is not None:
+        reservation.add(size)
+    return b64decode_chunked(payload, param)
 
 
-def _field_text(value) -> str:
-    """A JSON value as the text a form field would carry."""
+def _image(value, param: str, limits: Limits, text: JSONText, reservation) -> Upload | Reference:
+    """One entry of ``images`` (``param`` "image") or ``mask``, ``markup``: ``{"image_url":
+    ...}`` (a string, or ``{"url": ...}`` as chat messages write it), ``{"file_id": ...}``, or
+    a bare URL."""
+    where = "images" if param == "image" else param  # the JSON field, in errors
+    if isinstance(value, dict):
+        known = {k: v for k, v in value.items() if k in ("image_url", "file_id")}
+        if len(known) != 1:
+            raise _reference_shape(where)
+        ((kind, value),) = known.items()
+        if kind == "file_id":
+            if not isinstance(value, str) or not value:
+                raise _reference_shape(where)
+            return Reference(param, "file_id", value)
+        if isinstance(value, dict):
+            value = value.get("url")
+    if not isinstance(value, str):
+        raise _reference_shape(where)
+    scheme = value[:8].lower()
+    if scheme.startswith("data:"):
+        return Upload(param, _decode(value, where, limits, text, reservation))
+    if scheme.startswith(("http://", "https://")):
+        return Reference(param, "url", value)
+    raise _reference_shape(where)
+
+
+def _field_text(value, text: JSONText) -> str:
+    """A JSON value as the text a form field would carry (a text that looked like a data URL
+    and was cut out is put back)."""
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, str):
+        cut = text.take(value)
+        if cut is not None:
+            return json.loads(b'"' + cut.head + b"," + bytes(cut.payload) + b'"')
     return str(value)
 
 
-def parse_json(body: bytes, limits: Limits) -> EditBody:
-    """``{"images": [{"image_url": "data:..."}], "mask": {...}, "prompt": ...}``."""
-    body, payloads = cut_data_urls(body)
-    items = body.count(b",") + body.count(b"[") + body.count(b"{")
-    if items > MAX_JSON_ITEMS:
-        raise invalid(f"The JSON body has too many items (over {MAX_JSON_ITEMS}).", None)
+def parse_json(body: bytes, limits: Limits, reservation=None) -> EditBody:
+    """``{"images": [{"image_url": "data:..."} | {"image_url": "https://..."} | {"file_id":
+    "file-..."}], "mask": {...}, "markup": {...}, "prompt": ...}``: data URLs decoded (each
+    decoded byte reserved in ``reservation`` first), the other references kept as
+    ``Reference`` objects in order, the other values as text fields."""
+    text = scan_json(body, limits)
     keys = [0]
 
     def count_keys(pairs):
@@ -244,33 +282,33 @@ def parse_json(body: bytes, limits: Limits) -> EditBody:
         return dict(pairs)
 
     try:
-        doc = json.loads(body, object_pairs_hook=count_keys)
+        doc = json.loads(text.text, object_pairs_hook=count_keys)
     except (ValueError, RecursionError):  # bad JSON or UTF-8, too many keys, too deep
         raise invalid(
-            f"The body is not valid JSON (or has more than {limits.max_parts} keys).", None
+            f"The body is not valid JSON (or has more than {limits.max_parts} keys).",
+            None,
+            "invalid_value",
         ) from None
     if not isinstance(doc, dict):
-        raise invalid("The JSON body must be an object.", None)
+        raise invalid("The JSON body must be an object.", None, "invalid_value")
     listed = doc.get("images") or []
     if not isinstance(listed, list):
-        raise invalid('\'images\' must be a list of {"image_url": "data:..."} objects.', "images")
+        raise _reference_shape("images")
     if len(listed) > limits.max_images:
         raise invalid(
             f"Too many images: {len(listed)}; at most {limits.max_images} are accepted.",
             "image",
             "invalid_value",
         )
-    out = EditBody(
-        images=[Upload("image", _data_url(v, "images", limits, payloads)) for v in listed]
-    )
+    out = EditBody(images=[_image(v, "image", limits, text, reservation) for v in listed])
     for name in ("mask", "markup"):
         if doc.get(name):
-            out.add_file(name, _data_url(doc[name], name, limits, payloads))
+            setattr(out, name, _image(doc[name], name, limits, text, reservation))
     for key, value in doc.items():
         if key in ("images", "mask", "markup") or value is None:
             continue
-        text = _field_text(value)
-        if len(text.encode("utf-8", "surrogatepass")) > limits.max_field_bytes:
+        value = _field_text(value, text)
+        if len(value.encode("utf-8", "surrogatepass")) > limits.max_field_bytes:
             raise field_too_long(key)
-        out.fields[key] = text
+        out.fields[key] = value
     return out

@@ -247,10 +247,10 @@ async def test_json_fields_obey_the_field_limit(make_client):
 async def test_json_key_and_item_counts_are_bounded(client):
     many_keys = {"prompt": "x", **{f"k{i}": 1 for i in range(100)}}
     resp = await client.post(EDITS, json=many_keys, headers=AUTH)
-    await expect_error(resp, 400, code=None, param=None)
+    await expect_error(resp, 400, code="invalid_value", param=None)
     many_items = {"prompt": "x", "images": [data_url(IMG)], "pad": [0] * 100_000}
     resp = await client.post(EDITS, json=many_items, headers=AUTH)
-    body = await expect_error(resp, 400, code=None, param=None)
+    body = await expect_error(resp, 400, code="invalid_value", param=None)
     assert "too many items" in body["message"]
 
 
