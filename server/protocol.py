@@ -40,6 +40,9 @@ QUALITY_TIERS = {
 QUALITIES = tuple(QUALITY_TIERS)
 TIERS = ("low", "medium", "high")
 INPUT_FIDELITIES = ("low", "high")
+#: OpenAI's content-moderation levels: accepted and validated; this server runs no moderation
+#: model, so both mean the same here (docs/api.md)
+MODERATIONS = ("auto", "low")
 COMPLEXITIES = ("low", "medium", "high")
 #: formats and options of OpenAI's that inpainting models do not produce (a clear 400 each)
 UNSUPPORTED_OUTPUTS = ("gif", "svg")
@@ -49,7 +52,8 @@ MAX_ECHO_CHARS = 128
 
 
 class ProtocolError(ValueError):
-    """A request field is wrong. ``code`` is OpenAI's error code (may be None)."""
+    """A request field is wrong. ``code`` is OpenAI's error code (None: the HTTP layer's
+    default 400 code, ``errors.DEFAULT_400_CODE``: every 400 carries one)."""
 
     def __init__(self, message: str, param: str | None, code: str | None = "invalid_value"):
         super().__init__(message)
@@ -135,6 +139,7 @@ class EditRequest(BaseModel):
     safety_identifier: str | None = None
     input_fidelity: str | None = None
     complexity: str | None = None
+    moderation: str | None = None
     # extensions
     negative_prompt: str | None = None
     seed: int | None = None
@@ -150,6 +155,11 @@ class EditRequest(BaseModel):
         ``user`` (as OpenAI resolves them), at most ``MAX_ECHO_CHARS`` characters."""
         value = self.safety_identifier or self.user
         return value[:MAX_ECHO_CHARS] if value else None
+
+    @property
+    def end_user_field(self) -> str:
+        """The field ``end_user`` came from (named in messages such as the per-user 429)."""
+        return "safety_identifier" if self.safety_identifier else "user"
 
     @property
     def quality_tier(self) -> str:
@@ -260,6 +270,35 @@ def _refuse_unsupported_outputs(fields: dict[str, str]) -> None:
             )
 
 
+#: every field ``parse_edit_fields`` reads (tests/server/test_protocol_fields.py checks it): all
+#: that an async job stores of a request, since the others are ignored
+EDIT_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "model",
+    "n",
+    "size",
+    "response_format",
+    "output_format",
+    "output_compression",
+    "background",
+    "quality",
+    "moderation",
+    "stream",
+    "partial_images",
+    "stream_progress",
+    "user",
+    "safety_identifier",
+    "input_fidelity",
+    "complexity",
+    "seed",
+    "steps",
+    "guidance_scale",
+    "strength",
+    "scheduler",
+)
+
+
 def parse_edit_fields(
     fields: dict[str, str], max_prompt_chars: int = MAX_PROMPT_CHARS
 ) -> EditRequest:
@@ -269,11 +308,13 @@ def parse_edit_fields(
         raise ProtocolError(
             "Missing required parameter: 'prompt'. Describe the edit in a 'prompt' field.",
             "prompt",
-            None,
+            "missing_required_parameter",
         )
     if prompt.strip() == "":
         raise ProtocolError(
-            "'prompt' is empty. Describe the edit in a non-empty 'prompt' field.", "prompt", None
+            "'prompt' is empty. Describe the edit in a non-empty 'prompt' field.",
+            "prompt",
+            "empty_string",
         )
     if len(prompt) > max_prompt_chars:
         raise ProtocolError(
@@ -317,6 +358,7 @@ def parse_edit_fields(
         safety_identifier=_given(fields, "safety_identifier"),
         input_fidelity=_choice(fields, "input_fidelity", INPUT_FIDELITIES, None),
         complexity=_choice(fields, "complexity", COMPLEXITIES, None),
+        moderation=_choice(fields, "moderation", MODERATIONS, None),
         negative_prompt=negative,
         seed=_int(fields, "seed", SEED, None),
         steps=_int(fields, "steps", None, None),

@@ -10,7 +10,7 @@ Modules, in the order a request uses them (each imports only those above it):
   bounded inflate, JPEG marker walk and scan count, WebP RIFF, BMP rows, TIFF strips).
 - ``decoding``: upload bytes -> uint8 HxWx4 RGBA (sniff, open, EXIF orientation, probe, decode).
 - ``masks``: the edit-region rules (mask image, image alpha, markup) -> float32 HxW masks.
-- ``geometry``: resize images and masks; WorkRegion and plan_work_region (the crop rule).
+- ``geometry``: resize images and masks, the size rule (``cover_box``); WorkRegion and plan_work_region (the crop rule).
 - ``compose``: composite the result into the original, apply the background, encode.
 
 Callers use the names re-exported here (``imaging.decode``, ``imaging.composite``, ...); private
@@ -23,7 +23,7 @@ from __future__ import annotations
 from .compose import apply_background, composite, encode
 from .decoding import ImageInfo, decode, probe
 from .errors import ImageError
-from .geometry import WorkRegion, plan_work_region, resize_image, resize_mask
+from .geometry import WorkRegion, cover_box, plan_work_region, resize_image, resize_mask
 from .masks import (
     ALPHA_EDIT_BELOW,
     LUMA_EDIT_ABOVE,
@@ -46,6 +46,7 @@ __all__ = [
     "WorkRegion",
     "apply_background",
     "composite",
+    "cover_box",
     "decode",
     "edit_mask_from_image_alpha",
     "edit_mask_from_markup",

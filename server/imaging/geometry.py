@@ -38,6 +38,26 @@ def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     )
 
 
+def cover_box(
+    width: int, height: int, out_width: int, out_height: int
+) -> tuple[int, int, int, int]:
+    """The centred part of a width x height picture with the aspect ratio of out_width x
+    out_height: (x0, y0, x1, y1), x1/y1 exclusive, the whole picture when the ratios agree.
+
+    The size rule: a requested size of another aspect ratio than the input is filled by scaling
+    the input to cover it and cutting the overflow equally from both ends (what image APIs
+    usually do), never by stretching, so a circle stays a circle. Cropping this box and
+    resizing it to the output size leaves an aspect error under one source pixel.
+    """
+    if width * out_height > height * out_width:  # wider than the output: cut left and right
+        w = min(width, max(1, round(height * out_width / out_height)))
+        x0 = (width - w) // 2
+        return x0, 0, x0 + w, height
+    h = min(height, max(1, round(width * out_height / out_width)))
+    y0 = (height - h) // 2
+    return 0, y0, width, y0 + h
+
+
 @dataclass(frozen=True)
 class WorkRegion:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the image; x1/y1 exclusive

@@ -58,7 +58,8 @@ class Row:
     scheduler: str | None = None
     #: decode the final image with the tiny autoencoder (the fast preset), when the model has one
     tiny_vae: bool = False
-    #: number of partial previews wanted (0..3); the model calls ``on_preview`` that many times.
+    #: number of partial previews wanted (0..3); the model calls ``on_preview`` at most that many
+    #: times, once per distinct preview (fewer when it has not enough steps).
     partial_images: int = 0
     on_preview: PreviewCallback | None = None
     #: called by the step-level batcher after each denoising step of this row, in the model's

@@ -31,7 +31,7 @@ The steps, as in diffusers (numbers match the comments in the code):
    from its own noise source, after those of step 5). The input buffer, text embeddings and
    stacked latents are kept (``_StepBatch``) while the same rows step together. Previews decode
    the scheduler's ``pred_original_sample`` (LCM: ``denoised``) at ``partial_images`` evenly
-   spaced steps.
+   spaced steps before the last (fewer when there are not enough steps: ``preview_schedule``).
 8. ``finish``: VAE-decode latents / scaling factor; (x / 2 + 0.5) clipped to [0, 1];
    uint8 = round(x * 255). With a tiny autoencoder in the folder (``taesd_decoder``), rows with
    ``row.tiny_vae`` (the fast preset) decode with it instead, as diffusers with
@@ -158,16 +158,17 @@ class _StepBatch:
 
 
 def preview_schedule(total: int, k: int) -> dict[int, list[int]]:
-    """k previews evenly spaced over ``total`` steps: {step number (1-based): [preview idx]}.
+    """Up to k previews evenly spaced over ``total`` steps: {step number (1-based): [preview
+    idx]}, one preview per step.
 
-    Preview j comes after step round((j + 1) * total / (k + 1)), at least 1: always k calls,
-    several at the same step when there are fewer steps than previews.
+    Only distinct previews are sent: each comes after its own step, and before the last one
+    (whose estimate is the final image). So there are m = min(k, total - 1) of them, preview j
+    after step round((j + 1) * total / (m + 1)); fewer than asked when there are not enough
+    steps (none with one step), as OpenAI allows.
     """
-    out: dict[int, list[int]] = {}
-    for j in range(k):
-        s = min(total, max(1, round((j + 1) * total / (k + 1))))
-        out.setdefault(s, []).append(j)
-    return out
+    m = max(0, min(k, total - 1))
+    # the spacing total / (m + 1) is >= 1, so the rounded steps are distinct and in [1, total)
+    return {round((j + 1) * total / (m + 1)): [j] for j in range(m)}
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

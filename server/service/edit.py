@@ -24,7 +24,13 @@ import numpy as np
 
 from ..batching import Batcher, DeadlineExceeded, QueueFull, ShuttingDown
 from ..config import ServerConfig
-from ..errors import APIError, overloaded, shutting_down, timeout_error
+from ..errors import (
+    APIError,
+    overloaded,
+    shutting_down,
+    timeout_error,
+    too_large_for_server,
+)
 from ..metrics import Metrics
 from ..models.base import InpaintModel
 from ..models.registry import ModelNotFound, ModelRegistry
@@ -155,8 +161,15 @@ class EditService:
         timeout_s = self.config.batching.request_timeout
         if self.aborting:
             raise shutting_down()
+        cost = row_cost(prepared)
+        if cost * len(prepared.rows) > worker.max_queue:  # would not fit an empty queue either
+            raise too_large_for_server(
+                f"This request needs {cost * len(prepared.rows)} queue slots (n x size in units "
+                f"of the model's native square), more than the server's queue holds "
+                f"({worker.max_queue}). Lower n or size."
+            )
         try:
-            job = worker.submit(prepared.rows, timeout_s=timeout_s, row_cost=row_cost(prepared))
+            job = worker.submit(prepared.rows, timeout_s=timeout_s, row_cost=cost)
         except QueueFull as full:
             raise overloaded(
                 full.retry_after_s,

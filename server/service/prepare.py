@@ -1,7 +1,8 @@
 """Prepare one edit: decode the uploads, build the edit region, pick the output size and the work
 region (crop rule), and split the request into the model's rows.
 
-    image + mask bytes -> canvas uint8 HxWx4 RGBA (output size) + edit float32 HxW {0, 1}
+    image + mask bytes -> canvas uint8 HxWx4 RGBA (output size: scaled to cover it and
+      centre-cropped when its aspect ratio differs, ``imaging.cover_box``) + edit float32 HxW {0, 1}
       -> work region (box in canvas pixels) -> n rows at the work size
 
 Blocking (runs in a worker thread). Raises ``ProtocolError`` for anything the client must fix.
@@ -124,13 +125,21 @@ def prepare_edit(
     else:
         edit = edit_region(rgba, uploads.mask, limits)
     if (out_w, out_h) != (width, height):
-        rgba = imaging.resize_image(rgba, out_w, out_h)
-        edit = imaging.resize_mask(edit, out_w, out_h)
-        guide = None if guide is None else imaging.resize_image(guide, out_w, out_h)
+        # the size rule (imaging.cover_box): scale to cover, cut the overflow, never stretch
+        x0, y0, x1, y1 = imaging.cover_box(width, height, out_w, out_h)
+
+        def fit(a: np.ndarray, resize) -> np.ndarray:
+            return resize(np.ascontiguousarray(a[y0:y1, x0:x1]), out_w, out_h)
+
+        rgba = fit(rgba, imaging.resize_image)
+        edit = fit(edit, imaging.resize_mask)
+        guide = None if guide is None else fit(guide, imaging.resize_image)
         if not edit.any():
             raise ProtocolError(
-                "The edit region vanished when resized to the requested size; "
-                "use a larger mask region or a larger size.",
+                f"The edit region vanished at the requested size {out_w}x{out_h}: the input is "
+                "scaled to cover that size and centre-cropped, and the region was cut off or "
+                "too small. Use a size with the image's aspect ratio ('auto'), a larger mask "
+                "region or a larger size.",
                 "mask",
                 "invalid_mask",
             )
@@ -246,8 +255,10 @@ def edit_region(rgba: np.ndarray, mask: Upload | None, limits: Limits) -> np.nda
             edit = np.ones((height, width), np.float32)
     if not edit.any():
         raise ProtocolError(
-            "The edit region is empty: no pixel of the mask is fully transparent (alpha 0) "
-            "or white. Make the area to edit transparent, or white in a black/white mask.",
+            f"The edit region is empty: no pixel of the mask is transparent (alpha below "
+            f"{imaging.ALPHA_EDIT_BELOW}) or, in a mask without transparency, white "
+            f"(luminance above {imaging.LUMA_EDIT_ABOVE}). Make the area to edit transparent, "
+            "or white in a black/white mask.",
             "mask",
             "invalid_mask",
         )

@@ -18,7 +18,9 @@ def check_request(request: EditRequest, model: InpaintModel, image_count: int, l
     Returns the model's sampling ``Settings`` (None for single-pass models)."""
     if image_count == 0:
         raise ProtocolError(
-            "Missing required parameter: 'image'. Upload the image to edit.", "image", None
+            "Missing required parameter: 'image'. Upload the image to edit.",
+            "image",
+            "missing_required_parameter",
         )
     if image_count > limits.max_images:
         raise ProtocolError(
@@ -41,9 +43,9 @@ def _check_size(size: tuple[int, int], lim: ModelLimits, model_name: str) -> Non
     if not (lim.min_side <= w <= lim.max_side and lim.min_side <= h <= lim.max_side):
         raise ProtocolError(
             f"Invalid size '{w}x{h}': each side must be between {lim.min_side} and "
-            f"{lim.max_side} for model '{model_name}'.",
+            f"{lim.max_side} for model '{model_name}'. Use one of those sides, or 'auto'.",
             "size",
-            None,
+            "invalid_value",
         )
 
 

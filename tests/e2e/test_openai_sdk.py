@@ -199,7 +199,7 @@ def _bad_request(call) -> openai.BadRequestError:
 def test_bad_requests(client, files, img):
     image, mask = files
     e = _bad_request(lambda: client.images.edit(image=image, prompt=""))
-    assert (e.param, e.code) == ("prompt", None)
+    assert (e.param, e.code) == ("prompt", "empty_string")
     e = _bad_request(lambda: client.images.edit(image=image, prompt="x", size="1000x1001"))
     assert (e.param, e.code) == ("size", "invalid_value")
     e = _bad_request(lambda: client.images.edit(image=image, prompt="x", n=11))

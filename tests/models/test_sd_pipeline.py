@@ -171,25 +171,31 @@ def test_rows_of_different_sizes_in_run(model):
     assert model.batch_key(make_row(img, mask)) != model.batch_key(make_row(small_img, small_mask))
 
 
-@pytest.mark.parametrize("k,steps", [(1, 6), (2, 6), (3, 6), (3, 2)])
-def test_previews(model, k, steps):
+@pytest.mark.parametrize("k,steps,sent", [(1, 6, 1), (2, 6, 2), (3, 6, 3), (3, 2, 1), (3, 1, 0)])
+def test_previews(model, k, steps, sent):
     img, mask = inputs()
     calls = []
     row = make_row(
-        img, mask, steps=steps, partial_images=k, scheduler="pndm",
+        img, mask, steps=steps, partial_images=k, scheduler="ddim",
         on_preview=lambda i, im: calls.append((i, im)),
     )  # fmt: skip
-    model.run([row])
-    assert [i for i, _ in calls] == list(range(k))
+    final = model.run([row])[0]
+    # only distinct previews: fewer than asked when there are not enough steps
+    assert [i for i, _ in calls] == list(range(sent))
     for _, im in calls:
         assert im.dtype == np.uint8 and im.shape == (H, W, 3)
+    pictures = [im.tobytes() for _, im in calls] + [final.tobytes()]
+    assert len(set(pictures)) == len(pictures)  # no two previews alike, none the final image
 
 
 def test_preview_schedule():
     assert preview_schedule(25, 3) == {6: [0], 12: [1], 19: [2]}
-    assert preview_schedule(2, 3) == {1: [0, 1], 2: [2]}
+    assert preview_schedule(6, 3) == {2: [0], 3: [1], 4: [2]}
+    # one preview per step, all before the last step (whose estimate is the final image)
+    assert preview_schedule(2, 3) == {1: [0]}
+    assert preview_schedule(3, 3) == {1: [0], 2: [1]}
+    assert preview_schedule(1, 3) == {}
     assert preview_schedule(10, 0) == {}
-    assert sum(len(v) for v in preview_schedule(1, 3).values()) == 3
 
 
 @pytest.mark.parametrize(

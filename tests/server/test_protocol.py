@@ -112,13 +112,13 @@ def test_unknown_fields_are_ignored():
 def test_missing_prompt():
     with pytest.raises(ProtocolError) as info:
         parse_edit_fields({"n": "1"})
-    assert (info.value.param, info.value.code) == ("prompt", None)
+    assert (info.value.param, info.value.code) == ("prompt", "missing_required_parameter")
 
 
 @pytest.mark.parametrize("prompt", ["", "   ", "\n\t"])
 def test_empty_prompt(prompt):
     e = err(prompt=prompt)
-    assert (e.param, e.code) == ("prompt", None)
+    assert (e.param, e.code) == ("prompt", "empty_string")
 
 
 def test_prompt_length_bounds():

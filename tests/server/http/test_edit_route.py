@@ -304,9 +304,9 @@ async def test_json_body_with_data_urls(client, img, img_png, mask_png):
     check_kept_and_edited(b64_image(body["data"][0]), img, BOX)
     # errors in the JSON variant have the same shape
     resp = await client.post(EDITS, json={"images": [], "prompt": "x"}, headers=AUTH)
-    await expect_error(resp, 400, code=None, param="image")
+    await expect_error(resp, 400, code="missing_required_parameter", param="image")
     resp = await client.post(EDITS, json={"images": [{"image_url": url(img_png)}]}, headers=AUTH)
-    await expect_error(resp, 400, code=None, param="prompt")
+    await expect_error(resp, 400, code="missing_required_parameter", param="prompt")
     resp = await client.post(
         EDITS,
         json={"images": [{"image_url": "data:image/png;base64,@@"}], "prompt": "x"},
@@ -316,7 +316,7 @@ async def test_json_body_with_data_urls(client, img, img_png, mask_png):
     resp = await client.post(
         EDITS, data=b"{not json", headers={**AUTH, "Content-Type": "application/json"}
     )
-    await expect_error(resp, 400, code=None, param=None)
+    await expect_error(resp, 400, code="invalid_value", param=None)
 
 
 async def test_stream_over_http(client, img_png, mask_png):

@@ -29,23 +29,25 @@ from tests.helpers import (
 
 async def test_missing_image(client):
     resp = await post_edit(client, form({"prompt": "x"}))
-    await expect_error(resp, 400, code=None, param="image")
+    await expect_error(resp, 400, code="missing_required_parameter", param="image")
 
 
 async def test_missing_image_with_only_unknown_file_part(client, img_png):
     mp = Multipart().file("picture", img_png).field("prompt", "x")
-    await expect_error(await post_edit(client, mp), 400, code=None, param="image")
+    await expect_error(
+        await post_edit(client, mp), 400, code="missing_required_parameter", param="image"
+    )
 
 
 async def test_missing_prompt(client, img_png):
     resp = await post_edit(client, edit_form(img_png, prompt=None))
-    await expect_error(resp, 400, code=None, param="prompt")
+    await expect_error(resp, 400, code="missing_required_parameter", param="prompt")
 
 
 @pytest.mark.parametrize("prompt", ["", "  "])
 async def test_empty_prompt(client, img_png, prompt):
     resp = await post_edit(client, edit_form(img_png, prompt=prompt))
-    await expect_error(resp, 400, code=None, param="prompt")
+    await expect_error(resp, 400, code="empty_string", param="prompt")
 
 
 async def test_prompt_too_long(client, img_png):
@@ -95,7 +97,10 @@ async def test_mask_size_mismatch(client, img_png):
 )
 async def test_empty_edit_region(client, img_png, mask):
     resp = await post_edit(client, edit_form(img_png, png(mask)))
-    await expect_error(resp, 400, code="invalid_mask", param="mask")
+    err = await expect_error(resp, 400, code="invalid_mask", param="mask")
+    # the rule's thresholds (imaging.ALPHA_EDIT_BELOW, LUMA_EDIT_ABOVE), not "alpha 0"
+    assert "alpha below 128" in err["message"] and "luminance above 127" in err["message"]
+    assert "alpha 0" not in err["message"]
 
 
 async def test_undecodable_mask(client, img_png):
@@ -111,8 +116,8 @@ async def test_undecodable_mask(client, img_png):
         ("n", "two", "invalid_value"),
         ("size", "1000x1001", "invalid_value"),
         ("size", "huge", "invalid_value"),
-        ("size", "8x8", None),  # a multiple of 8 but below the model's minimum side
-        ("size", "8192x8192", None),  # above the model's maximum side
+        ("size", "8x8", "invalid_value"),  # a multiple of 8 but below the model's minimum side
+        ("size", "8192x8192", "invalid_value"),  # above the model's maximum side
         ("output_format", "gif", "invalid_value"),
         ("response_format", "jpeg", "invalid_value"),
         ("output_compression", 101, "integer_above_max_value"),
@@ -146,7 +151,7 @@ async def test_unknown_model(client, img_png):
 
 async def test_non_utf8_text_field(client, img_png):
     mp = Multipart().file("image", img_png).field("prompt", b"\xff\xfe bad \xc3")
-    await expect_error(await post_edit(client, mp), 400, code=None, param="prompt")
+    await expect_error(await post_edit(client, mp), 400, code="invalid_value", param="prompt")
 
 
 @pytest.mark.parametrize(
@@ -159,7 +164,7 @@ async def test_non_utf8_text_field(client, img_png):
 )
 async def test_non_multipart_content_type(client, ctype, body):
     resp = await client.post(EDITS, data=body, headers={**AUTH, "Content-Type": ctype})
-    err = await expect_error(resp, 400, code=None, param=None)
+    err = await expect_error(resp, 400, code="invalid_value", param=None)
     assert "multipart/form-data" in err["message"]
 
 
@@ -219,7 +224,7 @@ async def test_malformed_part_headers_are_400(make_client, body):
     resp = await cl.post(
         EDITS, data=body, headers={**AUTH, "Content-Type": Multipart().content_type}
     )
-    await expect_error(resp, 400, code=None, param=None)
+    await expect_error(resp, 400, code="invalid_value", param=None)
 
 
 @pytest.mark.parametrize(

@@ -123,7 +123,7 @@ async def test_part_count_limit(make_client):
     fields = {"prompt": "x", "n": "1", "user": "u"}  # + image = 4 parts: at the limit
     await edit_ok(cl, form(fields, [("image", IMG)]))
     resp = await post_edit(cl, form({**fields, "seed": "1"}, [("image", IMG)]))
-    err = await expect_error(resp, 400, code=None, param=None)
+    err = await expect_error(resp, 400, code="invalid_value", param=None)
     assert "4" in err["message"]
 
 

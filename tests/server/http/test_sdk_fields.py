@@ -17,6 +17,7 @@ from tests.helpers import (
     H,
     W,
     alpha_mask,
+    decode_b64,
     edit_form,
     edit_ok,
     expect_error,
@@ -134,7 +135,9 @@ async def test_stream_progress_is_opt_in_and_brackets_a_single_pass_model(make_c
     names = [n for n, _ in events]
     assert names[0] == "image_edit.progress" and names[-2:] == ["image_edit.completed"] * 2
     steps = [(d["steps_done"], d["steps_total"]) for n, d in events if n == "image_edit.progress"]
-    assert steps == [(0, 2), (2, 2)]  # no steps: each image counts as one, done at the end
+    # no steps: each image counts as one, done when its model call returns (both in one call
+    # here; the events coalesce what has been counted when each is sent)
+    assert steps[0] == (0, 2) and steps[-1] == (2, 2) and steps == sorted(set(steps))
     assert all(
         set(d) == {"type", "steps_done", "steps_total", "created_at"}
         for n, d in events
@@ -157,3 +160,63 @@ async def test_stream_validation_errors_keep_their_status(client):
         client, edit_form(IMG, png(alpha_mask(8, 8, (0, 0, 4, 4))), stream="true")
     )
     await expect_error(resp, 400, code="invalid_mask", param="mask")
+
+
+@pytest.mark.parametrize("value", ["auto", "low", "LOW"])
+async def test_moderation_values_are_accepted(client, value):
+    await edit_ok(client, edit_form(IMG, MASK, moderation=value))
+
+
+@pytest.mark.parametrize("value", ["bogus", "high", "none"])
+async def test_moderation_is_validated(client, value):
+    resp = await post_edit(client, edit_form(IMG, MASK, moderation=value))
+    body = await expect_error(resp, 400, code="invalid_value", param="moderation")
+    assert "'auto'" in body["message"] and "'low'" in body["message"]
+
+
+def _disc_picture(w: int, h: int, radius: int) -> np.ndarray:
+    """uint8 HxWx3: a red disc of ``radius`` at the centre of a blue picture."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 2] = 200
+    yy, xx = np.mgrid[:h, :w]
+    img[(xx - w / 2 + 0.5) ** 2 + (yy - h / 2 + 0.5) ** 2 <= radius**2] = (255, 0, 0)
+    return img
+
+
+def _red_extent(img: np.ndarray) -> tuple[int, int]:
+    """(width, height) of the red pixels' bounding box."""
+    ys, xs = np.nonzero((img[..., 0] > 128) & (img[..., 2] < 128))
+    return int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+
+
+@pytest.mark.parametrize(
+    "in_size, size",
+    [((128, 64), "128x128"), ((64, 128), "128x128"), ((128, 128), "128x64"), ((96, 64), "64x96")],
+)
+async def test_another_aspect_ratio_covers_and_crops_never_stretches(client, in_size, size):
+    """A size of another aspect ratio than the input: scaled to cover it and centre-cropped, so
+    a disc stays a disc, centred, at the cover scale (it was stretched into an ellipse)."""
+    w, h = in_size
+    out_w, out_h = map(int, size.split("x"))
+    img = _disc_picture(w, h, radius=min(w, h) // 4)
+    # the edit region: a corner of the part that is kept, away from the disc
+    x0, y0 = (w - min(w, h * out_w // out_h)) // 2, (h - min(h, w * out_h // out_w)) // 2
+    mask = alpha_mask(w, h, (x0 + 2, y0 + 2, x0 + 10, y0 + 10))
+    body = await edit_ok(client, edit_form(png(img), png(mask), size=size))
+    out = decode_b64(body["data"][0]["b64_json"])
+    assert out.shape[:2] == (out_h, out_w) and body["size"] == size
+    dw, dh = _red_extent(out)
+    assert abs(dw - dh) <= 2, (dw, dh)  # round, not an ellipse
+    scale = max(out_w / w, out_h / h)  # cover: the larger of the two scales
+    assert abs(dw - 2 * (min(w, h) // 4) * scale) <= 3
+    # centred: the disc's centre is the output's centre
+    ys, xs = np.nonzero((out[..., 0] > 128) & (out[..., 2] < 128))
+    assert abs(xs.mean() - (out_w - 1) / 2) <= 1 and abs(ys.mean() - (out_h - 1) / 2) <= 1
+
+
+async def test_a_region_cropped_away_by_the_size_rule_is_a_400(client):
+    w, h = 128, 64
+    mask = alpha_mask(w, h, (0, 0, 16, 16))  # the left edge: cut off by a square output
+    resp = await post_edit(client, edit_form(png(_disc_picture(w, h, 8)), png(mask), size="64x64"))
+    body = await expect_error(resp, 400, code="invalid_mask", param="mask")
+    assert "centre-cropped" in body["message"]
