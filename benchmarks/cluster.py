@@ -184,6 +184,9 @@ class Cluster:
         args = ["--api-key", self.api_key, "--models-dir", str(self.models_dir)]
         args += ["--threads", str(self.threads), "--files-dir", str(files_dir)]
         args += ["--database-url", self.database_url]
+        # the balancer (on loopback) names each client in X-Forwarded-For: the auth throttle
+        # and the logs key on that client, not on the balancer that all requests come from
+        args += ["--trusted-proxy", LOOPBACK]
         args += ["--s3-bucket", s3.bucket, "--s3-prefix", S3_PREFIX]
         args += ["--s3-endpoint-url", s3.endpoint, "--s3-addressing-style", "path"]
         if self.lease_seconds is not None:

@@ -15,43 +15,96 @@ import asyncio
 import hashlib
 import threading
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from pathlib import Path
 
 from .config import ServerConfig
 from .errors import overloaded
 
 WINDOW_S = 60.0
-#: past this many tracked keys, empty windows are dropped (clients that went quiet)
-PRUNE_ABOVE = 10_000
+#: most keys (API keys, end users, client addresses) one window tracks at once: past it the
+#: least recently counted are forgotten (one-off end users, or a flood of addresses, cannot
+#: grow the process)
+MAX_KEYS = 100_000
+#: most timestamps one window holds over all its keys (~40 MB), whatever ``per_minute`` is
+MAX_EVENTS = 1_000_000
 
 
 class SlidingWindow:
-    """Events per key in the last ``WINDOW_S`` seconds; ``per_minute`` <= 0 = unlimited."""
+    """Events per key in the last ``WINDOW_S`` seconds; ``per_minute`` <= 0 = unlimited.
 
-    def __init__(self, per_minute: int) -> None:
+    Keys are kept in the order they were last counted (an ``OrderedDict``), so each call
+    drops, from the old end, the keys whose newest event left the window, and the least
+    recently counted past ``max_keys`` keys or ``max_events`` timestamps: O(1) amortized per
+    call (a key is dropped once per time it was added), bounded in memory and in time.
+    ``clock``: ``time.monotonic`` (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        per_minute: int,
+        max_keys: int = MAX_KEYS,
+        max_events: int = MAX_EVENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.per_minute = per_minute
-        self._hits: dict[str, deque[float]] = defaultdict(deque)
+        self.max_keys = max_keys
+        self.max_events = max_events
+        self.clock = clock
+        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+        self._events = 0  # timestamps held over all keys
+
+    def __len__(self) -> int:
+        """Keys tracked now."""
+        return len(self._hits)
+
+    @property
+    def events(self) -> int:
+        """Timestamps held now, over all keys."""
+        return self._events
 
     def retry_after(self, key: str) -> int | None:
         """Seconds until ``key`` has room again, or None when it has room now."""
         if self.per_minute <= 0:
             return None
-        now = time.monotonic()
+        now = self.clock()
         hits = self._hits.get(key)
         while hits and now - hits[0] > WINDOW_S:
             hits.popleft()
-        if hits is None or len(hits) < self.per_minute:
+            self._events -= 1
+        if not hits or len(hits) < self.per_minute:
             return None
         return max(1, int(WINDOW_S - (now - hits[0])) + 1)
 
     def hit(self, key: str) -> None:
         if self.per_minute <= 0:
             return
-        if len(self._hits) > PRUNE_ABOVE:
-            for k in [k for k, v in self._hits.items() if not v]:
-                del self._hits[k]
-        self._hits[key].append(time.monotonic())
+        now = self.clock()
+        hits = self._hits.get(key)
+        if hits is None:
+            hits = self._hits[key] = deque(maxlen=self.per_minute)
+        else:
+            self._hits.move_to_end(key)
+        if len(hits) < self.per_minute:  # else the oldest timestamp makes room
+            self._events += 1
+        hits.append(now)
+        self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        """Drop, from the old end, the keys whose newest event is out of the window, and the
+        least recently counted past ``max_keys`` keys or ``max_events`` timestamps."""
+        entries = self._hits
+        while entries:
+            oldest_key, oldest = next(iter(entries.items()))
+            if (
+                len(entries) <= self.max_keys
+                and self._events <= self.max_events
+                and now - oldest[-1] <= WINDOW_S
+            ):
+                return
+            del entries[oldest_key]
+            self._events -= len(oldest)
 
     def take(self, key: str) -> int | None:
         """Count one event for ``key`` if it has room (None), else the seconds until it has."""
@@ -74,20 +127,22 @@ class RateLimiter:
         self.window = window if window is not None else SlidingWindow(per_minute)
         self.scope = scope  # what is limited, for the message
 
-    async def acheck(self, key_id: str) -> None:
+    async def acheck(self, key_id: str, scope: str | None = None) -> None:
         """``check`` from the event loop: a database window's round trip runs in a thread."""
         if isinstance(self.window, SqlWindow):
-            await asyncio.get_running_loop().run_in_executor(None, self.check, key_id)
+            await asyncio.get_running_loop().run_in_executor(None, self.check, key_id, scope)
         else:
-            self.check(key_id)
+            self.check(key_id, scope)
 
-    def check(self, key_id: str) -> None:
+    def check(self, key_id: str, scope: str | None = None) -> None:
+        """``scope``: what is limited, for this call's message (default: the limiter's)."""
         retry = self.window.take(key_id)
         if retry is not None:
             raise overloaded(
                 retry,
                 f"Rate limit reached: {self.window.per_minute} requests per minute for this "
-                f"{self.scope}. Retry after the number of seconds in the Retry-After header.",
+                f"{scope or self.scope}. Retry after the number of seconds in the Retry-After "
+                "header.",
             )
 
 
@@ -171,8 +226,15 @@ def rate_limiter(config: ServerConfig) -> RateLimiter:
 
 
 def user_rate_limiter(config: ServerConfig) -> RateLimiter:
-    """The per-end-user limiter (``--rate-limit-per-user``); count with ``user_key``."""
-    return _limiter(config, config.auth.rate_limit_per_user, "end user (safety_identifier)")
+    """The per-end-user limiter (``--rate-limit-per-user``); count with ``user_key`` and name
+    the field the id came from with ``user_scope``."""
+    return _limiter(config, config.auth.rate_limit_per_user, user_scope("safety_identifier"))
+
+
+def user_scope(field: str) -> str:
+    """The per-user limit's scope text, naming the request field that identified the user
+    (``safety_identifier``, else ``user``)."""
+    return f"end user ({field})"
 
 
 def user_key(key_id: str, end_user: str) -> str:
@@ -192,20 +254,25 @@ def _limiter(config: ServerConfig, per_minute: int, scope: str) -> RateLimiter:
 
 
 class AuthThrottle:
-    """Failed authentications per client address: past ``per_minute`` the address gets 429s
-    (before its key is even looked at) until the window has room again; 0 = off."""
+    """Failed authentications per client address (``client_address``: behind a trusted proxy,
+    the proxy's client); 0 = off.
+
+    Only failures are refused: the key is checked first (in constant time), and a request
+    whose key is valid passes whatever its address did, so that no one can lock others out,
+    not even behind a shared proxy or NAT. A failing request from an address past
+    ``per_minute`` failures gets a 429 instead of its 401 (and is not counted further) until
+    the window has room again.
+    """
 
     def __init__(self, per_minute: int) -> None:
         self.window = SlidingWindow(per_minute)
 
-    def check(self, address: str) -> None:
-        retry = self.window.retry_after(address)
+    def failed(self, address: str) -> None:
+        """Count one failure of ``address``; a 429 ``APIError`` when it is over its limit."""
+        retry = self.window.take(address)
         if retry is not None:
             raise overloaded(
                 retry,
                 "Too many failed authentications from this address. Check the API key and "
                 "retry after the number of seconds in the Retry-After header.",
             )
-
-    def failed(self, address: str) -> None:
-        self.window.hit(address)

@@ -10,8 +10,10 @@ inflated) after a 401/413/415.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import re
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -21,6 +23,14 @@ from ..config import ServerConfig
 from ..errors import APIError, to_api_error
 from ..metrics import Metrics
 from ..ratelimit import AuthThrottle, rate_limiter
+from .client_address import (
+    CLIENT_ADDRESS,
+    check_forwarded_header,
+    request_client,
+    trusted_networks,
+)
+from .expect import send_deferred_continue
+from .writing import CLIENT_CLOSED, ClientGone
 
 #: liveness, readiness and metrics: called by orchestrators with whatever Host they use
 PROBE_PATHS = ("/health", "/ready", "/metrics")
@@ -76,6 +86,8 @@ async def errors(request: web.Request, handler):
         if exc.status < 400:  # redirects etc. pass through
             raise
         response = error_response(from_http_exception(exc))
+    except ClientGone:  # no answer can reach the client: ``count`` labels it
+        raise
     except Exception as exc:  # noqa: BLE001 - the single catch-all that keeps internals private
         response = error_response(to_api_error(exc))
     if request.body_exists and not request.content.at_eof():
@@ -86,12 +98,69 @@ async def errors(request: web.Request, handler):
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def host_name(value: str) -> str:
-    """'Example.COM:8000' -> 'example.com'; '[::1]:80' -> '::1'."""
+#: a host name or IPv4 address: dot-separated labels of letters, digits, '-' and '_' (no
+#: userinfo '@', no path, no percent-encoding: nothing that reads differently in a URL)
+_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def host_and_port(value: str) -> tuple[str, str] | None:
+    """A Host header (or --allowed-host) split and normalised: 'Example.COM:8000' ->
+    ('example.com', '8000'); '[::1]:80' -> ('::1', '80'); 'name' -> ('name', ''). None when it
+    is not a host: userinfo ('127.0.0.1:80@evil.com'), a port that is not a number up to
+    65535, characters that no host name has, an IPv6 address that is not one."""
     value = value.strip().lower()
     if value.startswith("["):
-        return value[1:].partition("]")[0]
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+        host, closed, rest = value[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    elif value.count(":") > 1:  # a bare IPv6 address (configured names; no port possible)
+        try:
+            return str(ipaddress.IPv6Address(value)), ""
+        except ValueError:
+            return None
+    else:
+        host, colon, port = value.partition(":")
+        if colon and not port:
+            return None
+        if not _NAME.fullmatch(host):
+            return None
+    if port and not (_PORT.fullmatch(port) and int(port) <= 65535):
+        return None
+    return host, port
+
+
+def host_name(value: str) -> str | None:
+    """'Example.COM:8000' -> 'example.com'; '[::1]:80' -> '::1'; None when ``value`` is not
+    a valid host (``host_and_port``)."""
+    parsed = host_and_port(value)
+    return parsed[0] if parsed is not None else None
+
+
+def link_host(value: str) -> str | None:
+    """The ``host[:port]`` to write into links, from a Host header: normalised, IPv6 in
+    brackets; None when ``value`` is not a valid host."""
+    parsed = host_and_port(value)
+    if parsed is None:
+        return None
+    host, port = parsed
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port else host
+
+
+def invalid_host(value: str, hosts: frozenset[str] | None) -> APIError:
+    """The 400 of a Host header that is malformed or not among ``hosts``."""
+    accepted = (
+        f"this server answers to {', '.join(sorted(hosts))} (see --allowed-host)"
+        if hosts is not None
+        else "send a host name or address, with an optional numeric port"
+    )
+    return APIError(400, f"Unknown Host {value[:64]!r}: {accepted}.", code="invalid_host")
 
 
 def is_loopback(host: str) -> bool:
@@ -107,7 +176,11 @@ def accepted_hosts(config: ServerConfig) -> frozenset[str] | None:
     """Host names requests may name: the configured ones; loopback names for a loopback bind
     (so a DNS-rebound name cannot reach a local server); None = any."""
     if config.http.allowed_hosts:
-        return frozenset(host_name(h) for h in config.http.allowed_hosts)
+        names = {h: host_name(h) for h in config.http.allowed_hosts}
+        bad = [h for h, name in names.items() if name is None]
+        if bad:
+            raise ValueError(f"--allowed-host {bad[0]!r}: give a host name or an IP address")
+        return frozenset(n for n in names.values() if n is not None)
     return LOOPBACK_NAMES if is_loopback(config.http.host) else None
 
 
@@ -129,7 +202,7 @@ async def cors_headers(request: web.Request, response: web.StreamResponse) -> No
         )
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
         response.headers["Access-Control-Expose-Headers"] = (
-            "Location, Preference-Applied, Retry-After"
+            "Location, Preference-Applied, Retry-After, x-should-retry"
         )
 
 
@@ -141,6 +214,8 @@ def _route_label(request: web.Request) -> str:
 def make_middlewares(config: ServerConfig, keys: KeyStore, metrics: Metrics) -> list:
     limiter = rate_limiter(config)
     throttle = AuthThrottle(config.auth.auth_failures_per_minute)
+    proxies = trusted_networks(config.http.trusted_proxies)
+    forwarded_header = check_forwarded_header(config.http.forwarded_header)
     origins = set(config.http.cors_origins)
     no_auth = config.auth.no_auth
     hosts = accepted_hosts(config)
@@ -149,11 +224,19 @@ def make_middlewares(config: ServerConfig, keys: KeyStore, metrics: Metrics) -> 
 
     @web.middleware
     async def count(request: web.Request, handler):
+        # the one place that names the client (the throttle and the access log read it)
+        request[CLIENT_ADDRESS] = request_client(request, proxies, forwarded_header)
         status = 500
         try:
             response = await handler(request)
             status = response.status
             return response
+        except ClientGone as gone:  # stopped reading: the connection is closed already
+            status = CLIENT_CLOSED
+            return gone.response
+        except asyncio.CancelledError:  # hung up (aiohttp cancels the handler)
+            status = CLIENT_CLOSED
+            raise
         finally:
             metrics.requests.labels(_route_label(request), str(status)).inc()
 
@@ -178,16 +261,12 @@ def make_middlewares(config: ServerConfig, keys: KeyStore, metrics: Metrics) -> 
                 code="unsupported_content_encoding",
             )
         probe = request.path in PROBE_PATHS  # kubelet and Prometheus send the pod's address
-        if hosts is not None and not probe and host_name(request.host) not in hosts:
-            raise APIError(
-                400,
-                f"Unknown Host {request.host[:64]!r}: this server answers to "
-                f"{', '.join(sorted(hosts))} (see --allowed-host).",
-                code="invalid_host",
-            )
+        name = host_name(request.host)
+        if not probe and (name is None or (hosts is not None and name not in hosts)):
+            raise invalid_host(request.host, hosts)
         origin = request.headers.get("Origin")
         if check_origin and request.method not in ("GET", "HEAD", "OPTIONS") and origin:
-            origin_host = host_name(urlsplit(origin).netloc) if origin != "null" else ""
+            origin_host = (host_name(urlsplit(origin).netloc) or "") if origin != "null" else ""
             same_host = origin_host == host_name(request.host)  # the Host was checked above
             if not (is_loopback(origin_host) or same_host or origin in origins):
                 raise APIError(
@@ -201,15 +280,17 @@ def make_middlewares(config: ServerConfig, keys: KeyStore, metrics: Metrics) -> 
     @web.middleware
     async def auth(request: web.Request, handler):
         if no_auth or request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
+            await send_deferred_continue(request)
             return await handler(request)
-        address = request.remote or "unknown"
-        throttle.check(address)
+        # the key first: a valid key passes whatever its address did (no lockout through a
+        # shared proxy or NAT); a failure counts, and past the limit it is a 429
         try:
             key_id = authenticate(request.headers.get("Authorization"), keys)
         except APIError:
-            throttle.failed(address)
+            throttle.failed(request[CLIENT_ADDRESS])
             raise
         await limiter.acheck(key_id)
+        await send_deferred_continue(request)  # authenticated: the client may send its body
         return await handler(request)
 
     # outermost first: count sees the final status of everything, errors included

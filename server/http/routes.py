@@ -9,17 +9,22 @@ import json
 
 from aiohttp import web
 
-from ..errors import APIError, shutting_down, to_api_error
+from ..errors import APIError, retry_headers, shutting_down, to_api_error
 from ..openapi import openapi_document
 from ..protocol import ModelCard, ModelList, parse_edit_fields
-from ..ratelimit import user_key
+from ..ratelimit import user_key, user_scope
 from ..service import Uploads
 from .body import no_continue, read_edit_body
 from .jobs import owner, submit_job, wants_async
+from .middlewares import invalid_host, link_host
+from .references import has_references, resolve_references
+from .responses import encode_json
 from .state import (
     BUDGET,
     CONFIG,
     EXECUTOR,
+    FETCHER,
+    FILES,
     METRICS,
     REGISTRY,
     SERVICE,
@@ -27,6 +32,7 @@ from .state import (
     STORE,
     USER_LIMITER,
 )
+from .writing import ClientGone, send_answer, write_within
 
 routes = web.RouteTableDef()
 
@@ -35,10 +41,16 @@ SSE_KEEPALIVE_S = 15.0
 
 
 def _base_url(request: web.Request) -> str:
-    """Where `url` links point: --public-url, else the request's Host (the guard middleware
-    has checked it against the accepted names)."""
+    """Where `url` links point: --public-url, else the request's Host, normalised by
+    ``link_host`` (no userinfo, numeric port; the guard middleware has also checked it
+    against the accepted names). A Host that is not valid gets a 400, never a link."""
     configured = request.app[CONFIG].http.public_url
-    return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
+    if configured:
+        return configured.rstrip("/")
+    host = link_host(request.host)
+    if host is None:
+        raise invalid_host(request.host, None)
+    return f"{request.scheme}://{host}"
 
 
 def _sse(event: str, data: dict) -> bytes:
@@ -64,7 +76,18 @@ async def _edit(request: web.Request, reservation) -> web.StreamResponse:
     body = await read_edit_body(request, limits, request.app[EXECUTOR], reservation)
     edit = parse_edit_fields(body.fields, limits.max_prompt_chars)
     if edit.end_user:  # --rate-limit-per-user: one API key often serves many people
-        await request.app[USER_LIMITER].acheck(user_key(owner(request), edit.end_user))
+        await request.app[USER_LIMITER].acheck(
+            user_key(owner(request), edit.end_user), user_scope(edit.end_user_field)
+        )
+    if has_references(body):  # file_id / image URL entries of a JSON body, both paths
+        await resolve_references(
+            body,
+            owner=owner(request),
+            files=request.app.get(FILES),
+            fetcher=request.app.get(FETCHER),
+            limits=limits,
+            reservation=reservation,
+        )
     if wants_async(request, edit):  # Prefer: respond-async -> 202 + a job (http/jobs.py)
         return await submit_job(request, body, edit, reservation, _base_url(request))
     uploads = Uploads(body.images, body.mask, body.markup)
@@ -73,14 +96,21 @@ async def _edit(request: web.Request, reservation) -> web.StreamResponse:
     def gone() -> bool:
         return request.transport is None or request.transport.is_closing()
 
+    write_timeout = request.app[CONFIG].http.write_timeout
     if not edit.stream:
         result = await service.edit(edit, uploads, _base_url(request), gone, reservation)
-        return web.json_response(result.model_dump(exclude_none=True))
+        answer = await encode_json(request, result.model_dump(exclude_none=True))
+        reservation.hold(len(answer))  # in the budget until written (released after send)
+        return await send_answer(request, answer, write_timeout)
     prepared = await service.start(edit, uploads, reservation)  # 4xx before the stream starts
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
-    await response.prepare(request)
+
+    async def send(data: bytes, eof: bool = False) -> None:
+        await write_within(request, response, data, write_timeout, eof=eof)
+
+    await send(b"")  # the headers
     events = service.events(prepared, gone).__aiter__()
     step = None
     try:
@@ -89,21 +119,25 @@ async def _edit(request: web.Request, reservation) -> web.StreamResponse:
             while not step.done():
                 await asyncio.wait({step}, timeout=SSE_KEEPALIVE_S)
                 if not step.done():
-                    await response.write(b": keep-alive\n\n")
+                    await send(b": keep-alive\n\n")
             try:
                 event = step.result()
             except StopAsyncIteration:
                 break
-            await response.write(_sse(event.type, event.model_dump(exclude_none=True)))
+            await send(_sse(event.type, event.model_dump(exclude_none=True)))
+    except ClientGone:  # not reading (or gone): nothing more can be sent
+        raise
     except Exception as exc:  # noqa: BLE001 - after the 200, errors travel as an SSE event
-        await response.write(_sse("error", to_api_error(exc).body()))
+        await send(_sse("error", to_api_error(exc).body()))
     finally:
         if step is not None and not step.done():  # the handler was cancelled (hang-up)
             step.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await step
-        await events.aclose()  # cancels the model work it started
-    await response.write_eof()
+        # cancels the model work it started; shielded: a hang-up cancels this handler, and
+        # the work must stop all the same
+        await asyncio.shield(events.aclose())
+    await send(b"", eof=True)
     return response
 
 
@@ -167,7 +201,10 @@ async def ready(request: web.Request) -> web.Response:
     state = request.app[STATE]
     registry = request.app.get(REGISTRY)
     if state.draining or registry is None or not state.ready:
-        return web.json_response({"status": "not ready"}, status=503)
+        # not an error body (probes read the status), but the same retry advice as one
+        return web.json_response(
+            {"status": "not ready"}, status=503, headers=retry_headers(503, True, None)
+        )
     return web.json_response(
         {
             "status": "ready",

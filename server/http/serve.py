@@ -18,6 +18,7 @@ import time
 from aiohttp import web
 
 from ..config import ServerConfig
+from .access_log import ClientAccessLogger, ProtocolErrorLogger
 from .jobs import JOBS
 from .state import SERVICE, STATE
 
@@ -27,7 +28,6 @@ log = logging.getLogger("server.serve")
 ABORT_S = 0.8
 #: then: how long the runner waits for connections to close
 CLOSE_S = 0.4
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 #: see ``runner_options``
 LINGER_S = 1.0
 
@@ -36,7 +36,9 @@ def runner_options(config: ServerConfig) -> dict:
     """How connections are handled (also given to the in-process test server)."""
     return {
         "handler_cancellation": True,
-        "access_log_format": ACCESS_LOG_FORMAT,
+        # the client as --trusted-proxy reports it; malformed requests in brief, rate-limited
+        "access_log_class": ClientAccessLogger,
+        "logger": ProtocolErrorLogger(logging.getLogger("aiohttp.server")),
         # no request may take longer than this to send its headers (or sit idle between two)
         "keepalive_timeout": config.http.header_timeout,
         # compressed bodies are refused (415), never inflated

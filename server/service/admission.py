@@ -12,7 +12,7 @@ import ctypes
 import os
 import threading
 
-from ..errors import overloaded
+from ..errors import overloaded, too_large_for_server
 
 #: bytes held per input pixel: the decoded RGBA, Pillow's copy, a mask RGBA and the float32
 #: edit region
@@ -96,14 +96,19 @@ class MemoryBudget:
             self.used += n
             return True
 
+    def _force(self, n: int) -> None:
+        with self._lock:
+            self.used += n
+
     def _give(self, n: int) -> None:
         with self._lock:
             self.used -= n
 
 
 class Reservation:
-    """One request's share: ``add`` as its needs become known (body bytes, then pixels),
-    ``release`` once when it ends."""
+    """One request's share: ``add`` as its needs become known (body bytes as they arrive,
+    then pixels), ``hold`` for its encoded answer, ``release`` once when it ends (after the
+    answer was written: the HTTP handler writes it before it returns)."""
 
     def __init__(self, budget: MemoryBudget) -> None:
         self.budget = budget
@@ -113,6 +118,12 @@ class Reservation:
         """Reserve ``n`` more bytes, or raise a 429 ``APIError`` (nothing reserved)."""
         if n <= 0:
             return
+        if self.held + n > self.budget.total:  # would not fit an idle server either
+            raise too_large_for_server(
+                f"This request needs more memory than the server's whole budget for requests "
+                f"in flight ({self.budget.total // 2**20} MB, --memory-budget-mb): send "
+                "smaller images, a smaller size or fewer images (n)."
+            )
         if not self.budget._take(n):
             raise overloaded(
                 RETRY_AFTER_S,
@@ -120,6 +131,22 @@ class Reservation:
                 "the number of seconds in the Retry-After header (or send smaller images).",
             )
         self.held += n
+
+    def hold(self, n: int) -> None:
+        """Count ``n`` bytes that already exist (an encoded answer waiting to be written):
+        never refused, even past the budget, so that the requests after it are."""
+        if n <= 0:
+            return
+        self.budget._force(n)
+        self.held += n
+
+    def give_back(self, n: int) -> None:
+        """Return ``n`` of the bytes reserved (a bound reserved first that turned out higher
+        than what is held: a file reference is reserved at the image cap, then its size)."""
+        n = min(n, self.held)
+        if n > 0:
+            self.budget._give(n)
+            self.held -= n
 
     def release(self) -> None:
         self.budget._give(self.held)

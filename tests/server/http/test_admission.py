@@ -29,14 +29,17 @@ def big(side: int) -> tuple[bytes, bytes]:
 
 
 async def test_over_the_memory_budget_is_a_quick_429(make_client):
+    """A request that needs more than the whole budget would be refused by an idle server too:
+    a 429 that says so, with ``x-should-retry: false`` (no SDK retry) and no Retry-After."""
     cl = await make_client(memory_budget_mb=4)
     image, mask = big(512)  # ~512*512*(20 + 40 + 8) bytes = 17 MB estimated
     assert edit_bytes(512 * 512, 512 * 512, 1) > 4 * 2**20
     resp = await post_edit(cl, edit_form(image, mask))
-    await expect_error(
+    err = await expect_error(
         resp, 429, type="rate_limit_exceeded", code="rate_limit_exceeded", param=None
     )
-    assert int(resp.headers["Retry-After"]) >= 1
+    assert "whole budget" in err["message"] and "--memory-budget-mb" in err["message"]
+    assert resp.headers["x-should-retry"] == "false" and "Retry-After" not in resp.headers
     await edit_ok(cl, edit_form(IMG, MASK))  # small requests still pass
     assert cl.app[BUDGET].used == 0  # every reservation was released
 
@@ -53,6 +56,8 @@ async def test_concurrent_requests_share_the_budget(make_client):
     await expect_error(
         second, 429, type="rate_limit_exceeded", code="rate_limit_exceeded", param=None
     )
+    assert int(second.headers["Retry-After"]) >= 1  # busy now: waiting helps
+    assert second.headers.get("x-should-retry") != "false"
     assert (await first).status == 200
     assert cl.app[BUDGET].used == 0
     assert (await post_edit(cl, edit_form(image, mask))).status == 200
