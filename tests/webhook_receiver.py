@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -95,3 +96,56 @@ class Receiver:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class DripReceiver:
+    """A hostile receiver: it accepts every connection and answers one byte every ``every_s``
+    seconds (a status line, then an endless header), never finishing, until it is closed. An
+    HTTP client that bounds only each socket read waits on it forever.
+
+    ``with DripReceiver() as r:`` POST to ``r.url``; ``r.connections`` counts the connections
+    accepted (``r.wait(n)`` blocks until n have been)."""
+
+    def __init__(self, every_s: float = 0.3) -> None:
+        self.every_s = every_s
+        self.connections = 0
+        self._arrived = threading.Condition()
+        self._closed = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/slow"
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._arrived:
+                self.connections += 1
+                self._arrived.notify_all()
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        answer = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000
+        with conn:
+            for i in range(len(answer)):
+                if self._closed.wait(self.every_s):
+                    return
+                try:
+                    conn.sendall(answer[i : i + 1])
+                except OSError:
+                    return
+
+    def wait(self, n: int, timeout: float = 30.0) -> int:
+        with self._arrived:
+            self._arrived.wait_for(lambda: self.connections >= n, timeout)
+            return self.connections
+
+    def __enter__(self) -> DripReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._closed.set()
+        self._sock.close()

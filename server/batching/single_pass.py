@@ -31,6 +31,9 @@ class SinglePassWorker(ModelWorker):
             t0 = time.perf_counter()
             images = self.model.run([it.row for it in items])
             self._record(items, time.perf_counter() - t0)
+            for it in items:  # progress: a single-pass row is its one step (service/progress.py)
+                if it.row.on_step is not None:
+                    it.row.on_step()
             self._deliver(items, images)
         except Exception as exc:  # noqa: BLE001 - fails exactly this call's rows
             self._fail(items, exc)

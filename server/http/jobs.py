@@ -5,7 +5,8 @@ edits route, ``GET`` / ``DELETE /v1/images/jobs/{id}``, and the jobs' part of th
   ``Location: /v1/images/jobs/{id}`` and ``Preference-Applied: respond-async``; the body is the
   synchronous route's, validated the same way before the 202. A streamed request
   (``stream=true``) ignores the preference (RFC 7240 lets a server do that) and streams.
-- ``GET /v1/images/jobs/{id}``: the job (``result`` = the synchronous route's body, once done).
+- ``GET /v1/images/jobs/{id}``: the job (``result`` = the synchronous route's body, once done,
+  streamed from the object store as stored).
 - ``DELETE /v1/images/jobs/{id}``: cancel; ``200`` with the settled job, ``202`` when a running
   job on another replica has not stopped yet, ``409`` for a job that already succeeded or failed.
 
@@ -13,6 +14,8 @@ Jobs are per API key: another key gets the same 404 as for a job that never exis
 """
 
 from __future__ import annotations
+
+import json
 
 from aiohttp import web
 
@@ -26,9 +29,12 @@ from ..service import Uploads
 from ..service.admission import Reservation
 from .forms import EditBody
 from .state import BATCHER, BUDGET, CONFIG, KEYS, METRICS, SERVICE, STATE, STORE
+from .writing import write_within
 
 JOBS = web.AppKey("jobs", Jobs)
 PREFERENCE = "respond-async"
+#: bytes of a stored result copied per write of a job's GET
+RESULT_CHUNK = 1 << 20
 
 routes = web.RouteTableDef()
 
@@ -97,12 +103,38 @@ def _job_id(request: web.Request) -> str:
 
 
 @routes.get("/v1/images/jobs/{id}")
-async def get_job(request: web.Request) -> web.Response:
+async def get_job(request: web.Request) -> web.StreamResponse:
     job_id = _job_id(request)
-    body = await request.app[JOBS].service.get(owner(request), job_id)
-    if body is None:
+    service = request.app[JOBS].service
+    view = await service.get(owner(request), job_id)
+    if view is None:
         raise not_found(job_id)
-    return _job_response(body)
+    if view.result is None:
+        return _job_response(view.body)
+    try:
+        return await _with_result(request, service, view)
+    finally:
+        await service.close(view)
+
+
+async def _with_result(request: web.Request, service, view) -> web.StreamResponse:
+    """The job object with ``"result": <the stored result.json>`` as its last member: the
+    stored bytes are copied in ``RESULT_CHUNK`` pieces, read in a thread, never decoded, so a
+    result of hundreds of MB costs the event loop only the copies."""
+    head = json.dumps(view.body).encode()[:-1] + b', "result": '
+    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+    response.content_length = len(head) + view.result_size + 1
+    timeout = request.app[CONFIG].http.write_timeout  # each write: a client must keep reading
+    await write_within(request, response, head, timeout)
+    left = view.result_size
+    while left > 0:
+        chunk = await service.read(view, min(RESULT_CHUNK, left))
+        if not chunk:  # the object shrank under us: the answer cannot be completed
+            raise ConnectionAbortedError(f"result of {view.body['id']} ended {left} bytes early")
+        await write_within(request, response, chunk, timeout)
+        left -= len(chunk)
+    await write_within(request, response, b"}", timeout, eof=True)
+    return response
 
 
 @routes.delete("/v1/images/jobs/{id}")

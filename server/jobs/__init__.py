@@ -63,6 +63,10 @@ def check_config(config: JobsConfig) -> None:
     ):
         if value < 0:
             raise ValueError(f"{flag}: expected a number >= 0, got {value}")
+    if config.max_stored_results_mb <= 0:
+        raise ValueError(
+            f"--max-stored-results-mb: expected megabytes > 0, got {config.max_stored_results_mb}"
+        )
     if config.webhook_backoff <= 0 or config.webhook_timeout <= 0:
         raise ValueError("--webhook-backoff and --webhook-timeout: expected seconds > 0")
 

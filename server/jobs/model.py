@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..protocol import EDIT_FIELDS
+
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",
     "running",
@@ -77,8 +79,10 @@ class JobRequest:
 
 
 def edit_fields(fields: Mapping[str, str]) -> dict[str, str]:
-    """The fields that define the edit (the webhook is the job's, not the edit's)."""
-    return {k: v for k, v in fields.items() if k != WEBHOOK_FIELD}
+    """The fields that define the edit, the ones the protocol reads (``EDIT_FIELDS``): what a
+    job stores. Unknown fields (the edit ignores them) and the webhook (the job's, not the
+    edit's) are left out, so a request padded with fields costs no database space."""
+    return {k: v for k, v in fields.items() if k in EDIT_FIELDS}
 
 
 def pin_seed(fields: dict[str, str]) -> dict[str, str]:
@@ -130,6 +134,8 @@ class JobRecord:
     webhook_state: str | None
     webhook_attempts: int
     webhook_next_at: float | None
+    #: the stored result's size in bytes (succeeded jobs)
+    result_bytes: int | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> JobRecord:

@@ -24,13 +24,13 @@ next start, with PostgreSQL another replica claims them once their lease expires
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from .. import jsonbody
 from ..batching import Batcher, ModelWorker
 from ..config import ServerConfig
 from ..errors import APIError, to_api_error
@@ -164,11 +164,15 @@ class JobRunner:
         for active in self.active.values():
             active.halt(STOP)
         tasks = [a.task for a in self.active.values() if a.task is not None]
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
-            for task in late:
-                task.cancel()
-        await self.deliveries.stop()
+
+        async def jobs_stopped() -> None:
+            if tasks:
+                _, late = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+                for task in late:
+                    task.cancel()
+
+        # together: the webhooks in flight get the same STOP_WAIT_S, then are abandoned
+        await asyncio.gather(jobs_stopped(), self.deliveries.stop())
 
     # ------------------------------------------------------------------ the loop
     async def _loop(self) -> None:
@@ -238,9 +242,12 @@ class JobRunner:
                 reservation,
                 on_prepared=lambda prepared: active.progress.attach(prepared.rows),
             )
-            body = json.dumps(response.model_dump(exclude_none=True)).encode()
+            if active.reason == CANCEL:  # asked for while the images were encoded: it wins
+                raise asyncio.CancelledError()
+            # tens of MB of base64: encoded in a thread, in pieces (jsonbody.py)
+            body = await self._db(jsonbody.encode, response.model_dump(exclude_none=True))
             await self._db(self.objects.put_object, result_key(job.id), body, "application/json")
-            outcome = (SUCCEEDED, {"result_key": result_key(job.id)})
+            outcome = (SUCCEEDED, {"result_key": result_key(job.id), "result_bytes": len(body)})
         except asyncio.CancelledError:
             if active.reason is None:
                 active.halt(STOP)  # the task itself was cancelled (a stop past STOP_WAIT_S)
@@ -248,7 +255,8 @@ class JobRunner:
                 outcome = (CANCELLED, {})
         except Exception as exc:  # noqa: BLE001 - every failure becomes the job's error
             err = to_api_error(exc)
-            room = err.status in (429, 503)  # no memory or batcher room, or shutting down
+            # no memory or batcher room, or shutting down (not a request that never fits)
+            room = err.status in (429, 503) and err.retry
             if room and job.attempts < MAX_ATTEMPTS:
                 active.halt(NO_ROOM)
                 self._paused_until = time.monotonic() + NO_ROOM_PAUSE_S
@@ -295,12 +303,21 @@ class JobRunner:
         settled = await self._db(
             self.store.finish, job.id, self.replica, status, self.clock(), steps=steps, **extra
         )
-        if not settled:
+        if settled is None:
             return
-        self.metrics.jobs_finished.labels(status).inc()
-        log.info("job %s %s (attempt %d)", job.id, status, job.attempts)
-        for item in JobRequest.from_json(job.request).uploads:
-            await self._db(self.objects.delete_object, item.key)
+        self.metrics.jobs_finished.labels(settled).inc()
+        log.info("job %s %s (attempt %d)", job.id, settled, job.attempts)
+        stale = [item.key for item in JobRequest.from_json(job.request).uploads]
+        if status == SUCCEEDED and settled != SUCCEEDED:  # a cancel came first: no result
+            stale.append(result_key(job.id))
+        if settled == SUCCEEDED:  # the key's stored results stay within their cap
+            cap = self.config.jobs.max_stored_results_bytes
+            evicted = await self._db(self.store.evict_results, job.owner, cap, self.clock())
+            stale += [result_key(old.id) for old in evicted]
+            if evicted:
+                log.info("key %s: %d older job results removed (cap)", job.owner, len(evicted))
+        for key in stale:
+            await self._db(self.objects.delete_object, key)
 
     async def _hold(self, active: Active) -> None:
         """Renew the lease and write progress until the job ends."""

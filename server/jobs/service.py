@@ -11,10 +11,11 @@ which cannot happen here: a submission is settled before it is answered).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import BinaryIO
 
 from ..config import ServerConfig
 from ..errors import APIError, overloaded
@@ -41,7 +42,7 @@ from .model import (
     upload_key,
 )
 from .runner import JobRunner
-from .store import IdempotencyMismatch, JobStore
+from .store import IdempotencyMismatch, JobStore, QueueFull
 
 #: how long a DELETE waits for a running job to stop before it answers (202 if it has not)
 CANCEL_WAIT_S = 5.0
@@ -76,6 +77,26 @@ def check_idempotency_key(value: str | None) -> str | None:
             "invalid_value",
         )
     return key
+
+
+@dataclass
+class JobView:
+    """A job for ``GET``: ``body``, its public object without ``result``; for a succeeded job,
+    ``result``, the stored ``result.json`` (the synchronous route's body) open for reading,
+    ``result_size`` bytes long. Served as they are, never decoded: a result can be hundreds of
+    MB (``http/jobs.py`` writes the body around it)."""
+
+    body: dict
+    result: BinaryIO | None = None
+    result_size: int = 0
+
+
+def queue_full(queued: int) -> APIError:
+    return overloaded(
+        QUEUE_FULL_RETRY_S,
+        f"This API key has {queued} queued jobs, the server's limit. Retry after the "
+        "number of seconds in the Retry-After header.",
+    )
 
 
 def _files(uploads: Uploads) -> list[tuple[str, bytes]]:
@@ -125,7 +146,9 @@ class JobService:
         files = _files(uploads)
         digest = fingerprint(fields, files)
         if idempotency_key is not None:
-            existing = await self._db(self.store.find_idempotent, owner, idempotency_key)
+            existing = await self._db(
+                self.store.find_idempotent, owner, idempotency_key, self.clock()
+            )
             if existing is not None:
                 if existing.fingerprint != digest:
                     raise reused_key(existing)
@@ -135,13 +158,10 @@ class JobService:
         model, rows = prepared.model.name, len(prepared.rows)
         steps = sum(planned_steps(row) for row in prepared.rows)
         del prepared  # only its verdict was needed: the job prepares again when it runs
+        limit = self.config.jobs.max_queued_jobs
         queued = await self._db(self.store.count_queued, owner)
-        if queued >= self.config.jobs.max_queued_jobs:
-            raise overloaded(
-                QUEUE_FULL_RETRY_S,
-                f"This API key has {queued} queued jobs, the server's limit. Retry after the "
-                "number of seconds in the Retry-After header.",
-            )
+        if queued >= limit:  # early, before the uploads are stored (create checks again)
+            raise queue_full(queued)
         job_id = new_job_id()
         stored = [Upload(field, upload_key(job_id, i)) for i, (field, _) in enumerate(files)]
         for item, (_, data) in zip(stored, files, strict=True):
@@ -163,10 +183,13 @@ class JobService:
             "steps_total": steps,
         }
         try:
-            job, created = await self._db(self.store.create, values)
+            job, created = await self._db(self.store.create, values, limit)
         except IdempotencyMismatch as clash:
             await self._delete(stored)
             raise reused_key(clash.job) from None
+        except QueueFull as full:  # concurrent submissions filled the queue meanwhile
+            await self._delete(stored)
+            raise queue_full(full.queued) from None
         if not created:  # a concurrent twin won the key: ours is not needed
             await self._delete(stored)
             return job, False
@@ -198,19 +221,27 @@ class JobService:
         return url
 
     # ------------------------------------------------------------------ read, cancel
-    async def get(self, owner: str, job_id: str) -> dict | None:
-        """The job's public object (with its result once succeeded); None if it does not
-        exist for ``owner`` or has expired."""
+    async def get(self, owner: str, job_id: str) -> JobView | None:
+        """The job as ``GET`` shows it, with its result opened (not read) once succeeded; None
+        if it does not exist for ``owner`` or has expired. The caller reads the result with
+        ``read`` and must ``close`` it."""
         job = await self._db(self.store.get, job_id, owner, self.clock())
         if job is None:
             return None
-        result = None
-        if job.status == SUCCEEDED:
-            data = await self._db(self.objects.get_object, result_key(job.id))
-            if data is None:  # expired with the url files, a moment before the row
-                return None
-            result = json.loads(data)
-        return public(job, result)
+        if job.status != SUCCEEDED:
+            return JobView(public(job))
+        opened = await self._db(self.objects.open_object, result_key(job.id))
+        if opened is None:  # expired with the url files, a moment before the row
+            return None
+        return JobView(public(job), *opened)
+
+    async def read(self, view: JobView, size: int) -> bytes:
+        """Up to ``size`` more bytes of the view's result (b"" at its end), read in a thread."""
+        return await self._db(view.result.read, size)
+
+    async def close(self, view: JobView) -> None:
+        if view.result is not None:
+            await self._db(view.result.close)
 
     async def cancel(self, owner: str, job_id: str) -> JobRecord | None:
         """Cancel the job: at once when queued, at its next step when running (here or on

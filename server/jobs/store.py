@@ -19,15 +19,29 @@ past the expiry and another claimed the job) changes nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from .database import is_sqlite, jobs
-from .model import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, JobRecord
+from .model import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED, JobRecord
 
 #: a finished job's webhook is due: pending when it has a URL
 _WEBHOOK_DUE = sa.case((jobs.c.webhook_url.is_not(None), "pending"), else_=None)
+
+
+#: PostgreSQL advisory lock space (first key) of the per-owner queue-limit lock; the second
+#: key is ``hashtext(owner)``
+QUEUE_LOCK_SPACE = 0x1A7A
+
+
+class QueueFull(Exception):
+    """The owner already has ``queued`` queued jobs, the limit."""
+
+    def __init__(self, queued: int) -> None:
+        super().__init__(queued)
+        self.queued = queued
 
 
 class IdempotencyMismatch(Exception):
@@ -57,10 +71,14 @@ class JobStore:
         return None if row is None else JobRecord.from_row(row)
 
     # ------------------------------------------------------------------ clients
-    def create(self, values: dict) -> tuple[JobRecord, bool]:
-        """Insert a queued job (``values``: its columns). With an ``idempotency_key`` already
-        used by the same owner: ``(that job, False)`` when the fingerprints match, else
-        ``IdempotencyMismatch``. A new job: ``(it, True)``."""
+    def create(self, values: dict, max_queued: int | None = None) -> tuple[JobRecord, bool]:
+        """Insert a queued job (``values``: its columns; ``created_at`` is now). With an
+        ``idempotency_key`` the same owner used for a job that has not expired: ``(that job,
+        False)`` when the fingerprints match, else ``IdempotencyMismatch`` (an expired job's
+        key is free again: a new job). With ``max_queued``: ``QueueFull`` when the owner has
+        that many queued jobs, counted and inserted as one step (SQLite: ``BEGIN IMMEDIATE``;
+        PostgreSQL: a transaction lock per owner), so concurrent submissions cannot pass the
+        limit together. A new job: ``(it, True)``."""
         values = {
             **values,
             "status": QUEUED,
@@ -69,27 +87,58 @@ class JobStore:
             "steps_done": 0,
             "webhook_attempts": 0,
         }
-        key = values.get("idempotency_key")
+        owner, key, now = values["owner"], values.get("idempotency_key"), values["created_at"]
         try:
             with self.engine.begin() as conn:
+                if key is not None:
+                    existing = self._idempotent(conn, owner, key, now)
+                    if existing is not None:
+                        if existing.fingerprint != values["fingerprint"]:
+                            raise IdempotencyMismatch(existing)
+                        return existing, False
+                if max_queued is not None:
+                    if self._lock_rows:
+                        conn.execute(
+                            sa.text("SELECT pg_advisory_xact_lock(:space, hashtext(:owner))"),
+                            {"space": QUEUE_LOCK_SPACE, "owner": owner},
+                        )
+                    queued = self._count_queued(conn, owner)
+                    if queued >= max_queued:
+                        raise QueueFull(queued)
                 conn.execute(jobs.insert().values(**values))
                 return self._first(conn, jobs.select().where(jobs.c.id == values["id"])), True
         except sa.exc.IntegrityError:
             if key is None:
                 raise
-        existing = self.find_idempotent(values["owner"], key)
+        # a concurrent twin (PostgreSQL) inserted the same key first: it is the job
+        existing = self.find_idempotent(owner, key, now)
         if existing is None:  # the other job expired in between: a rare race, try once more
-            return self.create(values)
+            return self.create(values, max_queued)
         if existing.fingerprint != values["fingerprint"]:
             raise IdempotencyMismatch(existing)
         return existing, False
 
-    def find_idempotent(self, owner: str, key: str) -> JobRecord | None:
-        with self.engine.begin() as conn:
-            return self._first(
-                conn,
-                jobs.select().where(jobs.c.owner == owner, jobs.c.idempotency_key == key),
+    def _idempotent(self, conn, owner: str, key: str, now: float) -> JobRecord | None:
+        """The owner's live job with ``key``; an expired one's key is released (its row stays
+        until the sweep, without the key), so it can never be replayed."""
+        conn.execute(
+            jobs.update()
+            .where(
+                jobs.c.owner == owner,
+                jobs.c.idempotency_key == key,
+                jobs.c.expires_at.is_not(None),
+                jobs.c.expires_at <= now,
             )
+            .values(idempotency_key=None)
+        )
+        return self._first(
+            conn, jobs.select().where(jobs.c.owner == owner, jobs.c.idempotency_key == key)
+        )
+
+    def find_idempotent(self, owner: str, key: str, now: float) -> JobRecord | None:
+        """The owner's job with ``key`` that has not expired, None otherwise."""
+        with self.engine.begin() as conn:
+            return self._idempotent(conn, owner, key, now)
 
     def get(self, job_id: str, owner: str | None, now: float) -> JobRecord | None:
         """The job if it exists, has not expired and belongs to ``owner`` (None: anyone's)."""
@@ -102,11 +151,17 @@ class JobStore:
             return self._first(conn, q)
 
     def count_queued(self, owner: str | None = None) -> int:
+        with self.engine.begin() as conn:
+            return self._count_queued(conn, owner)
+
+    def _count_queued(self, conn, owner: str | None) -> int:
+        """Queued jobs: all of them (``owner`` None: the gauge), or ``owner``'s async jobs for
+        ``--max-queued-jobs`` (batch lines have their own bound, ``--max-batch-requests``, so
+        a big batch does not shut its key out of interactive jobs)."""
         q = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == QUEUED)
         if owner is not None:
-            q = q.where(jobs.c.owner == owner)
-        with self.engine.begin() as conn:
-            return int(conn.execute(q).scalar_one())
+            q = q.where(jobs.c.owner == owner, jobs.c.batch_id.is_(None))
+        return int(conn.execute(q).scalar_one())
 
     def cancel(self, job_id: str, owner: str | None, now: float) -> JobRecord | None:
         """A queued job is cancelled at once; a running one gets ``cancel_requested`` (its
@@ -127,7 +182,8 @@ class JobStore:
 
     # ------------------------------------------------------------------ the runner
     def claim(self, worker: str, models: list[str], now: float, lease_s: float) -> Claim | None:
-        """Take the oldest claimable job of ``models`` under a lease until ``now + lease_s``.
+        """Take the oldest claimable job of ``models`` under a lease until ``now + lease_s``,
+        interactive jobs before batch lines (``batch_id`` set).
         An expired running job whose cancel was asked for is settled as cancelled instead."""
         if not models:
             return None
@@ -138,7 +194,8 @@ class JobStore:
         q = (
             jobs.select()
             .where(jobs.c.model.in_(models), claimable)
-            .order_by(jobs.c.created_at, jobs.c.id)
+            # interactive jobs before batch lines (false sorts before true in both dialects)
+            .order_by(jobs.c.batch_id.is_not(None), jobs.c.created_at, jobs.c.id)
             .limit(1)
         )
         if self._lock_rows:
@@ -186,20 +243,70 @@ class JobStore:
         now: float,
         *,
         result_key: str | None = None,
+        result_bytes: int | None = None,
         error: dict | None = None,
         steps: tuple[int, int] | None = None,
-    ) -> bool:
-        """Settle a held job as succeeded, failed or cancelled; False if it is not held."""
+    ) -> str | None:
+        """Settle a held job as succeeded, failed or cancelled: the status it got, None if it
+        is not held. A success whose cancel was asked for first (any replica's ``cancel``,
+        which commits before this) settles as cancelled, without its result: an accepted
+        cancel always wins, so a client never sees its cancel accepted and the job succeed."""
         assert status in FINISHED, status
         extra: dict = {
             "result_key": result_key,
+            "result_bytes": result_bytes,
             "error": None if error is None else json.dumps(error),
         }
+        if status == SUCCEEDED:
+            cancelled = jobs.c.cancel_requested.is_(True)
+            extra.update(
+                status=sa.case((cancelled, CANCELLED), else_=SUCCEEDED),
+                result_key=sa.cast(sa.case((cancelled, None), else_=result_key), sa.String),
+                result_bytes=sa.cast(sa.case((cancelled, None), else_=result_bytes), sa.BigInteger),
+            )
         if steps is not None:
             extra.update(steps_done=steps[0], steps_total=steps[1])
         with self.engine.begin() as conn:
-            done = conn.execute(self._settle(job_id, status, now, worker=worker).values(**extra))
-            return done.rowcount == 1
+            row = conn.execute(
+                self._settle(job_id, status, now, worker=worker)
+                .values(**extra)
+                .returning(jobs.c.status)
+            ).first()
+            return None if row is None else row[0]
+
+    def evict_results(self, owner: str, max_bytes: int, now: float) -> list[JobRecord]:
+        """Keep the owner's stored results within ``max_bytes``: the oldest succeeded jobs
+        beyond it expire now (their rows and results go with the next sweep; the caller may
+        delete the results at once). The newest result is always kept, even alone over the
+        cap. Batch lines (``batch_id`` set) are neither counted nor evicted: their batch
+        collects them into its output file. Returns the evicted jobs."""
+        q = (
+            jobs.select()
+            .where(
+                jobs.c.owner == owner,
+                jobs.c.status == SUCCEEDED,
+                jobs.c.result_bytes.is_not(None),
+                jobs.c.expires_at > now,
+                # a batch's lines wait for its output file to collect them: never evicted
+                jobs.c.batch_id.is_(None),
+            )
+            .order_by(jobs.c.finished_at.desc(), jobs.c.id.desc())
+        )
+        with self.engine.begin() as conn:
+            kept, evicted = 0, []
+            for row in conn.execute(q).mappings():
+                job = JobRecord.from_row(row)
+                if kept and kept + job.result_bytes > max_bytes:
+                    evicted.append(job)
+                else:
+                    kept += job.result_bytes
+            if evicted:
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id.in_([job.id for job in evicted]))
+                    .values(expires_at=now, idempotency_key=None)
+                )
+            return evicted
 
     def release(self, job_id: str, worker: str) -> bool:
         """Put a held job back in the queue (this replica stops, or has no room after all);
@@ -242,15 +349,20 @@ class JobStore:
         )
 
     # ------------------------------------------------------------------ webhooks
-    def claim_webhook(self, now: float, hold_s: float) -> JobRecord | None:
+    def claim_webhook(
+        self, now: float, hold_s: float, skip_owners: Sequence[str] = ()
+    ) -> JobRecord | None:
         """A finished job whose webhook is due; it is not due again for ``hold_s`` (the time
-        one delivery may take), so no other replica sends it meanwhile."""
+        one delivery may take), so no other replica sends it meanwhile. ``skip_owners``: keys
+        whose deliveries are at their limit on this replica (their webhooks wait)."""
         q = (
             jobs.select()
             .where(jobs.c.webhook_state == "pending", jobs.c.webhook_next_at <= now)
             .order_by(jobs.c.webhook_next_at)
             .limit(1)
         )
+        if skip_owners:
+            q = q.where(jobs.c.owner.not_in(list(skip_owners)))
         if self._lock_rows:
             q = q.with_for_update(skip_locked=True)
         with self.engine.begin() as conn:

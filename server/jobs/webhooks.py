@@ -6,35 +6,38 @@ call is signed, how it is sent, when it is retried.
   v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``; the key is the base64 part of the
   ``whsec_`` secret (``--webhook-secret``), decoded.
 - **Who may be called (SSRF):** ``http``/``https`` URLs only, no credentials in them; the host's
-  addresses must all be public (``is_global``) unless ``--webhook-allow-private``. The check is
+  addresses must all be public (``server/netpolicy.py``: no special-purpose range, also not
+  inside an IPv6 translation prefix) unless ``--webhook-allow-private``. The check is
   made at submission and again at each delivery, and the connection goes to the address that
   was checked (a DNS answer that changes in between cannot redirect it). Redirects are not
   followed.
 - **Retries:** an attempt fails on a non-2xx status, a timeout or a connection error; the
   next one comes ``backoff(attempt)`` seconds later, at most ``--webhook-retries`` times.
-
-Delivery blocks (sockets): run it in a thread.
+- **Sending:** ``post`` is a coroutine whose whole attempt (resolution, connection, TLS,
+  request, the answer's status line) is bounded by ``--webhook-timeout``; only the name
+  lookup runs in a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
-import http.client
-import ipaddress
 import json
-import socket
+import re
 import ssl
+from concurrent.futures import Executor
 from datetime import datetime, timezone
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
+from .. import netpolicy
+from ..deadline import deadline
 from ..protocol import ProtocolError
 from .model import WEBHOOK_FIELD
 
 SECRET_PREFIX = "whsec_"
-MAX_URL_CHARS = 2048
 #: the longest a retry waits, whatever the backoff doubling reaches
 MAX_BACKOFF_S = 600.0
 #: bytes of a receiver's answer read (and dropped) before the connection is closed
@@ -96,78 +99,117 @@ def refuse(message: str) -> ProtocolError:
 
 
 def check_url(url: str) -> tuple[str, str, int]:
-    """``(scheme, host, port)`` of an acceptable webhook URL; ``ProtocolError`` otherwise."""
-    if len(url) > MAX_URL_CHARS:
-        raise refuse(f"longer than {MAX_URL_CHARS} characters.")
+    """``(scheme, host, port)`` of an acceptable webhook URL (``netpolicy.split_url``);
+    ``ProtocolError`` otherwise."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise refuse("not a valid URL.") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise refuse("use an absolute http:// or https:// URL.")
-    if parts.username is not None or parts.password is not None:
-        raise refuse("credentials in the URL are not supported; verify the signature instead.")
-    if any(ch.isspace() or ord(ch) < 32 for ch in url):
-        raise refuse("the URL contains spaces or control characters.")
-    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
-
-
-def _public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+        return netpolicy.split_url(url)
+    except netpolicy.AddressRefused as exc:
+        hint = "; verify the signature instead" if "credentials" in str(exc) else ""
+        raise refuse(f"{exc}{hint}.") from None
 
 
 def allowed_addresses(host: str, infos: list, allow_private: bool) -> list[str]:
     """The addresses (from ``getaddrinfo``) a webhook may connect to; ``ProtocolError`` when
-    there are none or, by default, when any of them is not public."""
-    addresses = list(dict.fromkeys(info[4][0] for info in infos))
-    if not addresses:
-        raise refuse(f"the host {host[:80]!r} has no address.")
-    if not allow_private:
-        private = [a for a in addresses if not _public(a)]
-        if private:
-            raise refuse(
-                f"the host {host[:80]!r} resolves to a non-public address ({private[0]}); "
-                "this server calls only public addresses (its operator can allow others with "
-                "--webhook-allow-private)."
-            )
-    return addresses
+    there are none or, by default, when any of them is refused (``server/netpolicy.py``)."""
+    try:
+        return netpolicy.addresses_of(host, infos, allow_private)
+    except netpolicy.AddressRefused as exc:
+        raise _refused(exc) from None
 
 
 def resolve(host: str, port: int, allow_private: bool) -> list[str]:
-    """Blocking ``getaddrinfo`` + ``allowed_addresses``."""
+    """Blocking ``getaddrinfo`` (none for a literal address) + ``allowed_addresses``."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        raise refuse(f"the host {host[:80]!r} does not resolve.") from None
-    return allowed_addresses(host, infos, allow_private)
+        return netpolicy.resolve(host, port, allow_private)
+    except netpolicy.AddressRefused as exc:
+        raise _refused(exc) from None
+
+
+def _refused(exc: netpolicy.AddressRefused) -> ProtocolError:
+    return refuse(
+        f"{exc} (its operator can allow non-public addresses with --webhook-allow-private)."
+    )
 
 
 # ---------------------------------------------------------------- sending
 
 
-def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float, allow_private: bool):
+#: a status line ``HTTP/1.1 204 No Content``: the status is all an attempt needs
+_STATUS_LINE = re.compile(rb"^HTTP/1\.[01] ([1-5][0-9][0-9])(?: |\r?\n|$)")
+
+
+def request_head(url: str, host: str, port: int, scheme: str, headers: dict[str, str], size: int):
+    """The request line and headers of one attempt (``Connection: close``: one request per
+    connection). Non-ASCII in the path is percent-encoded; ``check_url`` has refused spaces and
+    control characters, so nothing here can split a header."""
+    parts = urlsplit(url)
+    path = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=_SAFE)
+    name = f"[{host}]" if ":" in host else host.encode("idna").decode("ascii")
+    default = 443 if scheme == "https" else 80
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {name}" + ("" if port == default else f":{port}"),
+        f"Content-Length: {size}",
+        "Connection: close",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+#: characters left as they are in a webhook URL's path and query (the rest is percent-encoded)
+_SAFE = "/?&=;:@!$'()*+,~%-._"
+
+
+async def post(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout_s: float,
+    allow_private: bool,
+    *,
+    resolver: Executor | None = None,
+    tls: ssl.SSLContext | None = None,
+):
     """POST ``body`` to ``url`` at an address ``resolve`` allowed; the response status, or
-    the exception that ended the attempt. Blocking."""
+    the exception that ended the attempt.
+
+    The whole attempt (name resolution, connection, TLS handshake, sending, and the answer's
+    status line) has ``timeout_s`` seconds: a receiver that answers a byte at a time cannot
+    make it last longer (``TimeoutError``). Only the status is read, then the connection is
+    dropped. ``resolver``: the executor of the blocking ``resolve`` (an abandoned lookup
+    finishes in its thread, no longer awaited); ``tls``: the context for https URLs (default:
+    the system's CAs)."""
+    loop = asyncio.get_running_loop()
+    writer = None
     try:
-        scheme, host, port = check_url(url)
-        address = resolve(host, port, allow_private)[0]
-        sock = socket.create_connection((address, port), timeout=timeout_s)
-        if scheme == "https":
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-        conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
-        conn.sock = sock  # connected to the checked address; Host names the URL's host
-        try:
-            parts = urlsplit(url)
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            conn.request("POST", path, body=body, headers=headers)
-            response = conn.getresponse()
-            response.read(MAX_ANSWER_BYTES)
-            return response.status
-        finally:
-            conn.close()
-    except (OSError, http.client.HTTPException, ProtocolError) as exc:
+        async with deadline(timeout_s):
+            scheme, host, port = check_url(url)
+            addresses = await loop.run_in_executor(resolver, resolve, host, port, allow_private)
+            context = None
+            if scheme == "https":
+                context = tls or ssl.create_default_context()
+            reader, writer = await asyncio.open_connection(
+                addresses[0], port, ssl=context, server_hostname=host if context else None
+            )
+            writer.write(request_head(url, host, port, scheme, headers, len(body)) + body)
+            await writer.drain()
+            return await _status(reader)
+    except (OSError, ValueError, ProtocolError, EOFError, asyncio.TimeoutError) as exc:
         return exc
+    finally:
+        if writer is not None:
+            writer.transport.abort()  # no wait for a polite close: the attempt is over
+
+
+async def _status(reader: asyncio.StreamReader) -> int:
+    """The final status of the answer (informational 1xx answers skipped)."""
+    while True:
+        line = await reader.readline()
+        found = _STATUS_LINE.match(line)
+        if found is None:
+            raise ValueError(f"not an HTTP/1.x status line: {line[:40]!r}")
+        status = int(found.group(1))
+        if status >= 200:
+            return status
+        while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+            pass  # the 1xx answer's headers

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from ..config import StorageConfig
 from .local import FileStore
@@ -49,6 +49,11 @@ class Store(Protocol):
 
     def get_object(self, key: str) -> bytes | None:
         """The bytes under ``key``; None if missing or expired."""
+
+    def open_object(self, key: str) -> tuple[BinaryIO, int] | None:
+        """``(stream, size)``: the bytes under ``key`` to read in chunks (``stream.read(n)``,
+        then ``stream.close()``), for objects too big to hold at once; None if missing or
+        expired."""
 
     def delete_object(self, key: str) -> None:
         """Delete ``key`` (nothing happens if it is missing)."""

@@ -17,6 +17,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from . import rules
 
@@ -67,6 +68,15 @@ class FileStore:
         """The bytes under ``key``, or None if missing or expired."""
         path = self._fresh(self.directory / rules.object_path(key))
         return None if path is None else path.read_bytes()
+
+    def open_object(self, key: str) -> tuple[BinaryIO, int] | None:
+        """The open file under ``key`` and its size, or None if missing or expired."""
+        path = self._fresh(self.directory / rules.object_path(key))
+        try:
+            stream = path.open("rb") if path is not None else None
+        except FileNotFoundError:  # swept in between
+            stream = None
+        return None if stream is None else (stream, os.fstat(stream.fileno()).st_size)
 
     def delete_object(self, key: str) -> None:
         (self.directory / rules.object_path(key)).unlink(missing_ok=True)

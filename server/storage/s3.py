@@ -132,6 +132,20 @@ class S3Store:
                 return None
             return body.read()
 
+    def open_object(self, key: str):
+        """``(body, size)``: the object's streaming body (``read(n)``, ``close()``) and its
+        length, or None if missing or expired (an expired one is deleted)."""
+        full = self.prefix + rules.object_path(key)
+        try:
+            got = self._s3.get_object(Bucket=self.bucket, Key=full)
+        except self._s3.exceptions.NoSuchKey:
+            return None
+        if self._expired(got["LastModified"]):
+            got["Body"].close()
+            self._s3.delete_object(Bucket=self.bucket, Key=full)
+            return None
+        return got["Body"], int(got["ContentLength"])
+
     def delete_object(self, key: str) -> None:
         self._s3.delete_object(Bucket=self.bucket, Key=self.prefix + rules.object_path(key))
 

@@ -23,7 +23,7 @@ import pytest
 
 from tests.helpers import decode_b64, png
 from tests.postgres import postgres  # noqa: F401 - the session fixture
-from tests.webhook_receiver import InvalidSignature, Receiver, verify
+from tests.webhook_receiver import DripReceiver, InvalidSignature, Receiver, verify
 
 KEY = "sk-e2e-jobs"
 OTHER_KEY = "sk-e2e-jobs-other"
@@ -301,3 +301,26 @@ def test_two_replicas_on_postgresql_one_killed_mid_job(start_server, models, s3_
     sync = sync_edit(survivor_client, {"seed": seed, "steps": 150}, n=3)
     for got, want in zip(images_of(done), sync, strict=True):
         assert np.array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_sigterm_exits_promptly_with_webhooks_stuck_on_slow_receivers(
+    start_server, models, tmp_path_factory
+):
+    """Receivers that answer one byte every 0.3 s forever: the process still exits soon after
+    SIGTERM (their attempts are abandoned, to be sent again later), not when they finish."""
+    files = tmp_path_factory.mktemp("drip-files")
+    args = server_args(
+        models,
+        *("--api-key", KEY, "--files-dir", str(files), "--shutdown-grace", "2"),
+        *("--webhook-secret", SECRET, "--webhook-allow-private", "--webhook-timeout", "600"),
+    )
+    srv, client = start_server(args, key=KEY, timeout=120)
+    with DripReceiver() as slow:
+        for _ in range(4):
+            submit(client, extra_body={"steps": 1, "webhook_url": slow.url})
+        assert slow.wait(2, timeout=120) >= 2  # attempts in flight, held by the receiver
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(30) == 0
+        assert time.monotonic() - started < 30

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from server.jobs.database import engine_url, make_engine
+from server.jobs.database import engine_url, jobs, make_engine
 from server.jobs.model import (
     CANCELLED,
     FAILED,
@@ -20,7 +20,7 @@ from server.jobs.model import (
     Upload,
     new_job_id,
 )
-from server.jobs.store import IdempotencyMismatch, JobStore
+from server.jobs.store import IdempotencyMismatch, JobStore, QueueFull
 from tests.postgres import postgres  # noqa: F401 - the session fixture
 
 TTL = 3600.0
@@ -212,3 +212,80 @@ def test_jobs_queued_past_the_ttl_fail(store):
     failed = store.get(old.id, "alice", T0 + TTL + 1)
     assert failed.status == FAILED and '"code": "x"' in failed.error
     assert store.get(fresh.id, "alice", T0 + TTL + 1).status == QUEUED
+
+
+def test_the_queue_limit_holds_for_concurrent_submissions(store):
+    """Count and insert are one step: 12 concurrent creators of one owner, limit 5."""
+    created, refused = [], []
+    start = threading.Barrier(12)
+
+    def submit() -> None:
+        start.wait(30)
+        try:
+            created.append(store.create(values(T0), max_queued=5)[0].id)
+        except QueueFull as full:
+            refused.append(full.queued)
+
+    threads = [threading.Thread(target=submit) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(created) == 5 and refused == [5] * 7
+    assert store.count_queued("alice") == 5
+    assert store.create(values(T0, owner="bob"), max_queued=5)[1]  # per owner
+
+
+def test_an_expired_jobs_idempotency_key_starts_a_new_job(store):
+    first = add(store, key="k-1", fp="same")
+    store.claim("r1", ["m"], T0, LEASE)
+    store.finish(first.id, "r1", SUCCEEDED, T0 + 1, result_key="k", result_bytes=10)
+    later = T0 + 1 + TTL + 1  # expired, not swept yet
+    assert store.get(first.id, "alice", later) is None
+    assert store.find_idempotent("alice", "k-1", later) is None
+    again, created = store.create(values(later, key="k-1", fp="same"))
+    assert created and again.id != first.id and again.status == QUEUED
+    replay, created = store.create(values(later + 1, key="k-1", fp="same"))
+    assert not created and replay.id == again.id  # the new job replays from now on
+
+
+def test_a_cancel_accepted_before_the_result_is_stored_wins(store):
+    job = add(store, webhook="https://example.com/hook")
+    store.claim("r1", ["m"], T0, LEASE)
+    assert store.cancel(job.id, "alice", T0 + 1).cancel_requested  # the client's 202/200
+    # the holder finishes encoding after that: the job still ends cancelled, without result
+    assert store.finish(job.id, "r1", SUCCEEDED, T0 + 2, result_key="k", result_bytes=9) == (
+        CANCELLED
+    )
+    done = store.get(job.id, "alice", T0 + 2)
+    assert done.status == CANCELLED and done.result_key is None and done.result_bytes is None
+    assert done.webhook_state == "pending"  # its webhook says cancelled
+    plain = add(store, T0 + 3)
+    store.claim("r1", ["m"], T0 + 3, LEASE)
+    assert store.finish(plain.id, "r1", SUCCEEDED, T0 + 4, result_key="k2") == SUCCEEDED
+
+
+def test_stored_results_per_key_keep_within_the_cap_oldest_out_first(store):
+    def finished(at: float, size: int, owner: str = "alice"):
+        job = add(store, at, owner=owner)
+        store.claim("r1", ["m"], at, LEASE)
+        store.finish(job.id, "r1", SUCCEEDED, at, result_key=f"k{at}", result_bytes=size)
+        return job.id
+
+    a, b = finished(T0, 40), finished(T0 + 1, 40)
+    other = finished(T0 + 2, 500, owner="bob")
+    assert store.evict_results("alice", 100, T0 + 3) == []
+    c = finished(T0 + 3, 40)  # 120 bytes for alice: a, the oldest, goes
+    assert [j.id for j in store.evict_results("alice", 100, T0 + 3)] == [a]
+    assert store.get(a, "alice", T0 + 3) is None and store.get(b, "alice", T0 + 3) is not None
+    huge = finished(T0 + 4, 300)  # alone over the cap: the newest is kept, all older go
+    assert {j.id for j in store.evict_results("alice", 100, T0 + 4)} == {b, c}
+    assert store.get(huge, "alice", T0 + 4).status == SUCCEEDED
+    assert store.get(other, "bob", T0 + 4) is not None  # another key's results are its own
+    line = finished(T0 + 5, 10)  # a batch's line: its batch collects it, never evicted
+    with store.engine.begin() as conn:
+        conn.execute(jobs.update().where(jobs.c.id == line).values(batch_id="batch_1"))
+    finished(T0 + 6, 300)
+    assert {j.id for j in store.evict_results("alice", 100, T0 + 6)} == {huge}
+    assert store.get(line, "alice", T0 + 6).status == SUCCEEDED
+    assert {j.id for j in store.expired(T0 + 6)} == {a, b, c, huge}

@@ -14,8 +14,16 @@ import pytest
 
 from server.batching import Batcher
 from server.jobs import start_jobs
-from server.jobs.model import RUNNING, SUCCEEDED, JobRequest, Upload, new_job_id, upload_key
-from server.jobs.webhooks import backoff, parse_secret, signature
+from server.jobs.model import (
+    RUNNING,
+    SUCCEEDED,
+    JobRequest,
+    Upload,
+    new_job_id,
+    result_key,
+    upload_key,
+)
+from server.jobs.webhooks import backoff, parse_secret, request_head, signature
 from server.metrics import Metrics
 from server.models.base import Row
 from server.service import EditService
@@ -23,7 +31,7 @@ from server.service.admission import MemoryBudget
 from server.service.progress import Progress, planned_steps
 from server.storage import FileStore
 from tests.helpers import IMG, MASK, FakeModel, config, registry
-from tests.webhook_receiver import InvalidSignature, Receiver, verify
+from tests.webhook_receiver import DripReceiver, InvalidSignature, Receiver, verify
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 
@@ -82,10 +90,17 @@ async def parts(tmp_path: Path):
 
 
 def queue_job(
-    jobs, objects, model: str, now: float, webhook: str | None = None, queue_as: str | None = None
+    jobs,
+    objects,
+    model: str,
+    now: float,
+    webhook: str | None = None,
+    queue_as: str | None = None,
+    owner: str = "",
+    fields: dict | None = None,
 ) -> str:
     """A queued job for ``model`` (listed under ``queue_as`` in the queue, if given: a model
-    nobody here serves keeps it from this runner)."""
+    nobody here serves keeps it from this runner), of ``owner``, with extra edit ``fields``."""
     job_id = new_job_id()
     uploads = (Upload("image", upload_key(job_id, 0)), Upload("mask", upload_key(job_id, 1)))
     objects.put_object(uploads[0].key, IMG, "application/octet-stream")
@@ -93,10 +108,12 @@ def queue_job(
     jobs.store.create(
         {
             "id": job_id,
-            "owner": "",
+            "owner": owner,
             "model": queue_as or model,
             "rows": 1,
-            "request": JobRequest({"prompt": "p", "seed": "1", "model": model}, uploads).to_json(),
+            "request": JobRequest(
+                {"prompt": "p", "seed": "1", "model": model, **(fields or {})}, uploads
+            ).to_json(),
             "fingerprint": "f",
             "idempotency_key": None,
             "base_url": "http://127.0.0.1:1",
@@ -267,3 +284,166 @@ def test_progress_counts_steps_against_the_planned_total():
     for _ in range(11):  # a scheduler with one more model call than planned (PNDM)
         rows[0].on_step()
     assert p.snapshot() == (11, 11) and p.complete() == (11, 11)
+
+
+async def test_slow_receivers_of_one_key_neither_hold_an_attempt_nor_freeze_other_keys(parts):
+    clock = Clock()
+    jobs, metrics, objects, model = await parts(
+        clock=clock, webhook_secret=SECRET, webhook_allow_private=True, webhook_timeout=2.0
+    )
+    with DripReceiver() as slow, Receiver() as good:
+        for _ in range(6):  # more than a replica used to have delivery threads
+            queue_job(jobs, objects, model, clock.now, webhook=slow.url, owner="attacker")
+        await until(lambda: slow.connections >= 2)
+        victim = queue_job(jobs, objects, model, clock.now, webhook=good.url, owner="victim")
+        # the other key's webhook goes out while the dripping receivers still hold theirs
+        await until(lambda: len(good.calls) == 1, timeout=30)
+        await until(
+            lambda: jobs.store.get(victim, "victim", clock.now).webhook_state == "delivered"
+        )
+        # each dripping attempt ends at --webhook-timeout as a whole (a retry is scheduled)
+        retries = metrics.webhook_deliveries.labels("retry")
+        await until(lambda: retries._value.get() >= 2, timeout=30)
+        assert slow.connections <= 6  # one attempt per job: the retries wait for the backoff
+
+
+async def test_a_stop_abandons_slow_attempts_and_leaves_them_due_again(parts):
+    clock = Clock()
+    jobs, metrics, objects, model = await parts(
+        clock=clock, webhook_secret=SECRET, webhook_allow_private=True, webhook_timeout=60.0
+    )
+    with DripReceiver() as slow:
+        job_ids = [
+            queue_job(jobs, objects, model, clock.now, webhook=slow.url, owner=f"key{i}")
+            for i in range(4)
+        ]
+        await until(lambda: slow.connections >= 4)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await jobs.runner.stop()
+        assert loop.time() - started < 20  # STOP_WAIT_S (0.4 s), not the 60 s attempts
+        # nothing keeps sending after the stop (no thread left blocked on a receiver)
+        await until(lambda: not [t for t in threading.enumerate() if t.name.startswith("webhook_")])
+        for job_id in job_ids:  # claimed, not recorded: due again once the claim's hold ends
+            job = jobs.store.get(job_id, f"key{job_ids.index(job_id)}", clock.now)
+            assert job.webhook_state == "pending" and job.webhook_attempts == 1
+            assert clock.now < job.webhook_next_at <= clock.now + 60.0 + 10.0
+
+
+class SteppedModel(FakeModel):
+    """A single-pass model that runs one call per permit the test gives (``permits``)."""
+
+    def __init__(self) -> None:
+        super().__init__("stepped")
+        self.permits = threading.Semaphore(0)
+
+    def run(self, rows):
+        self.started.set()
+        assert self.permits.acquire(timeout=30)
+        return super().run(rows)
+
+
+async def test_a_single_pass_jobs_progress_counts_images_and_reaches_its_total(parts):
+    model = SteppedModel()
+    clock = Clock()
+    jobs, metrics, objects, name = await parts(model, clock)  # batch size 1: a call per image
+    job_id = queue_job(jobs, objects, name, clock.now, fields={"n": "3"})
+
+    def progress():
+        job = jobs.store.get(job_id, "", clock.now)
+        return job.steps_done, job.steps_total
+
+    model.permits.release()  # the first image only
+    await until(lambda: progress() == (1, 3))  # written with the next lease renewal
+    model.permits.release(2)
+    await until(lambda: jobs.store.get(job_id, "", clock.now).status == SUCCEEDED)
+    assert progress() == (3, 3)
+
+
+class CancelledWhileFinishing(FakeModel):
+    """The client's DELETE lands as the model returns: the images are made, the job is still
+    encoding them when the cancel is accepted."""
+
+    def __init__(self) -> None:
+        super().__init__("late-cancel")
+        self.cancel = None  # set by the test: cancels the job through the store
+
+    def run(self, rows):
+        images = super().run(rows)
+        self.cancel()
+        return images
+
+
+async def test_a_cancel_accepted_while_the_result_is_encoded_wins(parts):
+    model = CancelledWhileFinishing()
+    clock = Clock()
+    jobs, metrics, objects, name = await parts(model, clock)
+    job_id = new_job_id()  # queue_job's id is known only once queued: cancel by lookup
+    accepted = []
+    model.cancel = lambda: accepted.append(jobs.store.cancel(job_id, "", clock.now))
+    uploads = (Upload("image", upload_key(job_id, 0)), Upload("mask", upload_key(job_id, 1)))
+    objects.put_object(uploads[0].key, IMG, "application/octet-stream")
+    objects.put_object(uploads[1].key, MASK, "application/octet-stream")
+    jobs.store.create(
+        {
+            "id": job_id,
+            "owner": "",
+            "model": name,
+            "rows": 1,
+            "request": JobRequest({"prompt": "p", "seed": "1", "model": name}, uploads).to_json(),
+            "fingerprint": "f",
+            "idempotency_key": None,
+            "base_url": "http://127.0.0.1:1",
+            "webhook_url": None,
+            "created_at": clock.now,
+            "steps_total": 1,
+        }
+    )
+    jobs.runner.wake()
+    job = await until(
+        lambda: (j := jobs.store.get(job_id, "", clock.now)).finished and j, timeout=30
+    )
+    assert accepted[0].status == RUNNING and accepted[0].cancel_requested  # what DELETE saw
+    assert job.status == "cancelled" and job.result_key is None
+    await until(lambda: objects.get_object(result_key(job_id)) is None)  # no result kept
+    assert metrics.jobs_finished.labels("cancelled")._value.get() == 1
+    assert metrics.jobs_finished.labels(SUCCEEDED)._value.get() == 0
+
+
+async def test_stored_results_per_key_are_capped_oldest_removed_first(parts):
+    clock = Clock()
+    # a cap of one byte: each key keeps its newest result only (the newest always stays)
+    jobs, metrics, objects, model = await parts(clock=clock, max_stored_results_mb=1 / 2**20)
+    done = []
+    for owner in ("alice", "alice", "bob", "alice"):
+        job_id = queue_job(jobs, objects, model, clock.now, owner=owner)
+        await until(lambda job_id=job_id, owner=owner: jobs.store.get(job_id, owner, clock.now))
+        await until(
+            lambda job_id=job_id, owner=owner: jobs.store.get(job_id, owner, clock.now).finished
+        )
+        done.append((job_id, owner))
+        clock.now += 1
+    sizes = {j: jobs.store.get(j, o, clock.now) for j, o in done}
+    kept = {j for j, job in sizes.items() if job is not None}
+    assert kept == {done[2][0], done[3][0]}  # alice's newest and bob's only one
+    for job_id, _ in done[:2]:  # deleted at once, not at the next sweep
+        await until(lambda job_id=job_id: objects.get_object(result_key(job_id)) is None)
+    newest = sizes[done[3][0]]
+    assert newest.status == SUCCEEDED and newest.result_bytes > 1000
+    assert len(objects.get_object(result_key(done[3][0]))) == newest.result_bytes
+
+
+def test_the_request_head_names_the_host_and_quotes_the_path():
+    head = request_head(
+        "https://[2001:db8::1]:8443/hooks/é?x=1", "2001:db8::1", 8443, "https", {"A": "b"}, 12
+    ).decode()
+    lines = head.split("\r\n")
+    assert lines[:4] == [
+        "POST /hooks/%C3%A9?x=1 HTTP/1.1",
+        "Host: [2001:db8::1]:8443",
+        "Content-Length: 12",
+        "Connection: close",
+    ]
+    assert lines[4] == "A: b" and head.endswith("\r\n\r\n")
+    plain = request_head("http://bücher.example/", "bücher.example", 80, "http", {}, 0).decode()
+    assert "Host: xn--bcher-kva.example\r\n" in plain and plain.startswith("POST / HTTP/1.1")
