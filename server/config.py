@@ -65,6 +65,24 @@ class HTTPConfig:
     header_timeout: float = option(
         30.0, "seconds a connection may take to send a request's headers (and may stay idle)"
     )
+    write_timeout: float = option(
+        30.0,
+        "seconds an edit's answer (JSON body or SSE stream) may stall on a client that reads "
+        "none of it (each 256 KiB must be taken within it); then the connection is closed and "
+        "its memory released",
+    )
+    trusted_proxies: tuple[str, ...] = option(
+        (),
+        "address or CIDR of a reverse proxy whose --forwarded-header names the client (the "
+        "auth throttle, logs); default: none, the peer address is the client",
+        flag="--trusted-proxy",
+        repeatable=True,
+    )
+    forwarded_header: str = option(
+        "x-forwarded-for",
+        "the header trusted proxies write the client's address into: x-forwarded-for or "
+        "forwarded (RFC 7239 for=); the other one is ignored, so a client cannot forge it",
+    )
 
 
 @dataclass(frozen=True)
@@ -84,7 +102,9 @@ class AuthConfig:
         "key, 0 = off; requests naming no end user count only against --rate-limit",
     )
     auth_failures_per_minute: int = option(
-        30, "failed authentications per minute per client address before 429, 0 = off"
+        30,
+        "failed authentications per minute per client address (see --trusted-proxy) before "
+        "its failing requests get 429 (a valid key always passes), 0 = off",
     )
 
 
@@ -190,6 +210,11 @@ class JobsConfig:
         "this long after its last renewal",
     )
     max_queued_jobs: int = option(1000, "queued jobs per API key before 429")
+    max_stored_results_mb: float = option(
+        1024.0,
+        "megabytes of finished job results kept per API key: storing a new result deletes "
+        "that key's oldest ones beyond it (their jobs then read as expired)",
+    )
     webhook_secret: str | None = option(
         None,
         "Standard Webhooks signing secret, whsec_ + base64 of 24..64 random bytes; "
@@ -199,10 +224,58 @@ class JobsConfig:
     webhook_backoff: float = option(
         2.0, "seconds before the first webhook retry, doubled at each further one (max 600)"
     )
-    webhook_timeout: float = option(10.0, "seconds one webhook attempt may take")
+    webhook_timeout: float = option(
+        10.0, "seconds one webhook attempt may take in all (connection, request, answer)"
+    )
     webhook_allow_private: bool = option(
         False,
         "allow webhook URLs on loopback, private, link-local and other non-public addresses "
+        "(refused by default against SSRF)",
+    )
+
+    @property
+    def max_stored_results_bytes(self) -> int:
+        return int(self.max_stored_results_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class FilesConfig:
+    """Files (``/v1/files``) and the Batch API (``/v1/batches``); files live in the url
+    images' store and at most ``--file-ttl`` seconds."""
+
+    max_file_mb: float = option(64.0, "largest file uploaded to /v1/files (413 over it)")
+    max_batch_requests: int = option(1000, "lines (requests) in one batch input file")
+    max_stored_files_mb: float = option(
+        2048.0, "bytes of uploaded files one API key may keep (MB; 429 past it)"
+    )
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 1024 * 1024)
+
+    @property
+    def max_stored_files_bytes(self) -> int:
+        return int(self.max_stored_files_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class ImageURLConfig:
+    """Images a JSON edit names by http(s) URL: fetched only from the hosts allowed here."""
+
+    image_url_allow: tuple[str, ...] = option(
+        (),
+        "host whose http(s) image URLs a JSON edit may name: a name (images.example.com), "
+        "*.example.com for its subdomains, or * for any public host; default: none, image "
+        "URLs are refused (send data URLs or file_id)",
+        flag="--image-url-allow",
+        repeatable=True,
+    )
+    image_url_timeout: float = option(
+        10.0, "seconds one image URL fetch may take, all of it (lookup, connection, body)"
+    )
+    image_url_allow_private: bool = option(
+        False,
+        "allow image URLs on loopback, private, link-local and other non-public addresses "
         "(refused by default against SSRF)",
     )
 
@@ -268,7 +341,9 @@ class ServerConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)
     limits: Limits = field(default_factory=Limits)
+    image_urls: ImageURLConfig = field(default_factory=ImageURLConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 

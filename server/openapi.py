@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import openapi_files as files_and_batches
 from .protocol import (
     BACKGROUNDS,
     COMPLEXITIES,
@@ -17,6 +18,7 @@ from .protocol import (
     MAX_ECHO_CHARS,
     MAX_IMAGES,
     MAX_PROMPT_CHARS,
+    MODERATIONS,
     OUTPUT_COMPRESSION,
     OUTPUT_FORMATS,
     PARTIAL_IMAGES,
@@ -121,6 +123,12 @@ def field_schemas(models: list[Any]) -> dict[str, dict]:
             "enum": list(COMPLEXITIES),
             "description": "Accepted for compatibility; ignored.",
         },
+        "moderation": {
+            "type": "string",
+            "enum": list(MODERATIONS),
+            "description": "Accepted and validated for compatibility; this server runs no "
+            "moderation model.",
+        },
         "negative_prompt": {
             "type": "string",
             "description": "Extension: what to steer away from.",
@@ -213,6 +221,9 @@ JOB = {
     },
     "required": ["id", "object", "status", "model", "created_at", "progress"],
 }
+#: one image of a JSON edit: a data URL, an http(s) URL (where the operator allows them) or a
+#: file of /v1/files
+_IMAGE_REFERENCE = {"image_url": {"type": "string"}, "file_id": {"type": "string"}}
 _JOB_ANSWER = {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}
 _JOB_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 JOB_PATH = {
@@ -304,16 +315,16 @@ def openapi_document(registry: Any = None) -> dict:
                                             "type": "array",
                                             "items": {
                                                 "type": "object",
-                                                "properties": {"image_url": {"type": "string"}},
+                                                "properties": _IMAGE_REFERENCE,
                                             },
                                         },
                                         "mask": {
                                             "type": "object",
-                                            "properties": {"image_url": {"type": "string"}},
+                                            "properties": _IMAGE_REFERENCE,
                                         },
                                         "markup": {
                                             "type": "object",
-                                            "properties": {"image_url": {"type": "string"}},
+                                            "properties": _IMAGE_REFERENCE,
                                         },
                                         **{
                                             k: v
@@ -349,6 +360,7 @@ def openapi_document(registry: Any = None) -> dict:
                 }
             },
             "/v1/images/jobs/{id}": JOB_PATH,
+            **files_and_batches.PATHS,
             "/v1/models": {
                 "get": {
                     "summary": "List models",
@@ -408,6 +420,7 @@ def openapi_document(registry: Any = None) -> dict:
                 },
                 "Error": ERROR,
                 "Job": JOB,
+                **files_and_batches.SCHEMAS,
             },
             "securitySchemes": {"BearerAuth": {"type": "http", "scheme": "bearer"}},
         },

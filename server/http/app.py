@@ -18,6 +18,10 @@ from ..ratelimit import user_rate_limiter
 from ..service import EditService
 from ..service.admission import MemoryBudget, default_budget_bytes
 from ..storage import Store, check_config, make_store
+from .batches import setup_batches
+from .expect import defer_continue_everywhere
+from .fetch import ImageFetcher
+from .files import setup_files
 from .jobs import setup_jobs
 from .middlewares import cors_headers, make_middlewares
 from .playground import routes as playground_routes
@@ -27,6 +31,7 @@ from .state import (
     BUDGET,
     CONFIG,
     EXECUTOR,
+    FETCHER,
     KEYS,
     METRICS,
     REGISTRY,
@@ -61,11 +66,14 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
     app[KEYS] = keys
     app[METRICS] = metrics
     app[USER_LIMITER] = user_rate_limiter(config)
+    if config.image_urls.image_url_allow:  # image URLs in JSON edits: off by default
+        app[FETCHER] = ImageFetcher(config.image_urls, config.limits)
     budget_mb = config.admission.memory_budget_mb
     app[BUDGET] = MemoryBudget(budget_mb * 2**20 if budget_mb else default_budget_bytes())
     app.add_routes(routes)
     app.add_routes(playground_routes)
     app.on_response_prepare.append(cors_headers)
+    app.on_startup.append(defer_continue_everywhere)  # 100 Continue after auth, every route
 
     async def resources(app: web.Application):
         loop = asyncio.get_running_loop()
@@ -123,6 +131,8 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> w
 
     app.cleanup_ctx.append(resources)
     setup_jobs(app)  # async jobs: routes, and a context started after resources
+    setup_files(app)  # /v1/files: after the jobs (their database)
+    setup_batches(app)  # /v1/batches: after the jobs and the files
     app.on_shutdown.append(drain)
     return app
 

@@ -11,12 +11,14 @@ from aiohttp import web
 from ..auth import KeyStore
 from ..batching import Batcher
 from ..config import ServerConfig
+from ..files import FileService
 from ..metrics import Metrics
 from ..models.registry import ModelRegistry
 from ..ratelimit import RateLimiter
 from ..service import EditService
 from ..service.admission import MemoryBudget
 from ..storage import Store
+from .fetch import ImageFetcher
 
 
 @dataclass
@@ -41,3 +43,7 @@ BUDGET = web.AppKey("budget", MemoryBudget)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 #: --rate-limit-per-user (the per-key limit lives in the auth middleware)
 USER_LIMITER = web.AppKey("user_limiter", RateLimiter)
+#: files (``/v1/files``): uploads, batch input and output files, ``file_id`` image references
+FILES = web.AppKey("files", FileService)
+#: the image URL fetcher (``fetch.py``); absent unless --image-url-allow names hosts
+FETCHER = web.AppKey("fetcher", ImageFetcher)
