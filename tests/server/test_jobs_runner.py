@@ -15,6 +15,7 @@ import pytest
 from server.batching import Batcher
 from server.jobs import start_jobs
 from server.jobs.model import (
+    FAILED,
     RUNNING,
     SUCCEEDED,
     JobRequest,
@@ -156,17 +157,28 @@ async def test_claims_only_while_the_batcher_has_room(parts):
 
 
 async def test_a_job_without_memory_room_goes_back_to_the_queue(parts):
-    budget = MemoryBudget(1000)  # far too small for any edit: 429 inside the job
+    budget = MemoryBudget(1 << 30)
+    budget.used = budget.total  # held by other requests: a retryable 429 inside the job
     clock = Clock()
     jobs, metrics, objects, model = await parts(clock=clock, budget=budget)
     job_id = queue_job(jobs, objects, model, clock.now)
     job = await until(lambda: (j := jobs.store.get(job_id, "", clock.now)).attempts >= 2 and j)
     assert job.status in ("queued", "running") and job.error is None  # released, not failed
-    budget.total = 1 << 30
+    budget.used = 0
     job = await until(
         lambda: (j := jobs.store.get(job_id, "", clock.now)).status == SUCCEEDED and j
     )
     assert job.attempts >= 3
+
+
+async def test_a_job_larger_than_the_whole_memory_budget_fails_at_once(parts):
+    """No wait makes it fit: the job fails with the 429 that says so (x-should-retry false),
+    instead of going back to the queue for ever."""
+    clock = Clock()
+    jobs, metrics, objects, model = await parts(clock=clock, budget=MemoryBudget(1000))
+    job_id = queue_job(jobs, objects, model, clock.now)
+    job = await until(lambda: (j := jobs.store.get(job_id, "", clock.now)).status == FAILED and j)
+    assert job.attempts == 1 and "whole budget" in json.loads(job.error)["message"]
 
 
 async def test_a_job_whose_replica_died_is_recovered_after_its_lease(parts):
