@@ -196,8 +196,11 @@ async def one(
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as resp:
             body = await resp.read()
-            if resp.status == 429 and "Retry-After" not in resp.headers:
-                stats.unexpected.append(f"{kind}: 429 without Retry-After")
+            # a 429 says when to retry, or that no retry helps (a request over the whole
+            # memory budget: x-should-retry false)
+            final = resp.headers.get("x-should-retry") == "false"
+            if resp.status == 429 and "Retry-After" not in resp.headers and not final:
+                stats.unexpected.append(f"{kind}: 429 with neither Retry-After nor x-should-retry")
             if resp.status >= 400:
                 err = json.loads(body).get("error", {})
                 if not {"message", "type", "param", "code"} <= set(err):

@@ -3,6 +3,8 @@ server's document by ``openapi.py``): OpenAI's shapes, as the SDKs parse them.""
 
 from __future__ import annotations
 
+from .jobs.database import BATCH_EVENTS
+
 
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -96,19 +98,7 @@ BATCH = {
         "output_file_id": {"type": "string", "nullable": True},
         "error_file_id": {"type": "string", "nullable": True},
         "created_at": {"type": "integer"},
-        **{
-            f"{event}_at": _STAMP
-            for event in (
-                "in_progress",
-                "expires",
-                "finalizing",
-                "completed",
-                "failed",
-                "expired",
-                "cancelling",
-                "cancelled",
-            )
-        },
+        **{f"{event}_at": _STAMP for event in BATCH_EVENTS if event != "created"},
         "request_counts": {
             "type": "object",
             "properties": {

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..jobs.database import BATCH_EVENTS
+
 VALIDATING, FAILED, IN_PROGRESS, FINALIZING = "validating", "failed", "in_progress", "finalizing"
 COMPLETED, EXPIRED, CANCELLING, CANCELLED = "completed", "expired", "cancelling", "cancelled"
 TERMINAL = (FAILED, COMPLETED, EXPIRED, CANCELLED)
@@ -27,18 +29,6 @@ WINDOW_S = 24 * 3600
 BATCH_ID = re.compile(r"^batch_[0-9a-f]{32}$")
 #: OpenAI's metadata bounds: 16 pairs, keys up to 64 characters, values up to 512
 METADATA_PAIRS, METADATA_KEY, METADATA_VALUE = 16, 64, 512
-#: OpenAI's timestamps of a batch, in the order a batch meets them
-EVENTS = (
-    "created",
-    "in_progress",
-    "expires",
-    "finalizing",
-    "completed",
-    "failed",
-    "expired",
-    "cancelling",
-    "cancelled",
-)
 
 
 def new_batch_id() -> str:
@@ -104,7 +94,7 @@ def public(batch: BatchRecord, counts: dict[str, int]) -> dict[str, Any]:
         "output_file_id": batch.output_file_id,
         "error_file_id": batch.error_file_id,
     }
-    for event in EVENTS:
+    for event in BATCH_EVENTS:
         body[f"{event}_at"] = _ts(getattr(batch, f"{event}_at"))
     if batch.status != EXPIRED:
         body["expired_at"] = None

@@ -41,6 +41,7 @@ from ..jobs.model import (
     pin_seed,
     upload_key,
 )
+from ..jobs.polling import poll
 from ..jobs.runner import JobRunner
 from ..jobs.store import JobStore
 from ..protocol import parse_edit_fields
@@ -144,18 +145,7 @@ class BatchRunner:
             await asyncio.wait(list(self._tasks.values()), timeout=1.0)
 
     async def _loop(self) -> None:
-        while not self._stopping:
-            try:
-                await asyncio.wait_for(self._wake.wait(), POLL_S)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
-            if self._stopping:
-                return
-            try:
-                await self._tick()
-            except Exception:  # noqa: BLE001 - a database outage must not end the loop
-                log.exception("batch loop: the database or the object store failed; retrying")
+        await poll(self._tick, self._wake, lambda: self._stopping, POLL_S, log, "batch loop")
 
     async def _tick(self) -> None:
         now = self.clock()

@@ -22,6 +22,19 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
+#: OpenAI's timestamps of a batch (``<event>_at``), in the order a batch meets them
+BATCH_EVENTS = (
+    "created",
+    "in_progress",
+    "expires",
+    "finalizing",
+    "completed",
+    "failed",
+    "expired",
+    "cancelling",
+    "cancelled",
+)
+
 #: one row per job; the request's uploads and the result live in the object store, not here
 jobs = sa.Table(
     "inpaint_jobs",
@@ -110,20 +123,7 @@ batches = sa.Table(
     #: the replica validating or finalizing it, until when (NULL: nobody)
     sa.Column("worker", sa.String(64)),
     sa.Column("lease_until", sa.Float),
-    *(
-        sa.Column(f"{event}_at", sa.Float)
-        for event in (
-            "created",
-            "in_progress",
-            "expires",
-            "finalizing",
-            "completed",
-            "failed",
-            "expired",
-            "cancelling",
-            "cancelled",
-        )
-    ),
+    *(sa.Column(f"{event}_at", sa.Float) for event in BATCH_EVENTS),
     sa.Index("inpaint_batches_owner", "owner", "created_at"),
     sa.Index("inpaint_batches_status", "status"),
 )

@@ -42,6 +42,7 @@ from ..service.progress import Progress
 from ..storage import Store
 from .deliveries import Deliveries
 from .model import CANCELLED, FAILED, SUCCEEDED, JobRecord, JobRequest, result_key
+from .polling import poll
 from .store import JobStore
 
 log = logging.getLogger("server.jobs")
@@ -176,18 +177,7 @@ class JobRunner:
 
     # ------------------------------------------------------------------ the loop
     async def _loop(self) -> None:
-        while not self._stopping:
-            try:
-                await asyncio.wait_for(self._wake.wait(), POLL_S)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
-            if self._stopping:
-                return
-            try:
-                await self._tick()
-            except Exception:  # noqa: BLE001 - a database outage must not end the loop
-                log.exception("job loop: the database or the object store failed; retrying")
+        await poll(self._tick, self._wake, lambda: self._stopping, POLL_S, log, "job loop")
 
     async def _tick(self) -> None:
         self.metrics.jobs_queued.set(await self._db(self.store.count_queued))
