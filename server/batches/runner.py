@@ -71,6 +71,9 @@ KEEP_S = 7 * 24 * 3600
 SWEEP_S = 60.0
 #: a line refused for want of memory is tried again this many times, this far apart
 BUSY_RETRIES, BUSY_PAUSE_S = 60, 1.0
+#: a line whose submission fails with a server error this many times (on one replica) goes to
+#: the error file instead of holding its batch in validation until the window closes
+LINE_FAULTS = 3
 
 #: ``(owner, JSON edit body, reservation) -> (form fields, uploads)``: the JSON edit body
 #: parsed and its file/url references resolved as the edits route does (``http/batches.py``)
@@ -112,6 +115,7 @@ class BatchRunner:
         self.clock = clock
         self.lease_s = config.jobs.lease_seconds
         self._tasks: dict[str, asyncio.Task] = {}
+        self._line_faults: dict[tuple[str, int], int] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self._stopping = False
@@ -284,11 +288,18 @@ class BatchRunner:
                 return
             except Exception as exc:  # noqa: BLE001 - the line's error, for the error file
                 err = to_api_error(exc)
-                if err.status == 429 and attempt < BUSY_RETRIES:
+                if err.status == 429 and err.retry and attempt < BUSY_RETRIES:
                     await asyncio.sleep(BUSY_PAUSE_S)  # busy: the line is fine, try later
                     continue
                 if err.status >= 500:
-                    raise  # the store or the database: the batch is tried again
+                    # the store or the database: the batch is tried again; a line that fails
+                    # so LINE_FAULTS times here is an error line (a fault of this line, or the
+                    # batch would never finish)
+                    key = (batch.id, line)
+                    self._line_faults[key] = self._line_faults.get(key, 0) + 1
+                    if self._line_faults[key] < LINE_FAULTS:
+                        raise
+                    self._line_faults.pop(key, None)
                 error = {"status": err.status, "error": err.body()["error"]}
                 await self._db(self.store.set_line, batch.id, line, error=error)
                 return

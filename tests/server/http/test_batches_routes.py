@@ -381,3 +381,30 @@ def test_a_jobs_table_from_before_batches_gets_its_batch_column(tmp_path, databa
     assert "batch_id" in names
     assert store.claim("w", ["m"], 10.0, 30.0) is None
     store.close()
+
+
+async def test_a_line_that_keeps_failing_with_a_server_error_goes_to_the_error_file(make_client):
+    """A server error while a line is submitted retries the validation (the store or the
+    database may be back next time), but a line that fails LINE_FAULTS times is an error line:
+    the batch finishes instead of waiting in validation until its window closes."""
+    from server.batches.runner import LINE_FAULTS
+    from server.http.batches import BATCHES
+
+    client = await make_client(lease_seconds=3)
+    runner = client.app[BATCHES].service.runner
+    prepare, calls = runner.prepare_line, []
+
+    async def faulty(owner, body, reservation):
+        if b"poison" in body:
+            calls.append(1)
+            raise RuntimeError("a fault of this line")
+        return await prepare(owner, body, reservation)
+
+    runner.prepare_line = faulty
+    lines = [request_line("good", edit_body(seed=1)), request_line("bad", edit_body(user="poison"))]
+    done = await wait_batch(client, (await start_batch(client, lines))["id"], until=TERMINAL)
+    assert done["status"] == "completed" and len(calls) == LINE_FAULTS
+    assert done["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
+    (error,) = await file_lines(client, done["error_file_id"])
+    assert error["custom_id"] == "bad" and error["response"]["status_code"] == 500
+    assert error["response"]["body"]["error"]["code"] == "server_error"
