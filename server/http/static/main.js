@@ -326,7 +326,8 @@ async function run() {
       $("preview").src = previewUrl;
       $("preview-box").hidden = false;
       const which = n > 1 ? ` of image ${(ev.image_index ?? 0) + 1}` : "";
-      $("preview-caption").textContent = `Preview ${ev.partial_image_index + 1} of ${partialsEach}${which}`;
+      // "of k" would mislead: with fewer steps than k the server sends fewer (distinct) previews
+      $("preview-caption").textContent = `Preview ${ev.partial_image_index + 1}${which}`;
     } else if (type === "image_edit.completed") {
       // image_index (this server's extension) says which of the n images it is: image i was
       // made with seed + i
