@@ -103,14 +103,6 @@ def component_precisions(
     return {c: normalize_precision(p) for c in components}
 
 
-def label_precision(precisions: dict[str, str]) -> str:
-    """Short label: "bf16" when uniform, else "unet bf16, vae_decoder fp32, ..." (mixed)."""
-    values = set(precisions.values())
-    if len(values) == 1:
-        return next(iter(values))
-    return ", ".join(f"{c} {p}" for c, p in precisions.items())
-
-
 def compute_floor(
     record: dict[str, Any],
     flops: dict[str, float],

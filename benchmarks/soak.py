@@ -270,7 +270,7 @@ async def probe_health(base: str, stop: asyncio.Event, latencies: list[float]) -
 def server_state(proc: psutil.Process, files_dir: Path) -> dict:
     """The server's resources; ``files``: what the files dir holds besides the job database
     (``jobs.sqlite3`` and its WAL files live there by default), i.e. url images and partials."""
-    from server.jobs.database import SQLITE_FILE
+    from server.database import SQLITE_FILE
 
     files = list(files_dir.iterdir()) if files_dir.exists() else []
     files = [f for f in files if not f.name.startswith(SQLITE_FILE)]

@@ -298,7 +298,7 @@ def _export(opts: Options, log: Clock) -> Manifest:
                 plain = work / "fp16" / "model.onnx"
                 optimize.to_fp16(fp32_path, plain)
             final = partial / comp / "model.onnx"
-            optimization, requires = "none", None
+            optimization = "none"
             verify_graph = "final"
             if opts.target == "cuda" and comp in optimize.ORT_MODEL_TYPE:
                 # (the tiny VAE is plain conv/ReLU: no attention or GroupNorm to fuse)
@@ -320,7 +320,7 @@ def _export(opts: Options, log: Clock) -> Manifest:
                 checks.append(v)
                 log(f"{comp}: {_describe(v)}")
             if verify_graph == "pre-fusion":
-                requires, note = _check_fused(comp, final, pipe, dims, opts, checks, log)
+                note = _check_fused(comp, final, pipe, dims, opts, checks, log)
                 if note:
                     notes.append(note)
             inputs, outputs = io_specs(comp, dims)
@@ -331,7 +331,6 @@ def _export(opts: Options, log: Clock) -> Manifest:
                 precision=opts.precision,
                 profiles=_profiles(comp, dims),
                 optimization=optimization,
-                requires_provider=requires,
             )
             shutil.rmtree(work, ignore_errors=True)
         tokenizer_files = save_tokenizer(pipe.tokenizer, partial)
@@ -446,31 +445,30 @@ def _check_same_dims(dims: Dims, existing: Manifest) -> None:
 def _check_fused(comp, final, pipe, dims, opts, checks, log):
     """Verify a fused (CUDA-target) graph where an EP can run it; else say it is unverified.
 
-    Returns (requires_provider, note or None).
+    Returns a note for the manifest, or None when the fused graph was verified.
     """
     import onnxruntime as ort
 
     from .verify import verify_component
 
-    try:  # GroupNorm & co. have no CPU kernels: loading on CPU tells us what the graph needs
+    try:  # GroupNorm & co. have no CPU kernels: loading on CPU tells which EP can verify it
         from .verify import session
 
         session(final, "CPUExecutionProvider")
         cpu_ok = True
     except Exception:  # noqa: BLE001 - ORT raises several types for "no kernel"
         cpu_ok = False
-    requires = None if cpu_ok else "CUDAExecutionProvider"
     provider = "CPUExecutionProvider" if cpu_ok else None
     if not cpu_ok and "CUDAExecutionProvider" in ort.get_available_providers():
         provider = "CUDAExecutionProvider"
     if provider is None or not opts.verify:
         why = "--no-verify" if not opts.verify else "no CUDA EP on the exporting machine"
-        return requires, f"{comp}: fused graph unverified ({why}); pre-fusion graph verified"
+        return f"{comp}: fused graph unverified ({why}); pre-fusion graph verified"
     log(f"{comp}: verifying fused graph ({provider})")
     v = verify_component(comp, final, pipe, dims, opts.precision, opts.tolerance, provider=provider)
     checks.append(v)
     log(f"{comp}: {_describe(v)}")
-    return requires, None
+    return None
 
 
 def _move_graph(src: Path, dst: Path) -> None:

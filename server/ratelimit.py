@@ -19,7 +19,11 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
 from .config import ServerConfig
+from .database import engine_url, make_engine
 from .errors import overloaded
 
 WINDOW_S = 60.0
@@ -146,6 +150,18 @@ class RateLimiter:
             )
 
 
+#: the shared window's table, in the job database (``SqlWindow``); created on first use
+rate_metadata = sa.MetaData()
+#: requests per API key (or end user) per fixed minute
+rate_windows = sa.Table(
+    "inpaint_rate_windows",
+    rate_metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("window", sa.BigInteger, primary_key=True),
+    sa.Column("hits", sa.Integer, nullable=False),
+)
+
+
 class SqlWindow:
     """Requests per key in the job database, shared by every replica that uses it.
 
@@ -169,19 +185,14 @@ class SqlWindow:
     def _connect(self):
         with self._lock:
             if self._engine is None:
-                from .jobs.database import engine_url, make_engine
-
-                self._engine = make_engine(engine_url(self.database_url, Path(".")))
+                url = engine_url(self.database_url, Path("."))
+                self._engine = make_engine(url, rate_metadata)
             return self._engine
 
     def take(self, key: str) -> int | None:
         if self.per_minute <= 0:
             return None
-        import sqlalchemy as sa
-        from sqlalchemy.dialects import postgresql, sqlite
-
-        from .jobs.database import rate_windows as t
-
+        t = rate_windows
         now = self.clock()
         window, into = divmod(now, WINDOW_S)
         window = int(window)

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import ServerConfig
+from ..database import is_sqlite
 from ..errors import APIError, invalid
 from ..files import FileService, not_found
 from ..jobs import Jobs
-from ..jobs.database import is_sqlite
 from ..service.admission import MemoryBudget
 from .model import (
     BATCH_ID,

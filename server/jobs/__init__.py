@@ -31,11 +31,12 @@ from pathlib import Path
 
 from ..batching import Batcher
 from ..config import JobsConfig, ServerConfig
+from ..database import engine_url, is_sqlite
 from ..metrics import Metrics
 from ..service import EditService
 from ..service.admission import MemoryBudget
 from ..storage import FileStore, Store
-from .database import engine_url, is_sqlite, make_engine
+from .database import make_jobs_engine
 from .deliveries import Deliveries
 from .runner import JobRunner
 from .service import JobService
@@ -121,7 +122,7 @@ async def start_jobs(
     executor = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="jobs")
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(
-        executor, make_engine, engine_url(config.jobs.database_url, folder)
+        executor, make_jobs_engine, engine_url(config.jobs.database_url, folder)
     )
     store = JobStore(engine, config.storage.file_ttl)
     deliveries = Deliveries(store, config.jobs, metrics, executor, clock)

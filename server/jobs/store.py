@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from .database import is_sqlite, jobs
+from ..database import is_sqlite
+from .database import jobs
 from .model import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED, JobRecord
 
 #: a finished job's webhook is due: pending when it has a URL

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
@@ -43,6 +43,11 @@ class TensorSpec(BaseModel):
     shape: list[int | str]
 
 
+#: component keys that earlier exporters wrote and nothing reads: accepted and dropped on read
+#: (folders exported before stay loadable), never written
+RETIRED_COMPONENT_KEYS = frozenset({"requires_provider"})
+
+
 class ComponentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     file: str  # relative to the model folder, e.g. "unet/model.onnx"
@@ -56,8 +61,13 @@ class ComponentSpec(BaseModel):
     profiles: dict[str, dict[str, list[int]]] = Field(default_factory=dict)
     #: offline graph optimization applied ("none", or the ORT fusions and their counts).
     optimization: str = "none"
-    #: contrib ops that need a specific execution provider (e.g. GroupNorm -> CUDA), if any.
-    requires_provider: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in RETIRED_COMPONENT_KEYS}
+        return data
 
 
 class Verification(BaseModel):

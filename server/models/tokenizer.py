@@ -240,7 +240,3 @@ class CLIPTokenizer:
     def count(self, text: str) -> int:
         """Tokens in ``text`` without bos/eos and without truncation (what the client sent)."""
         return len(self._plain.encode(text or "", add_special_tokens=False).ids)
-
-    def truncated(self, text: str) -> bool:
-        """True when ``text`` does not fit in ``max_length`` with bos/eos (the tail is dropped)."""
-        return self.count(text) > self.max_length - 2

@@ -70,6 +70,8 @@ def test_manifest(models, precision):
     assert {"torch", "diffusers", "transformers", "onnxruntime"} <= set(m.versions)
     assert m.export_args["precision"] == precision and m.export_args["verify"] is True
     assert sorted(m.components) == sorted(COMPONENTS)
+    raw = json.loads((folder / "manifest.json").read_text())["components"]
+    assert not any("requires_provider" in c for c in raw.values())  # retired: never written
     for name, comp in m.components.items():
         assert comp.precision == precision
         assert [s.name for s in comp.inputs] == CONTRACT[name][0]

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from server.jobs.database import engine_url, jobs, make_engine
+from server.database import engine_url
+from server.jobs.database import jobs, make_jobs_engine
 from server.jobs.model import (
     CANCELLED,
     FAILED,
@@ -34,7 +35,7 @@ def store(request, tmp_path):
         url = engine_url(None, tmp_path)
     else:
         url = engine_url(request.getfixturevalue("postgres").schema_url(), tmp_path)
-    s = JobStore(make_engine(url), TTL)
+    s = JobStore(make_jobs_engine(url), TTL)
     yield s
     s.close()
 

@@ -4,6 +4,8 @@
 - ``server/protocol.py`` imports nothing of ours;
 - the models, the batcher and the service import no aiohttp (only ``server/http/`` does);
 - ``export/`` imports only the manifest schema from ``server/``;
+- the SQL engine (``server/database.py``) imports nothing of ours, and the rate limiter nothing
+  from ``server/jobs/`` (both stand on the engine; neither stands on the other);
 - and at run time: importing the server's entry points in a fresh interpreter loads no torch.
 """
 
@@ -97,6 +99,23 @@ def test_export_imports_only_the_manifest_from_server(path):
     assert used <= {"server.models.manifest", "server.models"}, used
 
 
+#: module -> the packages of ours it must not import (a lower layer never reaches up)
+BELOW = {
+    "server/database.py": ("server", "export"),
+    "server/ratelimit.py": ("server.jobs", "server.batches", "server.files"),
+}
+
+
+def _reaches(used: set[str], packages: tuple[str, ...]) -> set[str]:
+    return {m for m in used if any(m == p or m.startswith(p + ".") for p in packages)}
+
+
+@pytest.mark.parametrize("name", sorted(BELOW))
+def test_the_engine_and_the_rate_limiter_stand_below_jobs(name):
+    bad = _reaches(imports(ROOT / name), BELOW[name])
+    assert not bad, f"{name} imports {sorted(bad)}"
+
+
 def test_the_checker_sees_violations(tmp_path):
     """The rules above can fail: torch, aiohttp and relative imports are all seen."""
     probe = tmp_path / "probe.py"
@@ -105,6 +124,11 @@ def test_the_checker_sees_violations(tmp_path):
     )
     found = imports(probe, module="server.service.probe")
     assert {"torch", "aiohttp", "server.export", "server.http"} <= found
+    # the rate limiter once imported the engine from jobs inside a method: still seen
+    lazy = tmp_path / "lazy.py"
+    lazy.write_text("def f():\n    from .jobs.database import make_engine\n")
+    used = imports(lazy, module="server.ratelimit")
+    assert _reaches(used, BELOW["server/ratelimit.py"]) == {"server.jobs.database"}
 
 
 def test_server_package_never_imports_torch():

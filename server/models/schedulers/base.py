@@ -236,7 +236,6 @@ class Scheduler:
     diffusers_class: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     order: int = 1
-    needs_noise: bool = False
     timesteps: np.ndarray
 
     def __init__(self, **config: Any):
@@ -319,9 +318,6 @@ class Scheduler:
     def set_begin_index(self, begin_index: int) -> None:
         self._begin_index = int(begin_index)
 
-    def scale_model_input(self, sample: np.ndarray, timestep: Any) -> np.ndarray:
-        return type(self).scale_model_input_batch([self], sample, [timestep])
-
     def step(
         self,
         model_output: np.ndarray,
@@ -342,9 +338,9 @@ class Scheduler:
     def scale_model_input_batch(
         cls, schedulers: Sequence[Scheduler], sample: np.ndarray, timesteps: Sequence[Any]
     ) -> np.ndarray:
-        """``scale_model_input`` of stacked rows: ``sample`` float32 (G, C, h, w), row i
-        belonging to ``schedulers[i]`` at ``timesteps[i]``. Base: no scaling (``sample`` is
-        returned as is, not copied)."""
+        """Diffusers' ``scale_model_input`` for stacked rows: ``sample`` float32 (G, C, h, w),
+        row i belonging to ``schedulers[i]`` at ``timesteps[i]``. Base: no scaling (``sample``
+        is returned as is, not copied)."""
         return _f32(sample)
 
     @classmethod

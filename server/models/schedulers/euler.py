@@ -92,7 +92,6 @@ class EulerAncestral(_SigmaScheduler):
     diffusers_class = "EulerAncestralDiscreteScheduler"
     defaults = {**_COMMON_DEFAULTS, "rescale_betas_zero_snr": False}
     _prediction_types = ("epsilon", "v_prediction")
-    needs_noise = True
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         n = self._check_steps(num_inference_steps)

@@ -56,7 +56,6 @@ class _DistilledSchedule(_AlphaBarScheduler):
     """Timesteps taken from the distillation schedule (LCM, TCD); one step index per row."""
 
     defaults = DISTILLED_DEFAULTS
-    needs_noise = True
 
     @property
     def max_steps(self) -> int:

@@ -24,7 +24,6 @@ ETA = 0.3
 class TCD(_DistilledSchedule):
     diffusers_class = "TCDScheduler"
     eta = ETA
-    needs_noise = ETA > 0
 
     def _coefficients(self, timestep: Any) -> tuple:
         """Per-row float32 scalars: alpha_bar at t, at the next timestep (0 after the last) and

@@ -16,9 +16,10 @@ import openai.types as oa
 import pytest
 import sqlalchemy as sa
 
+from server.database import engine_url
 from server.jobs.database import batches as batches_table
-from server.jobs.database import engine_url, make_engine
 from server.jobs.database import jobs as jobs_table
+from server.jobs.database import make_jobs_engine
 from server.jobs.store import JobStore
 from tests.helpers import AUTH, EDITS, IMG, KEY, MASK, FakeModel, edit_form, expect_error, registry
 from tests.postgres import postgres  # noqa: F401 - the session fixture
@@ -300,7 +301,7 @@ async def test_past_the_window_a_batch_expires_with_what_finished(make_client):
 
 
 def test_batch_lines_are_claimed_after_interactive_jobs(tmp_path, database_url):
-    store = JobStore(make_engine(engine_url(database_url, tmp_path)), 3600)
+    store = JobStore(make_jobs_engine(engine_url(database_url, tmp_path)), 3600)
 
     def job(job_id, created_at, batch_id=None):
         store.create(
@@ -367,7 +368,7 @@ async def test_the_openapi_document_has_every_files_and_batches_route(make_clien
 
 
 def test_a_jobs_table_from_before_batches_gets_its_batch_column(tmp_path, database_url):
-    """A database made by an earlier release: ``make_engine`` adds ``batch_id`` (and its
+    """A database made by an earlier release: ``make_jobs_engine`` adds ``batch_id`` (and its
     index), so the claim's ordering works on it."""
     url = engine_url(database_url, tmp_path)
     old = sa.MetaData()
@@ -376,7 +377,7 @@ def test_a_jobs_table_from_before_batches_gets_its_batch_column(tmp_path, databa
     engine = sa.create_engine(url)
     old.create_all(engine)
     engine.dispose()
-    store = JobStore(make_engine(url), 3600)
+    store = JobStore(make_jobs_engine(url), 3600)
     names = {c["name"] for c in sa.inspect(store.engine).get_columns(jobs_table.name)}
     assert "batch_id" in names
     assert store.claim("w", ["m"], 10.0, 30.0) is None
