@@ -690,8 +690,8 @@ class Runner:
             # Not even one cold image fits: running it would only burn the budget and be killed.
             self.skip(
                 f"{b.label}: not run: expected ~{est:.0f} s per image (~{BF16_EMULATION_SLOWDOWN}x "
-                f"fp32, emulated bf16) exceeds the {soft:.0f} s budget; on this project's AVX2 "
-                "machine one 128x128 image did not finish in 578 s"
+                f"fp32, emulated bf16) exceeds the {soft:.0f} s budget; on a 2-core AVX2 "
+                "EPYC one 128x128 image did not finish in 578 s"
             )
             common.update(skip=True)
             return common
