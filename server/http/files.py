@@ -26,7 +26,7 @@ from .body import no_continue, read_raw, send_continue
 from .forms import _params, _part_headers, find, malformed
 from .jobs import JOBS, owner
 from .state import BUDGET, CONFIG, EXECUTOR, FILES, STORE
-from .writing import write_within
+from .writing import copy_within, write_within
 
 log = logging.getLogger("server.http")
 
@@ -218,13 +218,15 @@ async def file_content(request: web.Request) -> web.StreamResponse:
         )
         response.content_length = size
         timeout = request.app[CONFIG].http.write_timeout
-        left = size
-        while left > 0:
-            chunk = await service.read(stream, min(WRITE_CHUNK, left))
-            if not chunk:  # the object shrank under us: the answer cannot be completed
-                raise ConnectionAbortedError(f"file {record.id} ended {left} bytes early")
-            await write_within(request, response, chunk, timeout)
-            left -= len(chunk)
+        await copy_within(
+            request,
+            response,
+            lambda n: service.read(stream, n),
+            size,
+            WRITE_CHUNK,
+            timeout,
+            f"file {record.id}",
+        )
         await write_within(request, response, b"", timeout, eof=True)
         return response
     finally:

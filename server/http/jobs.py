@@ -29,7 +29,7 @@ from ..service import Uploads
 from ..service.admission import Reservation
 from .forms import EditBody
 from .state import BATCHER, BUDGET, CONFIG, KEYS, METRICS, SERVICE, STATE, STORE
-from .writing import write_within
+from .writing import copy_within, write_within
 
 JOBS = web.AppKey("jobs", Jobs)
 PREFERENCE = "respond-async"
@@ -126,13 +126,15 @@ async def _with_result(request: web.Request, service, view) -> web.StreamRespons
     response.content_length = len(head) + view.result_size + 1
     timeout = request.app[CONFIG].http.write_timeout  # each write: a client must keep reading
     await write_within(request, response, head, timeout)
-    left = view.result_size
-    while left > 0:
-        chunk = await service.read(view, min(RESULT_CHUNK, left))
-        if not chunk:  # the object shrank under us: the answer cannot be completed
-            raise ConnectionAbortedError(f"result of {view.body['id']} ended {left} bytes early")
-        await write_within(request, response, chunk, timeout)
-        left -= len(chunk)
+    await copy_within(
+        request,
+        response,
+        lambda n: service.read(view, n),
+        view.result_size,
+        RESULT_CHUNK,
+        timeout,
+        f"result of {view.body['id']}",
+    )
     await write_within(request, response, b"}", timeout, eof=True)
     return response
 

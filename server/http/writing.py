@@ -75,3 +75,25 @@ async def send_answer(
     response.content_length = len(body)
     await write_within(request, response, body, timeout, eof=True)
     return response
+
+
+async def copy_within(
+    request: web.Request,
+    response: web.StreamResponse,
+    read,
+    size: int,
+    piece: int,
+    timeout: float,
+    what: str,
+) -> None:
+    """Write ``size`` bytes that ``read(n)`` (a coroutine: at most ``n`` bytes, ``b""`` at the
+    end) gives, ``piece`` bytes at a time, each write within ``timeout`` (``write_within``).
+    A source that ends early (``what``: for the message) aborts the answer: its length was
+    already promised in Content-Length."""
+    left = size
+    while left > 0:
+        chunk = await read(min(piece, left))
+        if not chunk:  # the object shrank under us: the answer cannot be completed
+            raise ConnectionAbortedError(f"{what} ended {left} bytes early")
+        await write_within(request, response, chunk, timeout)
+        left -= len(chunk)
