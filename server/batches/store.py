@@ -207,19 +207,28 @@ class BatchStore:
             )
             return done.rowcount == 1
 
+    @staticmethod
+    def _end_validation(conn, batch_id: str, worker: str, **values):
+        """Set ``values`` on a batch that ``worker`` holds and that is still ``validating``,
+        giving the lease back; the statement's result (rowcount 0: cancelled meanwhile, or
+        no longer held)."""
+        return conn.execute(
+            batches.update()
+            .where(
+                batches.c.id == batch_id,
+                batches.c.worker == worker,
+                batches.c.status == VALIDATING,
+            )
+            .values(worker=None, lease_until=None, **values)
+        )
+
     def validated(self, batch_id: str, worker: str, now: float) -> bool:
         """``validating`` -> ``in_progress`` (lease given back). A batch cancelled meanwhile
         stays ``cancelling`` (lease given back too, for the finalizer; lines queued after the
         cancel stop as well). Whether it started."""
         with self.engine.begin() as conn:
-            done = conn.execute(
-                batches.update()
-                .where(
-                    batches.c.id == batch_id,
-                    batches.c.worker == worker,
-                    batches.c.status == VALIDATING,
-                )
-                .values(status=IN_PROGRESS, in_progress_at=now, worker=None, lease_until=None)
+            done = self._end_validation(
+                conn, batch_id, worker, status=IN_PROGRESS, in_progress_at=now
             )
             batch = self._one(conn, batch_id) if done.rowcount == 0 else None
             if batch is not None and (batch.status == CANCELLING or batch.expired_at):
@@ -233,22 +242,15 @@ class BatchStore:
         """A validation failure: ``failed`` with OpenAI's ``errors`` list."""
         doc = json.dumps({"object": "list", "data": errors})
         with self.engine.begin() as conn:
-            done = conn.execute(
-                batches.update()
-                .where(
-                    batches.c.id == batch_id,
-                    batches.c.worker == worker,
-                    batches.c.status == VALIDATING,
-                )
-                .values(
-                    status=FAILED,
-                    failed_at=now,
-                    errors=doc,
-                    completed=0,
-                    failed=0,
-                    worker=None,
-                    lease_until=None,
-                )
+            done = self._end_validation(
+                conn,
+                batch_id,
+                worker,
+                status=FAILED,
+                failed_at=now,
+                errors=doc,
+                completed=0,
+                failed=0,
             )
         if done.rowcount == 1:
             return True
